@@ -1,0 +1,70 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from drlcore.compare import cohens_d, effect_sizes
+from drlcore.errors import DrlError
+from drlcore.traversal import traversal_indices, traversal_values
+
+
+def test_traversal_walks_the_axis_in_order_on_a_line():
+    # Objects on a line along dim 1, other dims constant: the nearest objects to the quantile
+    # points are exactly the rows at those quantiles, in increasing order.
+    n = 101
+    z = np.zeros((n, 3))
+    z[:, 1] = np.arange(n)
+    rows = traversal_indices(z, dim=1, n_steps=5, quantiles=(0.0, 1.0))
+    assert rows == [0, 25, 50, 75, 100]
+    np.testing.assert_allclose(traversal_values(z, 1, 5, (0.0, 1.0)), [0, 25, 50, 75, 100])
+
+
+def test_traversal_holds_other_dims_at_median():
+    # Two copies of the axis, one far from the median in dim 0: the traversal must pick the
+    # copy at the median of dim 0 (rows 0..10), not the offset copy (rows 11..21).
+    axis = np.arange(11.0)
+    near = np.column_stack([np.zeros(11), axis])
+    far = np.column_stack([np.full(11, 5.0), axis])
+    extra = np.column_stack([np.zeros(3), [100.0, 100.0, 100.0]])  # keeps median of dim 0 at 0
+    z = np.vstack([near, far, extra])
+    rows = traversal_indices(z, dim=1, n_steps=3, quantiles=(0.0, 0.5))
+    assert all(r < 11 for r in rows)
+
+
+def test_traversal_rows_unique_when_possible_and_repeat_otherwise():
+    z = np.array([[0.0], [0.0], [10.0]])
+    rows = traversal_indices(z, 0, n_steps=3, quantiles=(0.0, 0.0))
+    assert sorted(rows) == [0, 1, 2]
+    rows = traversal_indices(np.array([[1.0], [2.0]]), 0, n_steps=4, quantiles=(0.0, 1.0))
+    assert rows == [0, 0, 1, 1]
+
+
+def test_traversal_rejects_bad_input():
+    with pytest.raises(DrlError, match="does not exist"):
+        traversal_indices(np.zeros((5, 2)), 2)
+    with pytest.raises(DrlError, match="NaN"):
+        traversal_indices(np.array([[np.nan], [1.0]]), 0)
+
+
+def test_cohens_d_known_answer():
+    a = np.array([1.0, 2.0, 3.0])   # mean 2, var 1
+    b = np.array([3.0, 4.0, 5.0])   # mean 4, var 1
+    assert cohens_d(a, b) == pytest.approx(-2.0)
+    assert np.isnan(cohens_d(np.array([1.0]), b))
+    assert np.isnan(cohens_d(np.ones(3), np.ones(4)))
+
+
+def test_effect_sizes_ranks_the_separating_column_first(rng):
+    n = 200
+    mask = np.zeros(n, dtype=bool)
+    mask[:50] = True
+    df = pd.DataFrame({
+        "noise": rng.normal(size=n),
+        "shifted": rng.normal(size=n) + np.where(mask, 3.0, 0.0),
+        "partly_nan": np.where(np.arange(n) % 10 == 0, np.nan, rng.normal(size=n)),
+    })
+    out = effect_sizes(df, mask, ["noise", "shifted", "partly_nan"])
+    assert out["column"].iloc[0] == "shifted"
+    assert out["cohens_d"].iloc[0] > 2.0
+    assert out.set_index("column").loc["partly_nan", "n_selected"] == 45
+    with pytest.raises(DrlError, match="unknown columns"):
+        effect_sizes(df, mask, ["nope"])
