@@ -1,0 +1,292 @@
+"""The ``drl`` command line. It only parses arguments and calls library functions.
+
+Heavy modules (torch, timm, sklearn) are imported inside each command so that ``drl --help`` is
+instant and a typo in one command's dependencies cannot break the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from drlcore.errors import DrlError
+
+__all__ = ["main", "build_parser"]
+
+
+def _add_backbone_options(p: argparse.ArgumentParser, default: str | None = "effnet-lite0") -> None:
+    p.add_argument("--backbone", default=default,
+                   help="feature extractor: effnet-lite0 (default, works offline), dino-vitb16 "
+                        "(the paper's), dino-vits16. `drl backbones` lists them.")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="backbone weights file (.safetensors/.pth), e.g. DINO weights on an "
+                        "offline machine")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="feature cache folder (default: your user cache folder, or $DRL_CACHE_DIR)")
+
+
+def _add_ingest_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-pad", action="store_true",
+                   help="stretch images to a square instead of padding them (changes what "
+                        "'scale' means in the latent axes; see README)")
+    p.add_argument("--batch-size", type=int, default=32)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="drl",
+        description="Disentangled representations of microscopy images: see which axes a "
+                    "network learned (scale, colour, texture...) in your own images.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="one-shot pipeline: features -> transfer -> encode -> analyze")
+    p.add_argument("data", help="image folder (one subfolder per class, flat, or with a CSV) or .zip")
+    p.add_argument("--out", required=True, help="run folder to write (resumes if it exists)")
+    p.add_argument("--source-model", default=None, metavar="MODEL_DIR",
+                   help="source model to transfer from (default: the shipped one for the backbone)")
+    p.add_argument("--known-classes", nargs="*", default=None, metavar="CLASS",
+                   help="classes treated as known for open-set anomaly scores (default: all)")
+    p.add_argument("--epochs", type=int, default=None, help="transfer epochs (default 20)")
+    _add_backbone_options(p)
+    _add_ingest_options(p)
+
+    p = sub.add_parser("features", help="embed a folder of images with a pretrained backbone")
+    p.add_argument("data", help="image folder or .zip")
+    p.add_argument("--out", required=True, help="output folder")
+    _add_backbone_options(p)
+    _add_ingest_options(p)
+
+    p = sub.add_parser("train-source",
+                       help="train the disentangling VAE on rendered Texture-dSprites (weakly supervised)")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--beta", type=float, default=None)
+    p.add_argument("--k", default=None, help="factors changed per pair: an integer, or 'rand'")
+    p.add_argument("--latent-dim", type=int, default=None)
+    p.add_argument("--method", choices=["ada-gvae", "beta-vae"], default=None)
+    p.add_argument("--compare-baseline", action="store_true",
+                   help="also train a beta-VAE on the same features and budget; record both")
+    _add_backbone_options(p)
+
+    p = sub.add_parser("transfer", help="fine-tune a source model on a dataset (unsupervised beta-VAE)")
+    p.add_argument("model_dir")
+    p.add_argument("data", help="image folder/.zip, or a folder written by `drl features`")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--beta", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    _add_backbone_options(p, default=None)
+    _add_ingest_options(p)
+
+    p = sub.add_parser("encode", help="encode a dataset with a model: objects.parquet")
+    p.add_argument("model_dir")
+    p.add_argument("data", help="image folder/.zip, or a folder written by `drl features`")
+    p.add_argument("--out", required=True, help="run folder to write")
+    _add_backbone_options(p, default=None)
+    _add_ingest_options(p)
+
+    p = sub.add_parser("analyze", help="morphology, correlations, classification, anomalies, maps")
+    p.add_argument("run_dir")
+    p.add_argument("--known-classes", nargs="*", default=None, metavar="CLASS")
+    p.add_argument("--no-umap", action="store_true", help="skip the UMAP map (PCA only)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR")
+
+    p = sub.add_parser("explore", help="open the explorer app (default: the built-in demo)")
+    p.add_argument("runs", nargs="*", help="run folders to open")
+    p.add_argument("--runs-dir", default=None,
+                   help="where runs added from the app are kept (default: your user data folder)")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--headless", action="store_true", help="do not open a browser window")
+
+    p = sub.add_parser("demo", help="build (or find) the built-in Texture-dSprites demo run")
+    p.add_argument("--runs-dir", default=None)
+
+    sub.add_parser("backbones", help="list the available backbones")
+    return parser
+
+
+def _reporter():
+    from drlcore.progress import TqdmReporter
+
+    return TqdmReporter()
+
+
+def _feature_config(args, **overrides):
+    from drlcore.features import FeatureConfig
+
+    kwargs = dict(batch_size=args.batch_size, pad_to_square=not args.no_pad,
+                  cache_dir=args.cache_dir, weights=args.weights)
+    if args.backbone is not None:
+        kwargs["backbone"] = args.backbone
+    kwargs.update(overrides)
+    return FeatureConfig(**kwargs)
+
+
+def _features_for(args, data: str, out_dir: Path, model_backbone: str | None = None) -> Path:
+    """Accept either an image source or a folder `drl features` already wrote."""
+    data_path = Path(data)
+    if (data_path / "features.npy").is_file() and (data_path / "manifest.json").is_file():
+        return data_path
+    from drlcore.features import extract_features
+
+    config = _feature_config(args, **({"backbone": model_backbone}
+                                      if args.backbone is None and model_backbone else {}))
+    extract_features(data, out_dir, config, reporter=_reporter())
+    return out_dir
+
+
+def _cmd_features(args) -> None:
+    from drlcore.features import extract_features
+
+    out = Path(args.out)
+    result = extract_features(args.data, out, _feature_config(args), reporter=_reporter())
+    m = result.manifest
+    print(f"backbone: {m['backbone']} (weights {m['weights_hash'][:12]}, {m['dtype']})")
+    print(f"{m['counts']['accepted']} images embedded -> {out / 'features.npy'} "
+          f"{tuple(result.features.shape)}; {m['counts']['skipped']} skipped "
+          f"(see {out / 'skipped.csv'})")
+
+
+def _cmd_train_source(args) -> None:
+    from drlcore.train import SourceTrainConfig, train_source_cli
+
+    overrides = {k: v for k, v in dict(seed=args.seed, steps=args.steps, beta=args.beta,
+                                       latent_dim=args.latent_dim, method=args.method).items()
+                 if v is not None}
+    if args.k is not None:
+        overrides["k"] = None if args.k == "rand" else int(args.k)
+    config = SourceTrainConfig(**overrides)
+    train_source_cli(Path(args.out), backbone_name=args.backbone, weights=args.weights,
+                     config=config, cache_dir=args.cache_dir,
+                     compare_baseline=args.compare_baseline, reporter=_reporter())
+
+
+def _cmd_transfer(args) -> None:
+    from drlcore.artifacts import read_model_config
+    from drlcore.train import TransferConfig, transfer
+
+    model_cfg = read_model_config(args.model_dir)
+    out = Path(args.out)
+    features_dir = _features_for(args, args.data, out / "features",
+                                 model_backbone=model_cfg["backbone"]["name"])
+    overrides = {k: v for k, v in dict(epochs=args.epochs, lr=args.lr, beta=args.beta,
+                                       seed=args.seed).items() if v is not None}
+    transfer(args.model_dir, features_dir, out, TransferConfig(**overrides), reporter=_reporter())
+    print(f"transferred model -> {out}")
+
+
+def _cmd_encode(args) -> None:
+    from drlcore.artifacts import read_model_config
+    from drlcore.encode import encode_run
+
+    model_cfg = read_model_config(args.model_dir)
+    out = Path(args.out)
+    features_dir = _features_for(args, args.data, out,
+                                 model_backbone=model_cfg["backbone"]["name"])
+    path = encode_run(args.model_dir, features_dir, out, reporter=_reporter())
+    print(f"encoded -> {path}")
+
+
+def _cmd_analyze(args) -> None:
+    from drlcore.analyze import AnalyzeConfig, analyze_run
+
+    config = AnalyzeConfig(known_classes=tuple(args.known_classes) if args.known_classes else None,
+                           umap=not args.no_umap, cache_dir=args.cache_dir)
+    summary = analyze_run(Path(args.run_dir), config, reporter=_reporter())
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    for line in summary.get("headline", []):
+        print(line)
+    for note in summary.get("notes", []):
+        print(f"note: {note}")
+
+
+def _cmd_run(args) -> None:
+    from drlcore.pipeline import PipelineConfig, run_pipeline
+
+    config = PipelineConfig(
+        features=_feature_config(args),
+        source_model=args.source_model,
+        known_classes=tuple(args.known_classes) if args.known_classes else None,
+        transfer_epochs=args.epochs,
+    )
+    out = run_pipeline(args.data, Path(args.out), config, reporter=_reporter())
+    from drlcore.io import read_json
+
+    _print_summary(read_json(out / "analysis.json").get("summary", {}))
+    print(f"run written to {out}  (open it with: drl explore {out})")
+
+
+def _cmd_explore(args) -> None:
+    import subprocess
+
+    app = Path(__file__).resolve().parents[1] / "explorer" / "app.py"
+    if not app.is_file():
+        raise DrlError(f"the explorer app was not found at {app}")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+           "--browser.gatherUsageStats", "false"]
+    if args.headless:
+        cmd += ["--server.headless", "true"]
+    cmd += ["--"]
+    if args.runs_dir:
+        cmd += ["--runs-dir", args.runs_dir]
+    for run in args.runs:
+        cmd += ["--run", str(Path(run).resolve())]
+    print(f"explorer: http://localhost:{args.port}  (Ctrl+C to stop)")
+    raise SystemExit(subprocess.call(cmd))
+
+
+def _cmd_demo(args) -> None:
+    from drlcore.demo import build_demo, default_runs_dir
+
+    runs_dir = Path(args.runs_dir) if args.runs_dir else default_runs_dir()
+    path = build_demo(runs_dir, reporter=_reporter())
+    print(f"demo run: {path}")
+
+
+def _cmd_backbones(args) -> None:
+    from drlcore.backbones import BACKBONES, DEFAULT_BACKBONE
+
+    for name, spec in BACKBONES.items():
+        mark = " (default)" if name == DEFAULT_BACKBONE else ""
+        print(f"{name:14s} {spec.feature_dim:5d}-d  {spec.description}{mark}")
+
+
+COMMANDS = {
+    "run": _cmd_run, "features": _cmd_features, "train-source": _cmd_train_source,
+    "transfer": _cmd_transfer, "encode": _cmd_encode, "analyze": _cmd_analyze,
+    "explore": _cmd_explore, "demo": _cmd_demo, "backbones": _cmd_backbones,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from drlcore import __version__
+
+        print(f"drl {__version__}")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        COMMANDS[args.command](args)
+    except DrlError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: what was finished is kept; run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""``drl run``: the one-shot pipeline a biologist uses.
+
+features -> transfer from the shipped source model -> encode -> analyze, in one run folder.
+
+Each stage leaves complete files or nothing (atomic writes; the transferred model is built in a
+``.partial`` folder and renamed), and each is skipped when its inputs have not changed, so a rerun
+after an interruption resumes where it stopped and a second run on the same data is served from
+caches: features from the feature cache, the transferred model from the model cache (keyed by
+source model, features and transfer settings), analysis from its own content key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from drlcore.errors import DrlError
+from drlcore.io import fingerprint, read_json, sha256_file
+from drlcore.progress import NullReporter, Reporter
+
+__all__ = ["PipelineConfig", "run_pipeline", "shipped_source_model", "ASSETS_DIR"]
+
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
+PIPELINE_VERSION = 1
+
+
+def _default_feature_config():
+    from drlcore.features import FeatureConfig
+
+    return FeatureConfig()
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    features: object = field(default_factory=_default_feature_config)  # drlcore.features.FeatureConfig
+    source_model: str | None = None  # default: the shipped model for the backbone
+    transfer: bool = True  # False: encode with the source model as is (the demo does this)
+    transfer_epochs: int | None = None
+    known_classes: tuple[str, ...] | None = None
+    umap: bool = True
+    extra_columns: str | None = None  # a Parquet file with columns joined onto objects by "path"
+
+
+def shipped_source_model(backbone: str) -> Path:
+    path = ASSETS_DIR / f"source-{backbone}"
+    if not (path / "config.json").is_file():
+        raise DrlError(
+            f"no shipped source model for backbone {backbone!r} (looked in {path}). Train one "
+            f"with `drl train-source --backbone {backbone} --out MODEL_DIR` and pass "
+            f"`--source-model MODEL_DIR`, or use the default backbone effnet-lite0.")
+    return path
+
+
+def _model_cache_dir(feature_config) -> Path:
+    from drlcore.cache import default_cache_dir
+
+    root = Path(feature_config.cache_dir) if feature_config.cache_dir else default_cache_dir()
+    # default_cache_dir() points at the feature cache; models sit beside it.
+    return root.parent / "models" if root.name == "features" else root / "models"
+
+
+def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporter: Reporter) -> Path:
+    from drlcore.train import TransferConfig, transfer
+
+    model_dir = run_dir / "model"
+    tconfig = TransferConfig() if config.transfer_epochs is None else TransferConfig(
+        epochs=config.transfer_epochs)
+    key = fingerprint(["transfer", PIPELINE_VERSION, sha256_file(source / "model.safetensors"),
+                       sha256_file(run_dir / "features.npy"), dataclasses.asdict(tconfig)])
+    if (model_dir / "config.json").is_file() and _stage_key(model_dir) == key:
+        reporter.message("transfer: up to date, reusing the run's model")
+        return model_dir
+
+    cached = _model_cache_dir(config.features) / key
+    if (cached / "model.safetensors").is_file() and _stage_key(cached) == key:
+        reporter.message("transfer: served from the model cache")
+        _replace_dir(cached, model_dir, copy=True)
+        return model_dir
+
+    partial = run_dir / "model.partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    transfer(source, run_dir, partial, tconfig, reporter=reporter)
+    _write_stage_key(partial, key)
+    _replace_dir(partial, model_dir)
+    try:
+        _replace_dir(model_dir, cached, copy=True)
+    except OSError as err:  # a read-only cache must not fail the run
+        reporter.message(f"note: could not store the model in the cache ({err})")
+    return model_dir
+
+
+def _stage_key(model_dir: Path) -> str | None:
+    path = model_dir / "pipeline_key.json"
+    return read_json(path).get("key") if path.is_file() else None
+
+
+def _write_stage_key(model_dir: Path, key: str) -> None:
+    from drlcore.io import atomic_write_json
+
+    atomic_write_json(model_dir / "pipeline_key.json", {"key": key})
+
+
+def _replace_dir(src: Path, dst: Path, copy: bool = False) -> None:
+    """Put ``src`` at ``dst`` with the old ``dst`` removed only once the new one is complete."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if copy:
+        staging = dst.with_name(dst.name + ".incoming")
+        if staging.exists():
+            shutil.rmtree(staging)
+        shutil.copytree(src, staging)
+        src = staging
+    if dst.exists():
+        old = dst.with_name(dst.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        dst.rename(old)
+        src.rename(dst)
+        shutil.rmtree(old)
+    else:
+        src.rename(dst)
+
+
+def _copy_source_model(source: Path, run_dir: Path) -> Path:
+    model_dir = run_dir / "model"
+    key = fingerprint(["source-as-is", sha256_file(source / "model.safetensors")])
+    if (model_dir / "config.json").is_file() and _stage_key(model_dir) == key:
+        return model_dir
+    _replace_dir(source, model_dir, copy=True)
+    _write_stage_key(model_dir, key)
+    return model_dir
+
+
+def run_pipeline(data: str | Path, out_dir: str | Path, config: PipelineConfig | None = None,
+                 reporter: Reporter | None = None) -> Path:
+    """Run every stage on ``data`` into ``out_dir`` and return ``out_dir``."""
+    from drlcore.analyze import AnalyzeConfig, analyze_run
+    from drlcore.encode import encode_run
+    from drlcore.features import extract_features
+
+    config = config or PipelineConfig()
+    reporter = reporter or NullReporter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    backbone = config.features.backbone
+    source = Path(config.source_model) if config.source_model else shipped_source_model(backbone)
+    if not (source / "config.json").is_file():
+        raise DrlError(f"source model folder {source} has no config.json")
+    model_backbone = read_json(source / "config.json").get("backbone", {}).get("name")
+    if model_backbone and model_backbone != backbone:
+        raise DrlError(f"the source model {source} was trained on backbone {model_backbone!r} "
+                       f"but features are requested with {backbone!r}; pass --backbone "
+                       f"{model_backbone} or a source model trained on {backbone!r}")
+
+    reporter.message(f"[1/4] features ({backbone})")
+    extract_features(data, out_dir, config.features, reporter=reporter)
+    features = np.load(out_dir / "features.npy", mmap_mode="r")
+    if features.shape[0] < 2:
+        raise DrlError(f"only {features.shape[0]} usable image(s) in {data}: a run needs at "
+                       f"least 2 (see {out_dir / 'skipped.csv'} for what was skipped)")
+
+    if config.transfer:
+        reporter.message("[2/4] transfer: fine-tuning the source model on these images")
+        model_dir = _transfer_stage(source, out_dir, config, reporter)
+    else:
+        reporter.message("[2/4] transfer skipped: using the source model as it is")
+        model_dir = _copy_source_model(source, out_dir)
+
+    reporter.message("[3/4] encode")
+    encode_run(model_dir, out_dir, out_dir, reporter=reporter)
+    if config.extra_columns:
+        _join_extra_columns(out_dir, Path(config.extra_columns))
+
+    reporter.message("[4/4] analyze")
+    analyze_run(out_dir, AnalyzeConfig(known_classes=config.known_classes, umap=config.umap,
+                                       cache_dir=config.features.cache_dir), reporter=reporter)
+    return out_dir
+
+
+def _join_extra_columns(run_dir: Path, extra: Path) -> None:
+    import pandas as pd
+
+    from drlcore.io import atomic_write_parquet
+
+    objects = pd.read_parquet(run_dir / "objects.parquet")
+    table = pd.read_parquet(extra)
+    new_cols = [c for c in table.columns if c != "path" and c not in objects.columns]
+    if not new_cols:
+        return
+    merged = objects.merge(table[["path", *new_cols]], on="path", how="left")
+    assert len(merged) == len(objects), "extra columns must have one row per path"
+    atomic_write_parquet(run_dir / "objects.parquet", merged)
