@@ -1,0 +1,221 @@
+"""Morphology on known geometry: drawn disks, ellipses and stars with exact areas and shapes."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import draw
+
+from drlcore.errors import DrlError
+from drlcore.morphology import (
+    FEATURE_NAMES,
+    circular_mean_degrees,
+    load_mask_folder,
+    measure,
+    measure_dataset,
+)
+
+DARK = (20, 20, 30)
+LIGHT = (245, 240, 235)
+PURPLE = (120, 40, 160)
+
+
+def canvas(size=(160, 160), background=LIGHT) -> np.ndarray:
+    image = np.empty((*size, 3), np.uint8)
+    image[:] = background
+    return image
+
+
+def disk_image(radius=30, background=LIGHT, colour=PURPLE, size=(160, 160)):
+    image = canvas(size, background)
+    rr, cc = draw.disk((size[0] // 2, size[1] // 2), radius, shape=size)
+    image[rr, cc] = colour
+    return image
+
+
+def ellipse_image(a=50, b=25, background=DARK, colour=(230, 200, 60), rotation=0.0):
+    image = canvas((200, 200), background)
+    rr, cc = draw.ellipse(100, 100, b, a, shape=image.shape[:2], rotation=rotation)
+    image[rr, cc] = colour
+    return image
+
+
+@pytest.mark.parametrize("background,colour", [(LIGHT, PURPLE), (DARK, (230, 200, 60)),
+                                               (LIGHT, (40, 40, 40)), (DARK, (200, 30, 30))])
+def test_disk_area_eccentricity_solidity_and_colour(background, colour):
+    radius = 30
+    row = measure(disk_image(radius, background, colour))
+    assert row["morph_ok"], row["morph_note"]
+    assert row["morph_area"] == pytest.approx(math.pi * radius**2, rel=0.02)
+    assert row["morph_equivalent_diameter"] == pytest.approx(2 * radius, rel=0.02)
+    assert row["morph_eccentricity"] < 0.1
+    assert row["morph_solidity"] > 0.97
+    assert row["morph_circularity"] > 0.85
+    assert row["morph_area_fraction"] == pytest.approx(math.pi * radius**2 / 160**2, rel=0.02)
+    assert (row["morph_mean_r"], row["morph_mean_g"], row["morph_mean_b"]) == pytest.approx(
+        colour, abs=0.5)
+    assert row["morph_intensity_std"] == pytest.approx(0.0, abs=1e-6)
+    # A flat object has no texture: zero GLCM contrast inside its bounding box would be wrong
+    # only if the box includes background corners, which it does; contrast stays finite.
+    assert math.isfinite(row["morph_glcm_contrast"])
+
+
+def test_area_reported_in_original_pixels_for_large_images():
+    radius = 180
+    row = measure(disk_image(radius, size=(600, 640)))
+    assert row["morph_ok"]
+    assert row["morph_area"] == pytest.approx(math.pi * radius**2, rel=0.02)
+    assert row["morph_major_axis"] == pytest.approx(2 * radius, rel=0.03)
+    assert row["morph_perimeter"] == pytest.approx(2 * math.pi * radius, rel=0.05)
+
+
+@pytest.mark.parametrize("background", [LIGHT, DARK])
+def test_ellipse_area_axes_eccentricity(background):
+    a, b = 50, 25
+    colour = (40, 120, 200)
+    row = measure(ellipse_image(a, b, background, colour))
+    assert row["morph_ok"], row["morph_note"]
+    assert row["morph_area"] == pytest.approx(math.pi * a * b, rel=0.02)
+    assert row["morph_eccentricity"] == pytest.approx(math.sqrt(1 - b**2 / a**2), abs=0.02)
+    assert row["morph_major_axis"] == pytest.approx(2 * a, rel=0.03)
+    assert row["morph_minor_axis"] == pytest.approx(2 * b, rel=0.03)
+    # Major axis along the columns: skimage measures orientation from the row axis, so +-pi/2.
+    assert abs(row["morph_orientation"]) == pytest.approx(math.pi / 2, abs=0.05)
+
+
+def test_star_and_crescent_are_less_solid_than_disk():
+    star = canvas()
+    angles = np.linspace(0, 2 * np.pi, 11)[:-1]
+    radii = np.where(np.arange(10) % 2 == 0, 60, 22)
+    rr, cc = draw.polygon(80 + radii * np.sin(angles), 80 + radii * np.cos(angles), star.shape[:2])
+    star[rr, cc] = PURPLE
+    crescent = disk_image(40)
+    rr, cc = draw.disk((80, 100), 36, shape=crescent.shape[:2])
+    crescent[rr, cc] = LIGHT
+    disk = measure(disk_image(40))
+    for image in (star, crescent):
+        row = measure(image)
+        assert row["morph_ok"], row["morph_note"]
+        assert row["morph_solidity"] < 0.75 < disk["morph_solidity"]
+        assert row["morph_circularity"] < disk["morph_circularity"]
+
+
+def test_hue_is_a_circular_mean_for_reds_around_zero():
+    image = canvas(background=(250, 250, 250))
+    rr, cc = draw.rectangle((40, 40), (119, 79))
+    image[rr, cc] = (220, 0, 30)   # hue ~352
+    rr, cc = draw.rectangle((40, 80), (119, 119))
+    image[rr, cc] = (220, 30, 0)   # hue ~8
+    row = measure(image)
+    assert row["morph_ok"]
+    hue = row["morph_hue"]
+    assert min(hue, 360 - hue) < 1.0, hue   # the arithmetic mean would give ~180
+    assert circular_mean_degrees(np.array([350.0, 10.0])) == pytest.approx(0.0, abs=1e-9)
+    assert circular_mean_degrees(np.array([80.0, 100.0])) == pytest.approx(90.0)
+
+
+def test_grey_object_has_nan_hue_but_is_measured():
+    row = measure(disk_image(30, LIGHT, (60, 60, 60)))
+    assert row["morph_ok"]
+    assert math.isnan(row["morph_hue"])
+    assert row["morph_saturation"] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("image,reason", [
+    (np.zeros((64, 64, 3), np.uint8), "uniform"),
+    (np.full((64, 64, 3), 200, np.uint8), "uniform"),
+])
+def test_constant_image_fails_with_nans_and_note(image, reason):
+    row = measure(image)
+    assert row["morph_ok"] is False
+    assert reason in row["morph_note"]
+    assert all(math.isnan(row[name]) for name in FEATURE_NAMES)
+
+
+def test_tiny_object_is_rejected():
+    image = canvas((100, 100))
+    image[50:52, 50:52] = PURPLE
+    row = measure(image)
+    assert row["morph_ok"] is False and "too small" in row["morph_note"]
+    assert math.isnan(row["morph_area"])
+
+
+def test_object_filling_the_frame_is_flagged():
+    image = canvas((100, 100), LIGHT)
+    image[:, :] = PURPLE
+    image[40:60, 40:60] = LIGHT   # a hole: Otsu has two classes, but the "object" is the frame
+    mask = np.ones((100, 100), bool)
+    row = measure(image, mask=mask)
+    assert row["morph_ok"] is False and "frame" in row["morph_note"]
+    # A mask touching all four edges (a cross through the frame) is background, not an object.
+    cross = np.zeros((100, 100), bool)
+    cross[45:55, :] = True
+    cross[:, 45:55] = True
+    row = measure(canvas((100, 100)), mask=cross)
+    assert row["morph_ok"] is False and "four edges" in row["morph_note"]
+
+
+def test_supplied_mask_is_measured_as_given():
+    image = canvas((120, 120), (128, 128, 128))   # nothing to segment in the image itself
+    mask = np.zeros((120, 120), np.uint8)
+    rr, cc = draw.disk((60, 60), 25)
+    mask[rr, cc] = 255
+    row = measure(image, mask=mask)
+    assert row["morph_ok"]
+    assert row["morph_area"] == pytest.approx(mask.astype(bool).sum())
+    assert measure(image, mask=np.zeros((120, 120)))["morph_note"] == "mask is empty"
+    assert "does not match" in measure(image, mask=np.ones((10, 10)))["morph_note"]
+
+
+def test_rejects_non_uint8_input():
+    with pytest.raises(DrlError, match="uint8"):
+        measure(np.zeros((10, 10, 3), np.float32))
+
+
+def test_mask_folder_matching_and_dataset(tmp_path: Path):
+    image = disk_image(30)
+    mask = np.zeros(image.shape[:2], np.uint8)
+    rr, cc = draw.disk((80, 80), 20)
+    mask[rr, cc] = 1
+    (tmp_path / "a").mkdir()
+    Image.fromarray(mask * 255).save(tmp_path / "a" / "cell1.png")
+    Image.fromarray(mask * 255).save(tmp_path / "cell2_mask.png")
+    paths = ["a/cell1.jpg", "b/cell2.jpg", "b/cell3.jpg"]
+    found = load_mask_folder(tmp_path, paths)
+    assert found == [tmp_path / "a" / "cell1.png", tmp_path / "cell2_mask.png", None]
+    table = measure_dataset([(image, m) for m in found], masks_expected=True)
+    assert list(table["morph_ok"]) == [True, True, True]
+    assert table["morph_area"].iloc[0] == pytest.approx(mask.sum())
+    assert table["morph_area"].iloc[2] == pytest.approx(math.pi * 30**2, rel=0.02)
+    assert "no mask found" in table["morph_note"].iloc[2]
+    assert table["morph_note"].iloc[0] is None
+    with pytest.raises(DrlError, match="does not exist"):
+        load_mask_folder(tmp_path / "nope", paths)
+
+
+def test_measure_dataset_keeps_order_and_columns():
+    images = [(disk_image(r), None) for r in (10, 20, 30)] + [(canvas(), None)]
+    table = measure_dataset(images)
+    assert list(table.columns) == [*FEATURE_NAMES, "morph_ok", "morph_note"]
+    assert list(table["morph_ok"]) == [True, True, True, False]
+    assert np.all(np.diff(table["morph_area"].iloc[:3].to_numpy()) > 0)
+
+
+@pytest.mark.realdata
+def test_real_images_mostly_segment(shared_data: Path):
+    files = sorted((shared_data / "blood-cells-pbc").glob("*/*.jpg"))
+    files += sorted((shared_data / "plankton-ndsb").glob("*/*.jpg"))
+    picks = random.Random(0).sample(files[:1600], 10) + random.Random(0).sample(files[1600:], 10)
+    images = [(np.asarray(Image.open(f).convert("RGB")), None) for f in picks]
+    table = measure_dataset(images)
+    assert table["morph_ok"].mean() >= 0.9, table.loc[~table["morph_ok"], "morph_note"].tolist()
+    ok = table[table["morph_ok"]]
+    # Blood-cell objects are stained (purple hue), not the pale background.
+    blood = ok.iloc[: int(table["morph_ok"].iloc[:10].sum())]
+    assert blood["morph_hue"].between(240, 330).all()
+    assert (ok["morph_area_fraction"] < 0.9).all()
