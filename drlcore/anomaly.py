@@ -1,0 +1,330 @@
+"""Open-set anomaly scores in latent space: how unlike the *known* objects is each object?
+
+Scorers are fitted on the known objects only and follow scikit-learn's estimator shape
+(``fit`` / ``score_samples``, learned state ending in ``_``), with one deliberate difference:
+**higher scores mean more anomalous** (scikit-learn's outlier detectors return the opposite).
+
+- ``KNNScorer``: mean Euclidean distance to the ``k`` nearest known objects. ``fit_score`` gives
+  leave-one-out scores for the known set itself (a point is not its own neighbour; an exact
+  duplicate still is), so known and new objects are scored on the same footing.
+- ``MahalanobisScorer``: distance to the nearest known class centre under a Ledoit-Wolf shrunk
+  covariance (shared across classes, or one per class); one class when unlabelled.
+- ``combine_scores``: puts scores on one scale by ranking each against the known set, then
+  averages them (reconstruction error from the VAE can join as just another entry).
+- ``latent_zscores`` / ``out_of_range_axes``: which latent axes make an object unusual.
+- ``open_set_evaluation`` / ``holdout_each_class``: AUROC / AUPR of "unknown vs known".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.covariance import LedoitWolf, empirical_covariance
+from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.neighbors import NearestNeighbors
+
+from .errors import DrlError
+from .progress import NullReporter, Reporter
+
+__all__ = [
+    "KNNScorer",
+    "MahalanobisScorer",
+    "combine_scores",
+    "latent_zscores",
+    "out_of_range_axes",
+    "open_set_evaluation",
+    "holdout_each_class",
+]
+
+# Median absolute deviation -> standard deviation of a normal distribution.
+MAD_TO_SIGMA = 1.4826
+# Mean absolute deviation -> standard deviation of a normal distribution (sqrt(pi/2)).
+MEAN_AD_TO_SIGMA = 1.2533
+
+
+def _as_matrix(X: Any, name: str = "X", n_features: int | None = None) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim == 1:
+        X = X[:, None]
+    if X.ndim != 2:
+        raise DrlError(f"{name} must be a 2-D array (n_objects, n_dims), got shape {X.shape}")
+    if X.shape[0] == 0:
+        raise DrlError(f"{name} has no rows")
+    if not np.isfinite(X).all():
+        bad = int((~np.isfinite(X)).any(axis=1).sum())
+        raise DrlError(f"{name} has {bad} row(s) with NaN or infinite values; drop or encode them "
+                       "again before scoring")
+    if n_features is not None and X.shape[1] != n_features:
+        raise DrlError(f"{name} has {X.shape[1]} dimensions but the scorer was fitted on "
+                       f"{n_features}")
+    return X
+
+
+class KNNScorer:
+    """Mean distance to the ``k`` nearest known objects (higher = more anomalous)."""
+
+    def __init__(self, k: int = 10):
+        self.k = k
+
+    def fit(self, X, y=None) -> KNNScorer:
+        """Index the known objects. ``y`` is accepted and ignored (same call as Mahalanobis)."""
+        X = _as_matrix(X)
+        if self.k < 1:
+            raise DrlError(f"k must be at least 1, got {self.k}")
+        if X.shape[0] < 2:
+            raise DrlError("the kNN anomaly score needs at least 2 known objects")
+        self.n_features_in_ = X.shape[1]
+        self.n_samples_fit_ = X.shape[0]
+        # Leave-one-out scoring of the known set can use at most n - 1 neighbours; new data then
+        # uses the same k so the two are comparable.
+        self.k_ = min(self.k, X.shape[0] - 1)
+        self.index_ = NearestNeighbors(n_neighbors=self.k_).fit(X)
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "index_"):
+            raise DrlError("KNNScorer is not fitted; call fit() on the known objects first")
+
+    def score_samples(self, X) -> np.ndarray:
+        """Scores for new objects (every known object may be a neighbour)."""
+        self._check_fitted()
+        X = _as_matrix(X, n_features=self.n_features_in_)
+        distances, _ = self.index_.kneighbors(X, n_neighbors=self.k_)
+        return distances.mean(axis=1)
+
+    def fit_score(self, X, y=None) -> np.ndarray:
+        """Fit on the known objects and return their leave-one-out scores.
+
+        Each known object's own row is excluded from its neighbours (by index, so an exact
+        duplicate elsewhere in the known set still counts, at distance 0).
+        """
+        self.fit(X, y)
+        distances, _ = self.index_.kneighbors(None, n_neighbors=self.k_)
+        return distances.mean(axis=1)
+
+
+class MahalanobisScorer:
+    """Minimum Mahalanobis distance to the known class centres (higher = more anomalous).
+
+    ``covariance="shared"`` pools the within-class scatter of all classes into one covariance
+    (stable with few objects per class); ``"per_class"`` estimates one per class (classes with
+    fewer than ``min_class_size`` objects fall back to the shared one). ``shrinkage="ledoit-wolf"``
+    shrinks towards a scaled identity so the inverse exists even with more dimensions than
+    objects; ``None`` uses the empirical (maximum-likelihood) covariance.
+    """
+
+    def __init__(self, covariance: str = "shared", shrinkage: str | None = "ledoit-wolf",
+                 min_class_size: int = 10):
+        self.covariance = covariance
+        self.shrinkage = shrinkage
+        self.min_class_size = min_class_size
+
+    def _estimate(self, centred: np.ndarray) -> np.ndarray:
+        if self.shrinkage == "ledoit-wolf":
+            return LedoitWolf(assume_centered=True).fit(centred).covariance_
+        return empirical_covariance(centred, assume_centered=True)
+
+    def fit(self, X, y=None) -> MahalanobisScorer:
+        X = _as_matrix(X)
+        if self.covariance not in ("shared", "per_class"):
+            raise DrlError(f"covariance must be 'shared' or 'per_class', got {self.covariance!r}")
+        if self.shrinkage not in ("ledoit-wolf", None):
+            raise DrlError(f"shrinkage must be 'ledoit-wolf' or None, got {self.shrinkage!r}")
+        if X.shape[0] < 2:
+            raise DrlError("the Mahalanobis anomaly score needs at least 2 known objects")
+        labels = np.zeros(X.shape[0], dtype=int) if y is None else np.asarray(y)
+        if labels.shape != (X.shape[0],):
+            raise DrlError(f"labels have shape {labels.shape}, expected ({X.shape[0]},)")
+        self.classes_, inverse = np.unique(labels, return_inverse=True)
+        self.n_features_in_ = X.shape[1]
+        self.means_ = np.stack([X[inverse == c].mean(axis=0) for c in range(len(self.classes_))])
+        residuals = X - self.means_[inverse]
+        shared = self._estimate(residuals)
+        covariances = []
+        for c in range(len(self.classes_)):
+            members = inverse == c
+            if self.covariance == "per_class" and members.sum() >= self.min_class_size:
+                covariances.append(self._estimate(residuals[members]))
+            else:
+                covariances.append(shared)
+        self.covariances_ = np.stack(covariances)
+        # pinv: a singular empirical covariance (flat dimension) must not crash the analysis.
+        self.precisions_ = np.stack([np.linalg.pinv(c, hermitian=True) for c in covariances])
+        return self
+
+    def score_samples(self, X) -> np.ndarray:
+        if not hasattr(self, "precisions_"):
+            raise DrlError("MahalanobisScorer is not fitted; call fit() on the known objects first")
+        X = _as_matrix(X, n_features=self.n_features_in_)
+        best = np.full(X.shape[0], np.inf)
+        for mean, precision in zip(self.means_, self.precisions_):
+            diff = X - mean
+            squared = np.einsum("ij,jk,ik->i", diff, precision, diff)
+            best = np.minimum(best, np.sqrt(np.maximum(squared, 0.0)))
+        return best
+
+    def fit_score(self, X, y=None) -> np.ndarray:
+        """Fit and score the known set in-sample (each object helped fit its class mean and
+        covariance, a small optimistic bias of order dims / class size)."""
+        return self.fit(X, y).score_samples(X)
+
+
+def combine_scores(scores: Mapping[str, Sequence[float]], reference_mask) -> np.ndarray:
+    """Average of rank-normalised scores; the ranks are taken against the known set.
+
+    Each score ``s`` (higher = more anomalous) becomes the fraction of known objects
+    (``reference_mask`` True) scoring below it, ties counted half: about uniform on [0, 1] over
+    the known set, 1 for an object more extreme than every known one. Scales differ wildly
+    between scorers (a distance in latent units, a reconstruction error in feature units), and
+    ranking makes them commensurable without assuming any distribution. NaN entries are ignored
+    per object; an object with no finite score gets NaN.
+    """
+    if not scores:
+        raise DrlError("combine_scores needs at least one score")
+    reference_mask = np.asarray(reference_mask, dtype=bool)
+    ranked = []
+    for name, values in scores.items():
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != reference_mask.shape:
+            raise DrlError(f"score {name!r} has {values.shape[0]} values but the reference mask "
+                           f"has {reference_mask.shape[0]}")
+        reference = np.sort(values[reference_mask & np.isfinite(values)])
+        if reference.size == 0:
+            raise DrlError(f"score {name!r} has no finite value on the known objects")
+        below = np.searchsorted(reference, values, side="left")
+        at_or_below = np.searchsorted(reference, values, side="right")
+        rank = (below + at_or_below) / (2.0 * reference.size)
+        ranked.append(np.where(np.isfinite(values), rank, np.nan))
+    stacked = np.stack(ranked)
+    finite = np.isfinite(stacked)
+    total = np.where(finite, stacked, 0.0).sum(axis=0)
+    count = finite.sum(axis=0)
+    return np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
+
+
+def latent_zscores(Z, Z_known) -> np.ndarray:
+    """Per-dimension robust z-scores of ``Z`` against the known objects ``Z_known``.
+
+    Centre: median of the known set; scale: median absolute deviation x 1.4826 (the standard
+    deviation for normal data, but not dragged by the outliers we are looking for). Where the MAD
+    is 0 (more than half the known values identical) the mean absolute deviation x 1.2533 is
+    used, and where that is 0 too (a dimension constant on the known set) the scale is 1, so the
+    z-score is the raw difference from that constant.
+    """
+    Z = _as_matrix(Z, "Z")
+    Z_known = _as_matrix(Z_known, "Z_known", n_features=Z.shape[1])
+    centre = np.median(Z_known, axis=0)
+    deviation = np.abs(Z_known - centre)
+    scale = np.median(deviation, axis=0) * MAD_TO_SIGMA
+    fallback = deviation.mean(axis=0) * MEAN_AD_TO_SIGMA
+    scale = np.where(scale > 0, scale, fallback)
+    scale = np.where(scale > 0, scale, 1.0)
+    return (Z - centre) / scale
+
+
+def out_of_range_axes(z_row, dim_names: Sequence[str], threshold: float = 3.0) -> list[str]:
+    """Human-readable list of the axes where ``|z| >= threshold``, most extreme first.
+
+    >>> out_of_range_axes([0.1, 4.2], ["z0: colour", "z1: scale"])
+    ['z1: scale = +4.2 sigma (beyond the known range)']
+    """
+    z_row = np.asarray(z_row, dtype=np.float64).ravel()
+    if len(dim_names) != z_row.size:
+        raise DrlError(f"{z_row.size} z-scores but {len(dim_names)} dimension names")
+    flagged = [i for i in np.argsort(-np.abs(np.nan_to_num(z_row, nan=0.0)))
+               if np.isfinite(z_row[i]) and abs(z_row[i]) >= threshold]
+    return [f"{dim_names[i]} = {z_row[i]:+.1f} sigma (beyond the known range)" for i in flagged]
+
+
+def open_set_evaluation(scores, is_unknown) -> dict:
+    """AUROC and average precision of ``scores`` for telling unknown (positive) from known.
+
+    Returns ``{"auroc", "aupr", "n_known", "n_unknown", "note"}``; AUROC/AUPR are NaN with a note
+    when only one group is present. Objects with a non-finite score are left out (and counted in
+    the note). Chance level: AUROC 0.5, AUPR = fraction of unknowns.
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    is_unknown = np.asarray(is_unknown, dtype=bool).ravel()
+    if scores.shape != is_unknown.shape:
+        raise DrlError(f"{scores.size} scores but {is_unknown.size} unknown flags")
+    notes = []
+    finite = np.isfinite(scores)
+    if not finite.all():
+        notes.append(f"{int((~finite).sum())} object(s) without a finite score left out")
+        scores, is_unknown = scores[finite], is_unknown[finite]
+    n_unknown = int(is_unknown.sum())
+    n_known = int(is_unknown.size - n_unknown)
+    if n_unknown == 0 or n_known == 0:
+        notes.append("AUROC/AUPR undefined: need both known and unknown objects, got "
+                     f"{n_known} known and {n_unknown} unknown")
+        auroc = aupr = math.nan
+    else:
+        auroc = float(roc_auc_score(is_unknown, scores))
+        aupr = float(average_precision_score(is_unknown, scores))
+    return {"auroc": auroc, "aupr": aupr, "n_known": n_known, "n_unknown": n_unknown,
+            "note": "; ".join(notes) if notes else None}
+
+
+def _stratified_train_mask(labels: np.ndarray, test_fraction: float,
+                           rng: np.random.Generator) -> np.ndarray:
+    train = np.ones(labels.size, dtype=bool)
+    for value in np.unique(labels):
+        members = np.flatnonzero(labels == value)
+        n_test = int(round(test_fraction * members.size))
+        if members.size >= 2:
+            n_test = min(max(n_test, 1), members.size - 1)
+            train[rng.choice(members, size=n_test, replace=False)] = False
+    return train
+
+
+def holdout_each_class(Z, labels, scorer_factory: Callable[[], Any], test_fraction: float = 0.3,
+                       seed: int = 0, train_mask=None, use_labels: bool = True,
+                       reporter: Reporter | None = None) -> dict:
+    """Hold out each class in turn as the "unknown" and measure how well it is flagged.
+
+    For each class ``c``: the scorer (``scorer_factory()``) is fitted on the train part of the
+    other classes (with their labels when ``use_labels``), then scores the test part of the other
+    classes (known) and every object of ``c`` (unknown). The train/test split is ``train_mask``
+    when given (e.g. the dataset's own split), else a stratified random split with
+    ``test_fraction`` held out. Returns ``{"per_class": {c: {"auroc", "aupr", "n_known",
+    "n_unknown", "note"}}, "mean_auroc", "worst_auroc", "worst_class", "mean_aupr"}``.
+    """
+    Z = _as_matrix(Z, "Z")
+    labels = np.asarray(labels)
+    if labels.shape != (Z.shape[0],):
+        raise DrlError(f"labels have shape {labels.shape}, expected ({Z.shape[0]},)")
+    classes = np.unique(labels)
+    if classes.size < 2:
+        raise DrlError("holding out classes needs at least 2 labelled classes, "
+                       f"found {classes.size}")
+    if train_mask is None:
+        train_mask = _stratified_train_mask(labels, test_fraction, np.random.default_rng(seed))
+    else:
+        train_mask = np.asarray(train_mask, dtype=bool)
+        if train_mask.shape != labels.shape:
+            raise DrlError("train_mask must have one entry per object")
+    reporter = reporter or NullReporter()
+    per_class: dict[str, dict] = {}
+    with reporter.stage("open-set hold-out", total=classes.size, unit="class") as bar:
+        for held_out in classes:
+            unknown = labels == held_out
+            fit_rows = ~unknown & train_mask
+            eval_rows = unknown | (~unknown & ~train_mask)
+            scorer = scorer_factory()
+            scorer.fit(Z[fit_rows], labels[fit_rows] if use_labels else None)
+            result = open_set_evaluation(scorer.score_samples(Z[eval_rows]), unknown[eval_rows])
+            per_class[str(held_out)] = result
+            bar.update(1)
+    aurocs = {name: r["auroc"] for name, r in per_class.items() if np.isfinite(r["auroc"])}
+    auprs = [r["aupr"] for r in per_class.values() if np.isfinite(r["aupr"])]
+    worst = min(aurocs, key=aurocs.get) if aurocs else None
+    return {
+        "per_class": per_class,
+        "mean_auroc": float(np.mean(list(aurocs.values()))) if aurocs else math.nan,
+        "worst_auroc": aurocs[worst] if worst is not None else math.nan,
+        "worst_class": worst,
+        "mean_aupr": float(np.mean(auprs)) if auprs else math.nan,
+    }

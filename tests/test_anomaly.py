@@ -1,0 +1,160 @@
+"""Anomaly scorers on synthetic clusters with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from drlcore.anomaly import (
+    KNNScorer,
+    MahalanobisScorer,
+    combine_scores,
+    holdout_each_class,
+    latent_zscores,
+    open_set_evaluation,
+    out_of_range_axes,
+)
+from drlcore.errors import DrlError
+
+SCORERS = [lambda: KNNScorer(k=10), lambda: MahalanobisScorer()]
+
+
+@pytest.mark.parametrize("make_scorer", SCORERS, ids=["knn", "mahalanobis"])
+def test_separated_cluster_is_found_and_same_distribution_is_chance(make_scorer, rng):
+    known_train = rng.normal(size=(400, 5))
+    known_test = rng.normal(size=(200, 5))
+    far = rng.normal(size=(200, 5)) + np.array([6.0, 0, 0, 0, 0])
+    same = rng.normal(size=(200, 5))
+    scorer = make_scorer().fit(known_train)
+    is_unknown = np.r_[np.zeros(200, bool), np.ones(200, bool)]
+    separated = open_set_evaluation(scorer.score_samples(np.r_[known_test, far]), is_unknown)
+    chance = open_set_evaluation(scorer.score_samples(np.r_[known_test, same]), is_unknown)
+    assert separated["auroc"] > 0.99 and separated["aupr"] > 0.99
+    assert chance["auroc"] == pytest.approx(0.5, abs=0.08)
+    assert separated["note"] is None
+
+
+def test_knn_leave_one_out_excludes_self_but_not_duplicates(rng):
+    known = rng.normal(size=(50, 3))
+    known = np.r_[known, known[:1]]           # row 50 duplicates row 0
+    scorer = KNNScorer(k=1)
+    loo = scorer.fit_score(known)
+    assert loo[0] == 0.0 and loo[50] == 0.0     # each other's nearest neighbour, at distance 0
+    assert (loo[1:50] > 0).all()                 # no other point matches itself
+    # Scoring the known set as if it were new data includes the self-match: all zero.
+    assert np.allclose(scorer.score_samples(known), 0.0)
+    # Leave-one-out equals brute force.
+    distances = np.linalg.norm(known[:, None] - known[None], axis=2)
+    np.fill_diagonal(distances, np.inf)
+    np.testing.assert_allclose(loo, distances.min(axis=1))
+
+
+def test_knn_mean_of_k_distances_brute_force(rng):
+    known = rng.normal(size=(30, 2))
+    new = rng.normal(size=(5, 2))
+    scores = KNNScorer(k=4).fit(known).score_samples(new)
+    distances = np.sort(np.linalg.norm(new[:, None] - known[None], axis=2), axis=1)[:, :4]
+    np.testing.assert_allclose(scores, distances.mean(axis=1))
+    # k larger than the known set minus one is capped so leave-one-out stays defined.
+    assert KNNScorer(k=50).fit(known).k_ == 29
+
+
+def test_mahalanobis_matches_closed_form_for_hand_built_gaussian():
+    a, b = 2.0, 0.5
+    # Mean (0, 0), covariance diag(a^2/2, b^2/2) exactly (maximum-likelihood estimate).
+    known = np.array([[a, 0.0], [-a, 0.0], [0.0, b], [0.0, -b]])
+    points = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, -1.0]])
+    scorer = MahalanobisScorer(shrinkage=None).fit(known)
+    expected = np.sqrt(2 * points[:, 0] ** 2 / a**2 + 2 * points[:, 1] ** 2 / b**2)
+    np.testing.assert_allclose(scorer.score_samples(points), expected)
+
+
+def test_mahalanobis_takes_nearest_class_and_shrinkage_is_close_for_large_n(rng):
+    cov = np.array([[2.0, 0.6], [0.6, 1.0]])
+    chol = np.linalg.cholesky(cov)
+    first = rng.normal(size=(5000, 2)) @ chol.T
+    second = rng.normal(size=(5000, 2)) @ chol.T + np.array([20.0, 0.0])
+    X = np.r_[first, second]
+    y = np.r_[np.zeros(5000, int), np.ones(5000, int)]
+    point = np.array([[21.0, 1.0]])
+    diff = point[0] - np.array([20.0, 0.0])
+    truth = math.sqrt(diff @ np.linalg.inv(cov) @ diff)
+    for covariance in ("shared", "per_class"):
+        scorer = MahalanobisScorer(covariance=covariance).fit(X, y)
+        assert scorer.score_samples(point)[0] == pytest.approx(truth, rel=0.05)
+    # Without labels one class centred between the clusters: the point is much less unusual.
+    unlabelled = MahalanobisScorer().fit(X)
+    assert unlabelled.classes_.size == 1
+
+
+def test_scorers_validate_inputs(rng):
+    scorer = KNNScorer().fit(rng.normal(size=(20, 3)))
+    with pytest.raises(DrlError, match="fitted on 3"):
+        scorer.score_samples(rng.normal(size=(2, 4)))
+    with pytest.raises(DrlError, match="NaN"):
+        MahalanobisScorer().fit(np.array([[1.0, np.nan], [0.0, 1.0]]))
+    with pytest.raises(DrlError, match="not fitted"):
+        MahalanobisScorer().score_samples(np.zeros((1, 2)))
+
+
+def test_latent_zscores_flag_only_the_shifted_dimension(rng):
+    known = rng.normal(size=(1000, 4)) * np.array([1.0, 5.0, 0.1, 2.0])
+    new = rng.normal(size=(50, 4)) * np.array([1.0, 5.0, 0.1, 2.0])
+    new[:, 2] += 1.0                                  # +10 sigma on dimension 2 only
+    z = latent_zscores(new, known)
+    assert (np.abs(z[:, 2]) > 5).all()
+    assert np.median(np.abs(z[:, [0, 1, 3]])) < 1.0
+    names = ["z0: colour", "z1: shape", "z2: scale", "z3"]
+    flagged = out_of_range_axes(z[0], names)
+    assert len(flagged) >= 1 and flagged[0].startswith("z2: scale = +")
+    assert flagged[0].endswith("sigma (beyond the known range)")
+    assert out_of_range_axes(np.array([0.1, -4.25, 3.5, np.nan]), names) == [
+        "z1: shape = -4.2 sigma (beyond the known range)",
+        "z2: scale = +3.5 sigma (beyond the known range)",
+    ]
+
+
+def test_latent_zscores_guard_zero_mad():
+    known = np.c_[np.r_[np.zeros(9), 1.0], np.full(10, 3.0)]   # MAD 0; constant column
+    z = latent_zscores(np.array([[1.0, 5.0]]), known)
+    assert np.isfinite(z).all()
+    assert z[0, 0] == pytest.approx(1.0 / (0.1 * 1.2533))
+    assert z[0, 1] == pytest.approx(2.0)
+
+
+def test_combine_scores_rank_normalises_against_known():
+    reference = np.array([True, True, True, True, False, False])
+    knn = np.array([1.0, 2.0, 3.0, 4.0, 10.0, 0.5])
+    recon = np.array([100.0, 300.0, 200.0, 400.0, 1000.0, np.nan])
+    combined = combine_scores({"knn": knn, "recon": recon}, reference)
+    assert combined[4] == 1.0                        # beyond every known object on both
+    assert combined[5] == 0.0                        # below all known on knn; recon ignored
+    np.testing.assert_allclose(combined[:4], [0.125, 0.5, 0.5, 0.875])  # knn 3/8 + recon 5/8
+    with pytest.raises(DrlError, match="reference mask"):
+        combine_scores({"knn": knn[:3]}, reference)
+
+
+def test_open_set_evaluation_one_class_gives_nan_with_note():
+    result = open_set_evaluation(np.arange(5.0), np.zeros(5, bool))
+    assert math.isnan(result["auroc"]) and math.isnan(result["aupr"])
+    assert "need both" in result["note"]
+    result = open_set_evaluation(np.array([0.0, np.nan, 2.0]), np.array([False, False, True]))
+    assert result["auroc"] == 1.0 and "left out" in result["note"]
+
+
+def test_holdout_each_class_flags_the_odd_class_out(rng):
+    centres = {"a": [0, 0, 0], "b": [0.3, 0, 0], "c": [12, 12, 0]}
+    Z = np.concatenate([rng.normal(size=(150, 3)) + c for c in centres.values()])
+    labels = np.repeat(list(centres), 150)
+    result = holdout_each_class(Z, labels, lambda: MahalanobisScorer(), seed=0)
+    per_class = result["per_class"]
+    assert per_class["c"]["auroc"] > 0.99           # far from a and b
+    assert per_class["a"]["auroc"] < 0.75             # overlaps b: hard to flag
+    assert result["worst_class"] in ("a", "b")
+    assert result["worst_auroc"] == min(r["auroc"] for r in per_class.values())
+    knn = holdout_each_class(Z, labels, lambda: KNNScorer(k=5), use_labels=False)
+    assert knn["per_class"]["c"]["auroc"] > 0.99
+    with pytest.raises(DrlError, match="at least 2"):
+        holdout_each_class(Z, np.zeros(len(Z)), lambda: KNNScorer())
