@@ -95,15 +95,19 @@ class KNNScorer:
         distances, _ = self.index_.kneighbors(X, n_neighbors=self.k_)
         return distances.mean(axis=1)
 
-    def fit_score(self, X, y=None) -> np.ndarray:
-        """Fit on the known objects and return their leave-one-out scores.
+    def score_training(self) -> np.ndarray:
+        """Leave-one-out scores of the fitted (known) objects, in fit order.
 
         Each known object's own row is excluded from its neighbours (by index, so an exact
         duplicate elsewhere in the known set still counts, at distance 0).
         """
-        self.fit(X, y)
+        self._check_fitted()
         distances, _ = self.index_.kneighbors(None, n_neighbors=self.k_)
         return distances.mean(axis=1)
+
+    def fit_score(self, X, y=None) -> np.ndarray:
+        """``fit(X)`` then ``score_training()``."""
+        return self.fit(X, y).score_training()
 
 
 class MahalanobisScorer:
@@ -153,6 +157,7 @@ class MahalanobisScorer:
         self.covariances_ = np.stack(covariances)
         # pinv: a singular empirical covariance (flat dimension) must not crash the analysis.
         self.precisions_ = np.stack([np.linalg.pinv(c, hermitian=True) for c in covariances])
+        self.training_scores_ = self.score_samples(X)
         return self
 
     def score_samples(self, X) -> np.ndarray:
@@ -166,10 +171,16 @@ class MahalanobisScorer:
             best = np.minimum(best, np.sqrt(np.maximum(squared, 0.0)))
         return best
 
+    def score_training(self) -> np.ndarray:
+        """In-sample scores of the fitted objects (each helped fit its class mean and covariance:
+        a small optimistic bias, of order dims / class size)."""
+        if not hasattr(self, "training_scores_"):
+            raise DrlError("MahalanobisScorer is not fitted; call fit() on the known objects first")
+        return self.training_scores_.copy()
+
     def fit_score(self, X, y=None) -> np.ndarray:
-        """Fit and score the known set in-sample (each object helped fit its class mean and
-        covariance, a small optimistic bias of order dims / class size)."""
-        return self.fit(X, y).score_samples(X)
+        """``fit(X, y)`` then ``score_training()``."""
+        return self.fit(X, y).score_training()
 
 
 def combine_scores(scores: Mapping[str, Sequence[float]], reference_mask) -> np.ndarray:
@@ -280,22 +291,25 @@ def _stratified_train_mask(labels: np.ndarray, test_fraction: float,
     return train
 
 
-def holdout_each_class(Z, labels, scorer_factory: Callable[[], Any], test_fraction: float = 0.3,
+def holdout_each_class(Z, labels, scorer_factory: Callable[[], Any] | None = None,
+                       test_fraction: float = 0.3,
                        seed: int = 0, train_mask=None, use_labels: bool = True,
                        reporter: Reporter | None = None) -> dict:
     """Hold out each class in turn as the "unknown" and measure how well it is flagged.
 
-    For each class ``c``: the scorer (``scorer_factory()``) is fitted on the train part of the
+    For each class ``c``: the scorer (``scorer_factory()``, default ``KNNScorer(k=10)``) is
+    fitted on the train part of the
     other classes (with their labels when ``use_labels``), then scores the test part of the other
     classes (known) and every object of ``c`` (unknown). The train/test split is ``train_mask``
     when given (e.g. the dataset's own split), else a stratified random split with
-    ``test_fraction`` held out. Returns ``{"per_class": {c: {"auroc", "aupr", "n_known",
-    "n_unknown", "note"}}, "mean_auroc", "worst_auroc", "worst_class", "mean_aupr"}``.
+    ``test_fraction`` held out. Returns ``{"scorer", "per_class": {c: {"auroc", "aupr",
+    "n_known", "n_unknown", "note"}}, "mean_auroc", "worst_auroc", "worst_class", "mean_aupr"}``.
     """
     Z = _as_matrix(Z, "Z")
     labels = np.asarray(labels)
     if labels.shape != (Z.shape[0],):
         raise DrlError(f"labels have shape {labels.shape}, expected ({Z.shape[0]},)")
+    scorer_factory = scorer_factory or (lambda: KNNScorer(k=10))
     classes = np.unique(labels)
     if classes.size < 2:
         raise DrlError("holding out classes needs at least 2 labelled classes, "
@@ -308,12 +322,14 @@ def holdout_each_class(Z, labels, scorer_factory: Callable[[], Any], test_fracti
             raise DrlError("train_mask must have one entry per object")
     reporter = reporter or NullReporter()
     per_class: dict[str, dict] = {}
+    scorer_name = None
     with reporter.stage("open-set hold-out", total=classes.size, unit="class") as bar:
         for held_out in classes:
             unknown = labels == held_out
             fit_rows = ~unknown & train_mask
             eval_rows = unknown | (~unknown & ~train_mask)
             scorer = scorer_factory()
+            scorer_name = type(scorer).__name__
             scorer.fit(Z[fit_rows], labels[fit_rows] if use_labels else None)
             result = open_set_evaluation(scorer.score_samples(Z[eval_rows]), unknown[eval_rows])
             per_class[str(held_out)] = result
@@ -322,6 +338,7 @@ def holdout_each_class(Z, labels, scorer_factory: Callable[[], Any], test_fracti
     auprs = [r["aupr"] for r in per_class.values() if np.isfinite(r["aupr"])]
     worst = min(aurocs, key=aurocs.get) if aurocs else None
     return {
+        "scorer": scorer_name,
         "per_class": per_class,
         "mean_auroc": float(np.mean(list(aurocs.values()))) if aurocs else math.nan,
         "worst_auroc": aurocs[worst] if worst is not None else math.nan,

@@ -45,6 +45,7 @@ def test_knn_leave_one_out_excludes_self_but_not_duplicates(rng):
     assert (loo[1:50] > 0).all()                 # no other point matches itself
     # Scoring the known set as if it were new data includes the self-match: all zero.
     assert np.allclose(scorer.score_samples(known), 0.0)
+    np.testing.assert_array_equal(scorer.score_training(), loo)
     # Leave-one-out equals brute force.
     distances = np.linalg.norm(known[:, None] - known[None], axis=2)
     np.fill_diagonal(distances, np.inf)
@@ -69,6 +70,7 @@ def test_mahalanobis_matches_closed_form_for_hand_built_gaussian():
     scorer = MahalanobisScorer(shrinkage=None).fit(known)
     expected = np.sqrt(2 * points[:, 0] ** 2 / a**2 + 2 * points[:, 1] ** 2 / b**2)
     np.testing.assert_allclose(scorer.score_samples(points), expected)
+    np.testing.assert_allclose(scorer.score_training(), np.sqrt(2.0))  # every corner: 1 sd each way
 
 
 def test_mahalanobis_takes_nearest_class_and_shrinkage_is_close_for_large_n(rng):
@@ -156,5 +158,7 @@ def test_holdout_each_class_flags_the_odd_class_out(rng):
     assert result["worst_auroc"] == min(r["auroc"] for r in per_class.values())
     knn = holdout_each_class(Z, labels, lambda: KNNScorer(k=5), use_labels=False)
     assert knn["per_class"]["c"]["auroc"] > 0.99
+    default = holdout_each_class(Z, labels)
+    assert default["scorer"] == "KNNScorer" and default["per_class"]["c"]["auroc"] > 0.99
     with pytest.raises(DrlError, match="at least 2"):
         holdout_each_class(Z, np.zeros(len(Z)), lambda: KNNScorer())
