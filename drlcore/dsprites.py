@@ -286,7 +286,9 @@ class TextureDSprites:
         self._texture_names = TEXTURE_NAMES[: count("texture")]
         self._colours, self._colour_names = _colour_values(count("colour"))
         self._shape_names = SHAPE_NAMES[: count("shape")]
-        self._numeric = {name: _numeric_values(name, count(name)) for name in ("scale", "orientation", "pos_x", "pos_y")}
+        self._numeric = {
+            name: _numeric_values(name, count(name)) for name in ("scale", "orientation", "pos_x", "pos_y")
+        }
 
         image_size = config.image_size
         self._radius_px = SHAPE_RADIUS * image_size
@@ -295,7 +297,8 @@ class TextureDSprites:
         self._max_half = self._half(MAX_SCALE)
         span = image_size - 2 * self._max_half
         self._centres = {
-            name: np.rint(self._max_half + self._numeric[name] * span).astype(np.int64) for name in ("pos_x", "pos_y")
+            name: np.rint(self._max_half + self._numeric[name] * span).astype(np.int64)
+            for name in ("pos_x", "pos_y")
         }
         for name, centres in self._centres.items():
             # Two indices on one pixel would make a "changed" position render identically.
@@ -382,7 +385,10 @@ class TextureDSprites:
         return texture
 
     def render(self, factors: Any) -> np.ndarray:
-        """Images for each factor row: uint8 (n, S, S, 3), identical for identical (factors, config)."""
+        """Images for each factor row: uint8 (n, S, S, 3), identical for identical (factors, config).
+
+        All n images are returned at once (150 kB each at 224 px): render large sets in batches.
+        """
         factors = self.check_factors(factors)
         size = self.config.image_size
         images = np.zeros((len(factors), size, size, 3), dtype=np.uint8)

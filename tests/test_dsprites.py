@@ -144,7 +144,8 @@ def test_largest_shape_stays_inside_frame_at_extreme_positions(full, shape):
     for pos_x in (0, last[5]):
         for pos_y in (0, last[6]):
             for orientation in (0, 5, 13):
-                rows.append(_row(full, shape=shape, scale=last[3], orientation=orientation, pos_x=pos_x, pos_y=pos_y)[0])
+                row = _row(full, shape=shape, scale=last[3], orientation=orientation, pos_x=pos_x, pos_y=pos_y)
+                rows.append(row[0])
     centred = [_row(full, shape=shape, scale=last[3], orientation=o, pos_x=16, pos_y=16)[0] for o in (0, 5, 13)]
     images = full.render(np.array(rows))
     reference = _foreground(full.render(np.array(centred))).sum(axis=(1, 2))
@@ -290,7 +291,8 @@ def test_unique_factor_rows_rebuilds_every_row(small):
 
 
 def test_one_factor_pairs_differ_in_that_factor_only():
-    ds = TextureDSprites(DSpritesConfig(factor_sizes=(("shape", 3), ("colour", 1), ("orientation", 2)), image_size=SMALL))
+    sizes = (("shape", 3), ("colour", 1), ("orientation", 2))
+    ds = TextureDSprites(DSpritesConfig(factor_sizes=sizes, image_size=SMALL))
     f1, f2, factor = sample_one_factor_pairs(ds, 30, np.random.default_rng(0))
     assert f1.shape == f2.shape == (60, 3)
     assert np.array_equal(np.bincount(factor, minlength=3), [30, 0, 30])
