@@ -61,14 +61,13 @@ import dataclasses
 import io
 import os
 import re
-import stat
+import struct
 import threading
 import zipfile
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from struct import error as struct_error
 from typing import Any
 
 import numpy as np
@@ -657,14 +656,61 @@ _PIL_MODE_NAMES = {"1": "bilevel", "L": "gray 8-bit", "LA": "gray+alpha 8-bit", 
                    "I;16N": "gray 16-bit", "I": "gray 32-bit signed", "F": "gray 32-bit float"}
 
 
+def _header_pixels(data: bytes) -> int | None:
+    """Pixel count declared by a PNG/GIF/BMP/JPEG header, read without Pillow.
+
+    Lets the per-call limit act before Pillow's module-global guard, which would otherwise warn
+    (DecompressionBombWarning) on its own for images our limit is about to refuse anyway.
+    """
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+            width, height = struct.unpack(">II", data[16:24])
+        elif data[:6] in (b"GIF87a", b"GIF89a"):
+            width, height = struct.unpack("<HH", data[6:10])
+        elif data[:2] == b"BM":
+            if struct.unpack("<I", data[14:18])[0] == 12:  # OS/2 core header
+                width, height = struct.unpack("<HH", data[18:22])
+            else:
+                width, height = struct.unpack("<ii", data[18:26])
+        elif data[:2] == b"\xff\xd8":
+            width = height = None
+            i = 2
+            while i + 9 < len(data):
+                if data[i] != 0xFF:
+                    return None
+                marker = data[i + 1]
+                if marker == 0xFF:  # fill byte
+                    i += 1
+                    continue
+                if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+                    i += 2
+                    continue
+                if marker == 0xDA:  # start of scan: no frame header before it
+                    return None
+                if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                    height, width = struct.unpack(">HH", data[i + 5:i + 9])
+                    break
+                i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+            if width is None:
+                return None
+        else:
+            return None
+    except struct.error:
+        return None
+    return abs(int(width)) * abs(int(height))
+
+
 def _decode_pillow(data: bytes, config: IngestConfig) -> _Raw:
+    declared = _header_pixels(data)
+    if declared is not None:
+        _check_pixels(declared, config)
     try:
         im = Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS)
     except UnidentifiedImageError:
         raise SkipImage(R_NOT_IMAGE) from None
     except Image.DecompressionBombError as exc:
         raise SkipImage(_pillow_bomb_reason(exc)) from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct_error, zlib.error):
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error):
         raise SkipImage(R_CORRUPT) from None
     with im:
         # Our own guard, from the header, before a single pixel is decoded.
@@ -681,7 +727,7 @@ def _decode_pillow(data: bytes, config: IngestConfig) -> _Raw:
             im.load()
         except Image.DecompressionBombError as exc:
             raise SkipImage(_pillow_bomb_reason(exc)) from None
-        except (OSError, SyntaxError, ValueError, EOFError, struct_error, zlib.error, IndexError):
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError):
             raise SkipImage(R_CORRUPT) from None
         mode = im.mode
         if mode not in _PIL_MODE_NAMES:
