@@ -347,7 +347,7 @@ class _FolderReader:
     def __init__(self, root: Path):
         self.root = root
 
-    def read_text(self, rel: str) -> bytes:
+    def read(self, rel: str) -> bytes:
         return (self.root / rel).read_bytes()
 
 
@@ -355,7 +355,7 @@ class _ZipReader:
     def __init__(self, path: Path, prefix: str):
         self.path, self.prefix = path, prefix
 
-    def read_text(self, rel: str) -> bytes:
+    def read(self, rel: str) -> bytes:
         return read_bytes(ImageRecord(rel, None, None, f"zip:{self.path}::{self.prefix}{rel}"))
 
 
@@ -412,9 +412,9 @@ def _assign_labels(entries: list[_Entry], reader, skipped: list[tuple[str, str]]
 
 def _read_label_csv(entry: _Entry, reader, skipped: list[tuple[str, str]]
                     ) -> list[tuple[str, str | None, str | None]] | None:
-    """Rows (relative filename, label, split) of the root CSV, or None when it is not a label table."""
+    """(relative filename, label, split) rows of the root CSV; None if it is no label table."""
     try:
-        text = reader.read_text(entry.rel).decode("utf-8-sig")
+        text = reader.read(entry.rel).decode("utf-8-sig")
     except (OSError, SkipImage, UnicodeDecodeError) as exc:
         skipped.append((entry.rel, f"not used as label table: cannot read it ({exc})"))
         return None
@@ -583,11 +583,13 @@ def _decode_raw(data: bytes, config: IngestConfig) -> _Raw:
         raise SkipImage(R_EMPTY)
     if _is_tiff(data):
         try:
-            return _decode_tiff(data, config)
+            raw = _decode_tiff(data, config)
         except SkipImage:
             raise
         except Exception:  # noqa: BLE001 - tifffile raises many types; Pillow gets a second try
-            pass
+            raw = None  # e.g. LZW or JPEG compression, which tifffile needs imagecodecs for
+        if raw is not None:
+            return raw
         try:
             return _decode_pillow(data, config)
         except SkipImage as exc:
@@ -597,7 +599,8 @@ def _decode_raw(data: bytes, config: IngestConfig) -> _Raw:
     return _decode_pillow(data, config)
 
 
-def _decode_tiff(data: bytes, config: IngestConfig) -> _Raw:
+def _decode_tiff(data: bytes, config: IngestConfig) -> _Raw | None:
+    """First page of a TIFF, or None when Pillow is better placed (CMYK, YCbCr, Lab)."""
     with tifffile.TiffFile(io.BytesIO(data)) as tf:
         page = tf.pages.first
         n_pages = len(tf.pages)
@@ -605,8 +608,7 @@ def _decode_tiff(data: bytes, config: IngestConfig) -> _Raw:
                       config)
         photometric = int(page.photometric)
         if photometric not in (0, 1, 2, 3):  # MINISWHITE, MINISBLACK, RGB, PALETTE
-            # CMYK/YCbCr/Lab: let Pillow convert them if it can
-            raise ValueError("photometric handled by Pillow")
+            return None
         dtype = np.dtype(page.dtype) if page.dtype is not None else None
         if dtype is None or dtype.kind not in "buif":
             raise SkipImage(f"unsupported image mode: {dtype} TIFF")
@@ -614,6 +616,7 @@ def _decode_tiff(data: bytes, config: IngestConfig) -> _Raw:
             raise SkipImage("unsupported image mode: volumetric TIFF page")
         arr = page.asarray()
         axes = page.axes
+        bits = int(page.bitspersample)
         colormap = page.colormap if photometric == 3 else None
 
     if "S" in axes and axes.index("S") < axes.index("Y"):  # planar configuration
@@ -635,7 +638,7 @@ def _decode_tiff(data: bytes, config: IngestConfig) -> _Raw:
         elif arr.dtype.kind == "f":
             grey[...] = grey.max() - grey
         else:
-            grey[...] = np.iinfo(arr.dtype).max - grey
+            grey[...] = min(2**bits - 1, np.iinfo(arr.dtype).max) - grey
     if colormap is not None and arr.shape[2] == 1:
         cmap = np.asarray(colormap)
         scale = 257 if cmap.max() > 255 else 1
@@ -648,10 +651,10 @@ def _decode_tiff(data: bytes, config: IngestConfig) -> _Raw:
     return _Raw(arr, mode, notes)
 
 
-_PIL_MODE_NAMES = {"1": "bilevel", "L": "gray 8-bit", "LA": "gray+alpha 8-bit", "P": "palette 8-bit",
-                   "PA": "palette+alpha 8-bit", "RGB": "RGB 8-bit", "RGBA": "RGBA 8-bit",
-                   "RGBX": "RGB 8-bit", "CMYK": "CMYK 8-bit", "YCbCr": "YCbCr 8-bit",
-                   "La": "gray+alpha 8-bit", "RGBa": "RGBA 8-bit",
+_PIL_MODE_NAMES = {"1": "bilevel", "L": "gray 8-bit", "LA": "gray+alpha 8-bit",
+                   "P": "palette 8-bit", "PA": "palette+alpha 8-bit", "RGB": "RGB 8-bit",
+                   "RGBA": "RGBA 8-bit", "RGBX": "RGB 8-bit", "CMYK": "CMYK 8-bit",
+                   "YCbCr": "YCbCr 8-bit", "La": "gray+alpha 8-bit", "RGBa": "RGBA 8-bit",
                    "I;16": "gray 16-bit", "I;16L": "gray 16-bit", "I;16B": "gray 16-bit",
                    "I;16N": "gray 16-bit", "I": "gray 32-bit signed", "F": "gray 32-bit float"}
 
@@ -732,6 +735,9 @@ def _decode_pillow(data: bytes, config: IngestConfig) -> _Raw:
         mode = im.mode
         if mode not in _PIL_MODE_NAMES:
             raise SkipImage(f"unsupported image mode: {mode}")
+        if im.format == "PNG" and data[24] == 16 and data[25] in (2, 6):
+            # Pillow keeps only the high byte of 16-bit colour PNGs (a fixed, dataset-wide map).
+            notes.append("16-bit colour PNG reduced to 8 bits by its high byte")
         orientation = im.getexif().get(0x0112, 1) if im.format == "JPEG" else 1
         if orientation not in (1, None):
             im = ImageOps.exif_transpose(im)
@@ -761,7 +767,7 @@ def _decode_pillow(data: bytes, config: IngestConfig) -> _Raw:
 
 
 def _pillow_bomb_reason(exc: Exception) -> str:
-    """Pillow's own guard (2 x Image.MAX_IMAGE_PIXELS) fired before ours; its message has the size."""
+    """Pillow's own guard (2 x Image.MAX_IMAGE_PIXELS) fired first; its message has the size."""
     match = re.search(r"\((\d+) pixels\)", str(exc))
     return _bomb_reason(int(match.group(1))) if match else _bomb_reason(-1)
 
@@ -911,5 +917,5 @@ def thumbnail(rgb: np.ndarray, max_side: int = 160) -> bytes:
     image = Image.fromarray(np.ascontiguousarray(rgb))
     image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC, reducing_gap=3.0)
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85, optimize=True)
+    image.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()

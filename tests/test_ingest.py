@@ -436,6 +436,28 @@ def test_lzw_tiff_via_pillow_fallback():
     np.testing.assert_allclose(out.rgb[..., 0], _gray(), atol=1)
 
 
+def _png16_rgb(rgb16: np.ndarray) -> bytes:
+    """A 16-bit RGB PNG, written by hand (Pillow cannot write one)."""
+    big_endian = rgb16.astype(">u2")
+    rows = b"".join(b"\x00" + row.tobytes() for row in big_endian)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    height, width = rgb16.shape[:2]
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+def test_16bit_rgb_png_is_reduced_by_pillow_and_noted():
+    rgb16 = np.random.default_rng(2).integers(0, 65535, (6, 7, 3)).astype(np.uint16)
+    out = decode(_png16_rgb(rgb16))
+    assert out.note == "16-bit colour PNG reduced to 8 bits by its high byte"
+    np.testing.assert_array_equal(out.rgb, rgb16 >> 8)
+
+
 def test_float_and_bilevel_tiff():
     ramp = np.linspace(-1.0, 1.0, 200, dtype=np.float32).reshape(10, 20)
     ramp[0, 0] = np.nan
@@ -551,7 +573,8 @@ def test_own_guard_acts_before_pillows_global_warning():
             warnings.simplefilter("error")  # any DecompressionBombWarning fails the test
             with pytest.raises(SkipImage) as info:
                 decode(payload)
-        assert info.value.reason == "image too large (decompression bomb guard: 100000000 pixels)", kind
+        expected = "image too large (decompression bomb guard: 100000000 pixels)"
+        assert info.value.reason == expected, kind
 
 
 def test_config_from_dict_rejects_unknown_keys_and_bad_values():
