@@ -1,0 +1,294 @@
+"""Pure figure builders: tables in, ``plotly.graph_objects.Figure`` out.
+
+No Streamlit here, so every builder is testable on its own and reusable in the HTML report.
+Palettes are colour-blind safe: Okabe-Ito for classes, viridis/cividis for continuous values,
+diverging RdBu for signed correlations. Fonts are sized for a projected slide (>= 14 px).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000")
+# More classes than Okabe-Ito has colours (plankton has 15): the same hues again, with a different
+# marker symbol so classes stay distinguishable without relying on colour alone.
+_EXTRA_SYMBOLS = ("circle", "diamond", "square", "cross", "x", "triangle-up")
+FONT_SIZE = 16
+FONT_FAMILY = "Inter, 'Source Sans Pro', 'Helvetica Neue', Arial, sans-serif"
+MISSING_LABEL = "(no label)"
+
+__all__ = [
+    "OKABE_ITO", "FONT_SIZE", "plot_config", "style", "class_colours", "feature_label",
+    "correlation_heatmap", "pair_scatter", "latent_map", "anomaly_histogram", "effect_size_chart",
+    "metric_bars", "factor_heatmap", "empty_figure",
+]
+
+
+def plot_config(image_format: str = "svg", filename: str = "drl-chart") -> dict:
+    """Plotly config: the modebar camera saves SVG or PNG in the browser (no server, no kaleido)."""
+    if image_format not in ("svg", "png"):
+        raise ValueError(f"image_format must be 'svg' or 'png', got {image_format!r}")
+    return {
+        "displaylogo": False,
+        "scrollZoom": True,
+        "modeBarButtonsToRemove": ["autoScale2d", "toggleSpikelines"],
+        "toImageButtonOptions": {"format": image_format, "filename": filename,
+                                 "scale": 1 if image_format == "svg" else 3},
+    }
+
+
+def style(fig: go.Figure, title: str | None = None, height: int | None = None) -> go.Figure:
+    fig.update_layout(
+        template="plotly_white",
+        font={"family": FONT_FAMILY, "size": FONT_SIZE, "color": "#1f2933"},
+        title={"text": title, "x": 0.0, "xanchor": "left", "font": {"size": FONT_SIZE + 4}} if title else None,
+        margin={"l": 60, "r": 20, "t": 60 if title else 20, "b": 50},
+        hoverlabel={"font": {"size": FONT_SIZE - 1}},
+        legend={"font": {"size": FONT_SIZE - 1}, "itemsizing": "constant"},
+    )
+    if height:
+        fig.update_layout(height=height)
+    return fig
+
+
+def empty_figure(message: str) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, font={"size": FONT_SIZE + 2}, x=0.5, y=0.5,
+                       xref="paper", yref="paper")
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return style(fig, height=300)
+
+
+def feature_label(column: str) -> str:
+    """``morph_mean_intensity`` -> ``mean intensity`` (axis labels a biologist reads)."""
+    name = column.removeprefix("morph_")
+    return name.replace("_", " ")
+
+
+def class_colours(classes: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Class -> (colour, marker symbol); stable for a sorted class list."""
+    out = {}
+    for i, cls in enumerate(classes):
+        out[cls] = (OKABE_ITO[i % len(OKABE_ITO)], _EXTRA_SYMBOLS[(i // len(OKABE_ITO)) % len(_EXTRA_SYMBOLS)])
+    return out
+
+
+def correlation_heatmap(corr: pd.DataFrame, method: str, dim_labels: Sequence[str] | None = None,
+                        features: Sequence[str] | None = None) -> go.Figure:
+    """Latent dims (rows) x morphology features (columns) from the long correlations table."""
+    sub = corr[corr["method"] == method]
+    if sub.empty:
+        return empty_figure(f"No {method} correlations in this run")
+    grid = sub.pivot_table(index="dim", columns="feature", values="value", aggfunc="first")
+    if features is not None:
+        grid = grid.reindex(columns=[f for f in features if f in grid.columns])
+    grid = grid.sort_index()
+    dims = grid.index.to_numpy()
+    if dim_labels is not None:
+        y_labels = [dim_labels[d] if d < len(dim_labels) else f"z{d}" for d in dims]
+    else:
+        y_labels = [f"z{d}" for d in dims]
+    x_labels = [feature_label(c) for c in grid.columns]
+    signed = method in ("pearson", "spearman")
+    z = grid.to_numpy(dtype=float)
+    custom = np.dstack(np.meshgrid(list(grid.columns), dims.astype(str)))  # (dims, features, 2)
+    heat = go.Heatmap(
+        z=z, x=x_labels, y=y_labels, customdata=custom,
+        colorscale="RdBu_r" if signed else "Viridis",
+        zmin=-1 if signed else 0, zmax=1 if signed else max(float(np.nanmax(z)) if np.isfinite(z).any() else 1, 1e-9),
+        zmid=0 if signed else None,
+        texttemplate="%{z:.2f}", textfont={"size": FONT_SIZE - 2},
+        colorbar={"title": {"text": "r" if method == "pearson" else ("ρ" if method == "spearman" else "MI")}},
+        hovertemplate="%{y}<br>%{x}<br>" + method + " = %{z:.3f}<extra>click for scatter</extra>",
+        xgap=2, ygap=2,
+    )
+    fig = go.Figure(heat)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(tickangle=-30)
+    return style(fig, height=max(320, 60 + 42 * len(dims)))
+
+
+def pair_scatter(df: pd.DataFrame, x_col: str, y_col: str, x_label: str, y_label: str,
+                 colour_col: str | None = "label", selected_rows: Sequence[int] | None = None) -> go.Figure:
+    """One latent dim against one morphology feature; point customdata carries the object row."""
+    ok = df[[x_col, y_col]].notna().all(axis=1)
+    data = df[ok]
+    fig = go.Figure()
+    groups = _groups(data, colour_col)
+    colours = class_colours([g for g, _ in groups])
+    for name, part in groups:
+        colour, symbol = colours[name]
+        fig.add_trace(go.Scattergl(
+            x=part[x_col], y=part[y_col], mode="markers", name=str(name),
+            marker={"color": colour, "symbol": symbol, "size": 7, "opacity": 0.75,
+                    "line": {"width": 0.5, "color": "white"}},
+            customdata=np.column_stack([part["row"].to_numpy(), part["path"].astype(str).to_numpy()]),
+            hovertemplate="<b>%{customdata[1]}</b><br>" + x_label + " = %{x:.3f}<br>" + y_label
+                          + " = %{y:.3f}<extra>%{fullData.name}</extra>",
+            selectedpoints=_selected_positions(part, selected_rows),
+            selected={"marker": {"opacity": 1.0}}, unselected={"marker": {"opacity": 0.25}},
+        ))
+    fig.update_xaxes(title=x_label)
+    fig.update_yaxes(title=y_label)
+    fig.update_layout(dragmode="lasso", uirevision=f"{x_col}|{y_col}", showlegend=len(groups) > 1)
+    return style(fig, height=480)
+
+
+def latent_map(df: pd.DataFrame, x_col: str, y_col: str, colour_col: str | None, continuous: bool,
+               colour_title: str | None = None, highlight: np.ndarray | None = None,
+               selected_rows: Sequence[int] | None = None, background: pd.DataFrame | None = None,
+               background_name: str = "reference", point_size: float | None = None) -> go.Figure:
+    """UMAP/PCA scatter in WebGL (``Scattergl``), so 100k points still draw.
+
+    Hover shows name, class and the colouring value (plotly hover labels cannot show images;
+    the app shows the image of a clicked or selected point beside the map). ``highlight`` rings
+    flagged objects (anomalies); ``background`` draws a second run's coordinates in grey beneath.
+    """
+    n = len(df)
+    size = point_size or float(np.clip(9 - 1.2 * np.log10(max(n, 1)), 3, 8))
+    fig = go.Figure()
+    if background is not None and len(background):
+        fig.add_trace(go.Scattergl(
+            x=background[x_col], y=background[y_col], mode="markers", name=background_name,
+            marker={"color": "#b8bec6", "size": size, "opacity": 0.5}, hoverinfo="skip",
+        ))
+    hover_value = ""
+    if colour_col is not None and colour_col != "label":
+        hover_value = "<br>" + (colour_title or colour_col) + " = %{customdata[3]}"
+    template = "<b>%{customdata[1]}</b><br>class: %{customdata[2]}" + hover_value + "<extra></extra>"
+    if colour_col is None or not continuous:
+        groups = _groups(df, colour_col)
+        colours = class_colours([g for g, _ in groups])
+        for name, part in groups:
+            colour, symbol = colours[name]
+            fig.add_trace(go.Scattergl(
+                x=part[x_col], y=part[y_col], mode="markers", name=str(name),
+                marker={"color": colour, "symbol": symbol, "size": size, "opacity": 0.8},
+                customdata=_map_customdata(part, colour_col), hovertemplate=template,
+                selectedpoints=_selected_positions(part, selected_rows),
+                unselected={"marker": {"opacity": 0.15}},
+            ))
+    else:
+        values = pd.to_numeric(df[colour_col], errors="coerce")
+        scale = "Cividis" if colour_col.startswith("anomaly") else "Viridis"
+        fig.add_trace(go.Scattergl(
+            x=df[x_col], y=df[y_col], mode="markers", name=colour_title or colour_col,
+            marker={"color": values, "colorscale": scale, "size": size, "opacity": 0.85,
+                    "colorbar": {"title": {"text": colour_title or colour_col, "side": "right"}},
+                    "showscale": True},
+            customdata=_map_customdata(df, colour_col), hovertemplate=template,
+            selectedpoints=_selected_positions(df, selected_rows),
+            unselected={"marker": {"opacity": 0.15}}, showlegend=False,
+        ))
+    if highlight is not None and np.any(highlight):
+        flagged = df[np.asarray(highlight, dtype=bool)]
+        fig.add_trace(go.Scattergl(
+            x=flagged[x_col], y=flagged[y_col], mode="markers", name="flagged as anomalous",
+            marker={"color": "rgba(0,0,0,0)", "size": size + 7, "line": {"color": "#D55E00", "width": 2},
+                    "symbol": "circle-open"},
+            customdata=_map_customdata(flagged, colour_col), hovertemplate=template,
+        ))
+    axis = "UMAP" if x_col.startswith("umap") else ("PC" if x_col.startswith("pca") else x_col)
+    fig.update_xaxes(title=f"{axis} 1", showticklabels=False, zeroline=False)
+    fig.update_yaxes(title=f"{axis} 2", showticklabels=False, zeroline=False, scaleanchor="x", scaleratio=1)
+    # uirevision keeps zoom and selection across reruns as long as the axes stay the same.
+    fig.update_layout(dragmode="lasso", uirevision=f"{x_col}|{y_col}", legend={"itemsizing": "constant"})
+    return style(fig, height=620)
+
+
+def anomaly_histogram(scores: np.ndarray, known: np.ndarray | None, threshold: float | None,
+                      score_label: str = "anomaly score") -> go.Figure:
+    """Score distribution, split into known-class objects and the rest when labels exist."""
+    scores = np.asarray(scores, dtype=float)
+    fig = go.Figure()
+    finite = np.isfinite(scores)
+    bins = {"start": float(np.nanmin(scores[finite])) if finite.any() else 0.0,
+            "end": float(np.nanmax(scores[finite])) if finite.any() else 1.0}
+    bins["size"] = max((bins["end"] - bins["start"]) / 50, 1e-9)
+    if known is None:
+        fig.add_trace(go.Histogram(x=scores, name="all objects", marker_color=OKABE_ITO[4], xbins=bins))
+    else:
+        known = np.asarray(known, dtype=bool)
+        fig.add_trace(go.Histogram(x=scores[known], name="known classes", marker_color=OKABE_ITO[4],
+                                   opacity=0.75, xbins=bins))
+        fig.add_trace(go.Histogram(x=scores[~known], name="other classes", marker_color=OKABE_ITO[5],
+                                   opacity=0.75, xbins=bins))
+        fig.update_layout(barmode="overlay")
+    if threshold is not None and np.isfinite(threshold):
+        fig.add_vline(x=threshold, line={"color": "#1f2933", "dash": "dash", "width": 2},
+                      annotation_text="flag threshold", annotation_position="top right")
+    fig.update_xaxes(title=score_label)
+    fig.update_yaxes(title="objects")
+    return style(fig, height=360)
+
+
+def effect_size_chart(effects: pd.DataFrame, labels: dict[str, str] | None = None, top: int = 15) -> go.Figure:
+    """Horizontal bars of Cohen's d (selection minus rest), largest |d| on top."""
+    data = effects.dropna(subset=["cohens_d"]).head(top).iloc[::-1]
+    if data.empty:
+        return empty_figure("Select at least two objects (and leave two out) to compare")
+    names = [(labels or {}).get(c, feature_label(c)) for c in data["column"]]
+    colours = np.where(data["cohens_d"] >= 0, "#D55E00", "#0072B2")
+    fig = go.Figure(go.Bar(
+        x=data["cohens_d"], y=names, orientation="h", marker_color=colours,
+        customdata=np.column_stack([data["mean_selected"], data["mean_rest"]]),
+        hovertemplate="%{y}<br>Cohen's d = %{x:.2f}<br>mean selected %{customdata[0]:.3g}"
+                      " vs rest %{customdata[1]:.3g}<extra></extra>",
+    ))
+    fig.add_vline(x=0, line={"color": "#52606d", "width": 1})
+    fig.update_xaxes(title="Cohen's d (selection − rest)")
+    return style(fig, height=max(300, 40 + 30 * len(data)))
+
+
+def metric_bars(scores: dict[str, float]) -> go.Figure:
+    """Disentanglement scores (0..1) side by side."""
+    names = list(scores)
+    values = [scores[k] for k in names]
+    fig = go.Figure(go.Bar(x=names, y=values, marker_color=[OKABE_ITO[i % 8] for i in (4, 2, 0, 6, 1, 5)][:len(names)],
+                           text=[f"{v:.2f}" for v in values], textposition="outside",
+                           hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
+    fig.update_yaxes(range=[0, 1.1], title="score (higher is better)")
+    return style(fig, height=360)
+
+
+def factor_heatmap(matrix: np.ndarray, dim_labels: Sequence[str], factor_names: Sequence[str],
+                   value_name: str = "importance") -> go.Figure:
+    """Latent dimension x ground-truth factor matrix (e.g. DCI importance)."""
+    matrix = np.asarray(matrix, dtype=float)
+    fig = go.Figure(go.Heatmap(
+        z=matrix, x=list(factor_names), y=list(dim_labels), colorscale="Viridis", zmin=0,
+        texttemplate="%{z:.2f}", textfont={"size": FONT_SIZE - 2}, xgap=2, ygap=2,
+        colorbar={"title": {"text": value_name}},
+        hovertemplate="%{y} · %{x}<br>" + value_name + " = %{z:.3f}<extra></extra>",
+    ))
+    fig.update_yaxes(autorange="reversed")
+    return style(fig, height=max(320, 60 + 40 * len(dim_labels)))
+
+
+def _groups(df: pd.DataFrame, colour_col: str | None) -> list[tuple[str, pd.DataFrame]]:
+    if colour_col is None or colour_col not in df.columns:
+        return [("objects", df)]
+    keys = df[colour_col].astype("string").fillna(MISSING_LABEL)
+    return [(str(k), part) for k, part in df.groupby(keys, sort=True, observed=True)]
+
+
+def _map_customdata(part: pd.DataFrame, colour_col: str | None) -> np.ndarray:
+    label = part["label"].astype("string").fillna(MISSING_LABEL) if "label" in part else pd.Series(MISSING_LABEL, index=part.index)
+    if colour_col and colour_col in part and colour_col != "label":
+        value = part[colour_col]
+        value = value.map(lambda v: f"{v:.3g}") if pd.api.types.is_float_dtype(value) else value.astype(str)
+    else:
+        value = label
+    return np.column_stack([part["row"].to_numpy(), part["path"].astype(str).to_numpy(),
+                            label.to_numpy(dtype=object), value.to_numpy(dtype=object)])
+
+
+def _selected_positions(part: pd.DataFrame, selected_rows: Sequence[int] | None) -> list[int] | None:
+    if not selected_rows:
+        return None
+    return np.flatnonzero(part["row"].isin(selected_rows).to_numpy()).tolist()

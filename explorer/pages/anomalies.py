@@ -1,0 +1,145 @@
+"""Anomalies: which objects are unlike the classes you call "known", and along which axes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from drlcore import anomaly
+from explorer.data import file_stamp
+from explorer.figures import anomaly_histogram, latent_map
+from explorer.report import ReportSection, build_report
+from explorer.ui import csv_download, image_grid, object_detail, report_download, require_run, show_chart
+
+SCORES = {"anomaly_score": "Combined (rank average)", "anomaly_knn": "kNN distance",
+          "anomaly_mahalanobis": "Mahalanobis distance", "anomaly_recon": "Reconstruction error"}
+
+run = require_run()
+st.title("Anomalies")
+df = run.objects
+if "anomaly_score" not in df:
+    st.info("This run has no anomaly scores: run `drl analyze` on it.")
+    st.stop()
+names = run.dim_names
+zcols = run.latent_columns
+stored_known = (run.analysis.get("anomaly", {}).get("known_classes")
+                or run.analysis.get("config", {}).get("known_classes") or run.classes)
+stored_known = sorted(c for c in stored_known if c in run.classes)
+if st.session_state["anom.known"] is None or not set(st.session_state["anom.known"]) <= set(run.classes):
+    st.session_state["anom.known"] = stored_known
+
+
+@st.cache_data(max_entries=16, show_spinner="Re-scoring against the chosen known classes…")
+def rescore(run_path: str, stamp, known: tuple[str, ...]) -> pd.DataFrame:
+    """Scores and per-axis z-scores with the scorers fitted on ``known`` classes (engine code)."""
+    z = df[zcols].to_numpy(np.float64)
+    finite = np.isfinite(z).all(axis=1)
+    is_known = df["label"].isin(known).to_numpy() & finite
+    out = pd.DataFrame(index=df.index)
+    k = max(1, min(10, int(is_known.sum()) - 1))
+    knn = anomaly.KNNScorer(k=k).fit(z[is_known])
+    maha = anomaly.MahalanobisScorer().fit(z[is_known], df.loc[is_known, "label"].to_numpy())
+    scores = {"anomaly_knn": np.full(len(df), np.nan), "anomaly_mahalanobis": np.full(len(df), np.nan)}
+    scores["anomaly_knn"][is_known] = knn.score_training()
+    other = finite & ~is_known
+    if other.any():
+        scores["anomaly_knn"][other] = knn.score_samples(z[other])
+    scores["anomaly_mahalanobis"][finite] = maha.score_samples(z[finite])
+    if "recon_error" in df:
+        scores["anomaly_recon"] = df["recon_error"].to_numpy(float)
+    for name, values in scores.items():
+        out[name] = values
+    out["anomaly_score"] = anomaly.combine_scores(scores, reference_mask=is_known)
+    zs = np.full(z.shape, np.nan)
+    zs[finite] = anomaly.latent_zscores(z[finite], z[is_known])
+    for j in range(z.shape[1]):
+        out[f"z_score_{j}"] = zs[:, j]
+    out["anomaly_known"] = is_known
+    return out
+
+
+labelled = run.has_labels
+if labelled:
+    st.multiselect("Known classes (the model of 'normal')", run.classes, key="anom.known",
+                   help="Objects of the other classes are the ones we hope to flag.")
+known_classes = tuple(sorted(st.session_state["anom.known"] or []))
+if labelled and not known_classes:
+    st.warning("Choose at least one known class.")
+    st.stop()
+scores = df
+if labelled and list(known_classes) != stored_known:
+    if df["label"].isin(known_classes).sum() < 3:
+        st.warning("Fewer than 3 objects in the known classes: choose more.")
+        st.stop()
+    scores = rescore(str(run.path), file_stamp(run.path / "objects.parquet"), known_classes)
+    st.caption("Scores recomputed for this choice of known classes.")
+if "anomaly_known" in scores:
+    known_mask = scores["anomaly_known"].fillna(False).to_numpy(bool)
+elif labelled:
+    known_mask = df["label"].isin(known_classes).to_numpy()
+else:
+    known_mask = np.ones(len(df), bool)
+
+available = [s for s in SCORES if s in scores and scores[s].notna().any()]
+controls = st.columns([2, 2])
+controls[0].selectbox("Score", available, key="anom.score", format_func=SCORES.get)
+score_col = st.session_state["anom.score"]
+controls[1].slider("Flag objects above this percentile of the known classes", 0.80, 0.999,
+                   key="anom.quantile", step=0.001, format="%.3f")
+values = scores[score_col].to_numpy(float)
+ref = values[known_mask & np.isfinite(values)]
+threshold = float(np.quantile(ref, st.session_state["anom.quantile"])) if len(ref) else float("nan")
+st.session_state["anom.threshold"] = threshold if score_col == "anomaly_score" else None
+flagged = np.isfinite(values) & (values >= threshold)
+
+unknown = ~known_mask
+metric_cols = st.columns(3)
+metric_cols[0].metric("Flagged objects", f"{int(flagged.sum()):,}")
+metric_cols[1].metric("Known-class objects", f"{int(known_mask.sum()):,}")
+if labelled and unknown.any() and known_mask.any():
+    evaluation = anomaly.open_set_evaluation(values, unknown)
+    metric_cols[2].metric("AUROC (other vs known classes)", f"{evaluation['auroc']:.3f}",
+                          help="0.5 = chance, 1 = every object of another class scores above every known one.")
+    if evaluation.get("note"):
+        st.caption(evaluation["note"])
+else:
+    metric_cols[2].metric("AUROC", "—", help="Needs labels and at least one class left out of the known set.")
+
+hist = anomaly_histogram(values, known_mask if labelled else None, threshold, SCORES[score_col])
+show_chart(hist, key="anom.hist", filename=f"{run.name}-anomaly-histogram")
+
+proj = run.projections()
+map_fig = None
+if proj:
+    p = proj[0]
+    map_fig = latent_map(df.assign(**{score_col: values}), f"{p}_x", f"{p}_y", "label" if labelled else None,
+                         False, highlight=flagged)
+    st.subheader("Flagged objects on the map")
+    show_chart(map_fig, key="anom.map", filename=f"{run.name}-anomalies-map")
+
+st.subheader("Most anomalous objects")
+n_top = st.slider("How many", 8, 96, key="anom.top", step=8)
+order = np.argsort(-np.nan_to_num(values, nan=-np.inf))[:n_top]
+zscore_cols = [c for c in scores.columns if c.startswith("z_score_")]
+zscore_cols = sorted(zscore_cols, key=lambda c: int(c.rsplit("_", 1)[1]))
+ranked = df.iloc[order].copy()
+ranked["score"] = values[order]
+if zscore_cols and len(zscore_cols) == len(names):
+    zmat = scores[zscore_cols].to_numpy(float)[order]
+    ranked["out_of_range_axes"] = ["; ".join(anomaly.out_of_range_axes(zrow, names)) or "none beyond ±3σ"
+                                   for zrow in zmat]
+object_detail(run, st.session_state["anom.focus"], "anom.focus")
+image_grid(run, ranked, key_prefix="anom.gallery", focus_key="anom.focus", max_images=n_top,
+           captions=[f"#{i + 1} · {s:.3g}" for i, s in enumerate(ranked["score"])])
+table_cols = [c for c in ("row", "path", "label", "score", "out_of_range_axes") if c in ranked]
+st.dataframe(ranked[table_cols], hide_index=True, width="stretch")
+csv_download(ranked[table_cols], f"{run.name}-anomalies.csv", key="anom.csv")
+report_download(lambda: build_report(
+    f"Anomalies — {run.name}",
+    [ReportSection(f"{SCORES[score_col]} (known: {', '.join(known_classes) or 'all'})",
+                   figures=[f for f in (hist, map_fig) if f is not None]),
+     ReportSection("Most anomalous objects", table=ranked[table_cols],
+                   images=[(b, f"#{i + 1}") for i, b in enumerate(run.thumb_bytes(str(s)) for s in ranked["sha256"]) if b])],
+    {**run.provenance(), "view": "anomalies", "known classes": list(known_classes), "score": score_col,
+     "flag percentile": st.session_state["anom.quantile"]}), f"{run.name}-anomalies.html", key="anom.report")

@@ -1,0 +1,94 @@
+"""Correlations: latent dims x morphology features; click a cell to see the pair and its images."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from explorer.figures import correlation_heatmap, feature_label, pair_scatter
+from explorer.report import ReportSection, build_report
+from explorer.ui import (csv_download, image_grid, object_detail, report_download, require_run,
+                         selected_rows_from_event, show_chart)
+
+METHODS = {"pearson": "Pearson r", "spearman": "Spearman ρ", "mi": "Mutual information"}
+
+run = require_run()
+st.title("Correlations")
+corr = run.correlations
+if corr is None or corr.empty:
+    st.info("This run has no correlations.parquet: run `drl analyze` on it.")
+    st.stop()
+df = run.objects
+names = run.dim_names
+features = sorted(f for f in corr["feature"].unique() if f in df.columns)
+methods = [m for m in METHODS if m in set(corr["method"])]
+if st.session_state["corr.method"] not in methods:
+    st.session_state["corr.method"] = methods[0]
+if st.session_state["corr.feature"] not in features:
+    st.session_state["corr.feature"] = features[0] if features else None
+if st.session_state["corr.dim"] >= len(names):
+    st.session_state["corr.dim"] = 0
+
+
+def _on_cell_click() -> None:
+    """A click on the heatmap picks the pair shown below (the selectboxes follow)."""
+    event = st.session_state.get("corr.heatmap") or {}
+    points = (event.get("selection") or {}).get("points") or []
+    if points:
+        custom = points[0].get("customdata")
+        if custom is not None and len(custom) == 2:
+            feature, dim = custom[0], int(custom[1])
+            if feature in features:
+                st.session_state["corr.feature"] = feature
+                st.session_state["corr.dim"] = dim
+                st.session_state["corr.selected"] = []
+
+
+st.segmented_control("Measure", methods, key="corr.method", format_func=METHODS.get)
+method = st.session_state["corr.method"] or methods[0]
+st.caption("Rows: latent dimensions; columns: handcrafted morphology features. Click a cell to see that pair.")
+heat = correlation_heatmap(corr, method, names, features)
+show_chart(heat, key="corr.heatmap", filename=f"{run.name}-correlations-{method}", on_select=_on_cell_click,
+           selection_mode=("points",))
+
+pick = st.columns(2)
+pick[0].selectbox("Latent dimension", list(range(len(names))), key="corr.dim", format_func=lambda j: names[j])
+pick[1].selectbox("Morphology feature", features, key="corr.feature", format_func=feature_label)
+dim, feature = st.session_state["corr.dim"], st.session_state["corr.feature"]
+zcol = run.latent_columns[dim]
+row = corr[(corr["dim"] == dim) & (corr["feature"] == feature) & (corr["method"] == method)]
+if len(row):
+    r = row.iloc[0]
+    ci = f" (95% CI {r['ci_low']:.2f} to {r['ci_high']:.2f})" if "ci_low" in r and r["ci_low"] == r["ci_low"] else ""
+    st.markdown(f"**{METHODS[method]}** between *{names[dim]}* and *{feature_label(feature)}*: "
+                f"**{r['value']:.3f}**{ci}")
+
+
+def _on_points_selected() -> None:
+    st.session_state["corr.selected"] = selected_rows_from_event("corr.scatter")
+
+
+scatter = pair_scatter(df, zcol, feature, names[dim], feature_label(feature),
+                       selected_rows=st.session_state["corr.selected"])
+show_chart(scatter, key="corr.scatter", filename=f"{run.name}-{zcol}-vs-{feature}", on_select=_on_points_selected)
+st.caption("Drag a box or lasso around points to see their images.")
+
+selected = st.session_state["corr.selected"]
+object_detail(run, st.session_state.get("corr.focus"), "corr.focus")
+if selected:
+    sel = df[df["row"].isin(selected)]
+    st.subheader(f"{len(sel)} selected objects")
+    image_grid(run, sel, key_prefix="corr.gallery", focus_key="corr.focus")
+    csv_download(sel[["row", "path", "label", zcol, feature]], f"{run.name}-selection.csv", key="corr.sel_csv")
+
+table = corr[corr["method"] == method].pivot_table(index="dim_name", columns="feature", values="value",
+                                                    aggfunc="first").reset_index()
+exports = st.columns(2)
+with exports[0]:
+    csv_download(corr, f"{run.name}-correlations.csv", key="corr.csv", label="Download all correlations (CSV)")
+with exports[1]:
+    report_download(lambda: build_report(
+        f"Correlations — {run.name}",
+        [ReportSection(f"{METHODS[method]}: latent dimensions x morphology", figures=[heat], table=table),
+         ReportSection(f"{names[dim]} vs {feature_label(feature)}", figures=[scatter])],
+        {**run.provenance(), "view": "correlations", "method": method}),
+        f"{run.name}-correlations.html", key="corr.report")

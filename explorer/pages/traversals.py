@@ -1,0 +1,97 @@
+"""Latent axes: for each dimension, real images along it, its name and its best morphology match."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from drlcore.traversal import traversal_indices, traversal_values
+from explorer.data import file_stamp
+from explorer.figures import feature_label
+from explorer.report import ReportSection, build_report
+from explorer.ui import caption_for, csv_download, image_grid, object_detail, report_download, require_run
+
+run = require_run()
+st.title("Latent axes")
+st.caption("Each row walks one latent dimension from low to high (2nd to 98th percentile) with the other "
+           "dimensions held at their median, and shows the real image nearest to each step.")
+
+df = run.objects
+zcols = run.latent_columns
+names = run.dim_names
+if not zcols:
+    st.error("This run has no latent columns (z_mean_*): re-encode it.")
+    st.stop()
+if st.session_state["trav.dim"] >= len(zcols):
+    st.session_state["trav.dim"] = 0
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _strip(run_path: str, stamp, dim: int, n_steps: int) -> tuple[list[int], list[float]]:
+    z = df[zcols].to_numpy(np.float64)
+    return traversal_indices(z, dim, n_steps), traversal_values(z, dim, n_steps).tolist()
+
+
+def _best_matches(dim: int, k: int = 3) -> pd.DataFrame:
+    corr = run.correlations
+    if corr is None or corr.empty:
+        return pd.DataFrame()
+    sub = corr[(corr["dim"] == dim) & (corr["method"] == "pearson")].dropna(subset=["value"])
+    sub = sub.assign(abs_r=sub["value"].abs()).sort_values("abs_r", ascending=False).head(k)
+    return sub
+
+
+def _match_text(dim: int) -> str:
+    best = _best_matches(dim)
+    if best.empty:
+        return "no morphology correlations in this run"
+    return ", ".join(f"{feature_label(f)} (r = {r:+.2f})" for f, r in zip(best["feature"], best["value"], strict=True))
+
+
+stamp = file_stamp(run.path / "objects.parquet")
+controls = st.columns([3, 1])
+active = [j for j in range(len(zcols)) if j not in run.inactive_dims]
+controls[0].selectbox("Dimension", list(range(len(zcols))), key="trav.dim", format_func=lambda j: names[j]
+                      + ("  (inactive)" if j in run.inactive_dims else ""))
+controls[1].slider("Images per axis", 5, 15, key="trav.n_steps", step=2)
+n_steps = st.session_state["trav.n_steps"]
+show_all = st.toggle("Show all active dimensions", key="trav.show_all")
+
+object_detail(run, st.session_state["trav.focus"], "trav.focus")
+
+dims = active if show_all else [st.session_state["trav.dim"]]
+summary_rows = []
+for dim in dims:
+    rows, values = _strip(str(run.path), stamp, dim, n_steps)
+    with st.container(border=True):
+        st.markdown(f"#### {names[dim]}")
+        st.markdown(f"Best morphology matches: {_match_text(dim)}")
+        picked = df.set_index("row", drop=False).loc[rows] if "row" in df else df.iloc[rows]
+        captions = [f"{names[dim].split(':')[0]} = {v:+.2f}" for v in values]
+        image_grid(run, picked, key_prefix=f"trav.strip.{dim}", focus_key="trav.focus", n_cols=n_steps,
+                   max_images=n_steps, captions=captions)
+    summary_rows.append({"dim": dim, "name": names[dim], "best_matches": _match_text(dim),
+                         "rows": " ".join(map(str, rows))})
+
+table = pd.DataFrame(summary_rows)
+exports = st.columns(2)
+with exports[0]:
+    csv_download(table, f"{run.name}-latent-axes.csv", key="trav.csv")
+
+
+def _report() -> str:
+    sections = []
+    for dim in dims:
+        rows, values = _strip(str(run.path), stamp, dim, n_steps)
+        picked = df.set_index("row", drop=False).loc[rows]
+        images = [(run.thumb_bytes(str(sha)) or b"", f"{v:+.2f} · {caption_for(obj)}")
+                  for (_, obj), sha, v in zip(picked.iterrows(), picked["sha256"], values, strict=True)]
+        sections.append(ReportSection(names[dim], text=f"Best morphology matches: {_match_text(dim)}",
+                                      images=[im for im in images if im[0]]))
+    return build_report(f"Latent axes — {run.name}", sections,
+                        {**run.provenance(), "view": "latent axes", "steps": n_steps, "quantiles": "0.02-0.98"})
+
+
+with exports[1]:
+    report_download(_report, f"{run.name}-latent-axes.html", key="trav.report")

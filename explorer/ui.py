@@ -1,0 +1,220 @@
+"""Streamlit helpers shared by the pages: state defaults, the current run, charts, galleries,
+downloads. Session state holds UI state only, under namespaced keys (``app.*``, ``trav.*``, ...).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from drlcore.errors import DrlError
+from explorer.data import Run, is_run_dir
+from explorer.figures import plot_config
+
+STATE_DEFAULTS: dict = {
+    "app.run": None,            # path (str) of the run on screen
+    "app.reference_run": None,  # optional second run drawn beneath the map
+    "ui.image_format": "svg",
+    "trav.dim": 0,
+    "trav.focus": None,
+    "trav.n_steps": 9,
+    "corr.method": "pearson",
+    "corr.dim": 0,
+    "corr.feature": None,
+    "corr.selected": [],
+    "map.projection": None,
+    "map.color_by": "class",
+    "map.selected": [],
+    "map.focus": None,
+    "anom.known": None,
+    "anom.method": "stored",
+    "anom.quantile": 0.95,
+    "anom.focus": None,
+    "anom.score": "anomaly_score",
+    "anom.top": 24,
+    "anom.threshold": None,
+    "corr.focus": None,
+    "trav.show_all": False,
+}
+
+
+def init_state(extra: dict | None = None) -> None:
+    """Set defaults once per session; never overwrite what the user chose."""
+    for key, value in {**STATE_DEFAULTS, **(extra or {})}.items():
+        if key not in st.session_state:
+            st.session_state[key] = list(value) if isinstance(value, list) else value
+
+
+def keep_state() -> None:
+    """Carry UI choices across pages.
+
+    Streamlit forgets a widget's keyed value when a rerun does not draw that widget (e.g. after
+    switching page); writing each known key back at the top of every run keeps it.
+    """
+    init_state()
+    for key in STATE_DEFAULTS:
+        st.session_state[key] = st.session_state[key]
+
+
+def current_run() -> Run | None:
+    path = st.session_state.get("app.run")
+    if not path:
+        return None
+    p = Path(path)
+    return Run(p) if is_run_dir(p) else None
+
+
+def require_run() -> Run:
+    """The run on screen, or a friendly stop pointing at the Datasets page."""
+    run = current_run()
+    if run is None:
+        st.info("No run is open. Pick one in the sidebar, or add data on the **Datasets** page.")
+        st.stop()
+    try:
+        run.objects  # noqa: B018 - load once so a broken run fails here with a clear message
+    except DrlError as exc:
+        st.error(str(exc))
+        st.stop()
+    return run
+
+
+def show_chart(fig: go.Figure, key: str, filename: str, on_select: Callable | str = "ignore",
+               selection_mode: Sequence[str] = ("points", "box", "lasso")):
+    """Plotly chart whose modebar camera saves SVG or PNG (sidebar choice), fully in the browser."""
+    config = plot_config(st.session_state.get("ui.image_format", "svg"), filename)
+    if on_select == "ignore":
+        return st.plotly_chart(fig, key=key, config=config, width="stretch")
+    return st.plotly_chart(fig, key=key, config=config, width="stretch", on_select=on_select,
+                           selection_mode=tuple(selection_mode))
+
+
+def selected_rows_from_event(chart_key: str) -> list[int]:
+    """Object rows of the points selected in a chart (``customdata[0]`` is the row)."""
+    event = st.session_state.get(chart_key)
+    if not event:
+        return []
+    selection = event.get("selection", {}) if isinstance(event, dict) else getattr(event, "selection", {})
+    rows = []
+    for point in selection.get("points", []):
+        custom = point.get("customdata")
+        if custom is not None and len(custom):
+            try:
+                rows.append(int(float(custom[0])))
+            except (TypeError, ValueError):
+                continue
+    return sorted(set(rows))
+
+
+def csv_download(df: pd.DataFrame, filename: str, key: str, label: str = "Download table (CSV)") -> None:
+    st.download_button(label, data=lambda: df.to_csv(index=False).encode("utf-8"), file_name=filename,
+                       mime="text/csv", key=key, icon=":material/download:", on_click="ignore")
+
+
+def report_download(build: Callable[[], str], filename: str, key: str) -> None:
+    """HTML report built only when clicked (it inlines ~4 MB of plotly.js)."""
+    st.download_button("Download this view as an HTML report", data=lambda: build().encode("utf-8"),
+                       file_name=filename, mime="text/html", key=key, icon=":material/description:",
+                       on_click="ignore", help="One file with interactive charts, images and a provenance "
+                                              "stamp; opens offline on any laptop.")
+
+
+def caption_for(row: pd.Series) -> str:
+    name = Path(str(row.get("path", row.get("row")))).name
+    label = row.get("label")
+    return f"{name}" if label is None or (isinstance(label, float) and np.isnan(label)) else f"{label} · {name}"
+
+
+def image_grid(run: Run, rows: pd.DataFrame, key_prefix: str, focus_key: str, n_cols: int = 8,
+               max_images: int = 48, captions: Sequence[str] | None = None) -> None:
+    """Thumbnails in a grid; the button under each opens it large (``focus_key`` = its row)."""
+    if rows.empty:
+        st.caption("No objects to show.")
+        return
+    shown = rows.head(max_images)
+    if len(rows) > max_images:
+        st.caption(f"Showing {max_images} of {len(rows)} objects.")
+    cols = st.columns(n_cols)
+    for i, (_, obj) in enumerate(shown.iterrows()):
+        with cols[i % n_cols]:
+            thumb = run.thumb_bytes(str(obj.get("sha256", "")))
+            text = captions[i] if captions is not None else caption_for(obj)
+            if thumb is not None:
+                st.image(thumb, caption=text, width="stretch")
+            else:
+                st.caption(f"(no thumbnail) {text}")
+            st.button("View", key=f"{key_prefix}.view.{int(obj['row'])}.{i}", icon=":material/zoom_in:",
+                      on_click=_set_state, args=(focus_key, int(obj["row"])), width="stretch")
+
+
+def _set_state(key: str, value) -> None:
+    st.session_state[key] = value
+
+
+def object_detail(run: Run, row: int | None, close_key: str) -> None:
+    """Large image and its metadata for one object."""
+    if row is None:
+        return
+    df = run.objects
+    match = df[df["row"] == row]
+    if match.empty:
+        return
+    obj = match.iloc[0]
+    with st.container(border=True):
+        left, right = st.columns([1, 1.4])
+        with left:
+            image = _large_image(run, obj)
+            if image is not None:
+                st.image(image, caption=str(obj.get("path")), width="stretch")
+        with right:
+            st.markdown(f"**{obj.get('path')}**")
+            meta = {k: obj[k] for k in ("label", "split", "width", "height", "mode", "note") if k in obj.index}
+            for k in ("anomaly_score", "recon_error", "z_std_mean"):
+                if k in obj.index:
+                    meta[k] = obj[k]
+            latent = {name: obj[col] for name, col in zip(run.dim_names, run.latent_columns, strict=False)}
+            morph = {c.removeprefix("morph_").replace("_", " "): obj[c] for c in run.morph_columns}
+            st.dataframe(pd.DataFrame({"value": [_fmt(v) for v in meta.values()]}, index=list(meta)), width="stretch")
+            tabs = st.tabs(["Latent dims", "Morphology"])
+            tabs[0].dataframe(pd.DataFrame({"value": [_fmt(v) for v in latent.values()]}, index=list(latent)),
+                              width="stretch")
+            tabs[1].dataframe(pd.DataFrame({"value": [_fmt(v) for v in morph.values()]}, index=list(morph)),
+                              width="stretch")
+            st.button("Close", key=f"{close_key}.close", on_click=_set_state, args=(close_key, None),
+                      icon=":material/close:")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, (float, np.floating)):
+        return "—" if not np.isfinite(value) else f"{value:.4g}"
+    return "—" if value is None else str(value)
+
+
+def _large_image(run: Run, obj: pd.Series):
+    """The original image when it is still reachable, else the stored thumbnail."""
+    source = str(obj.get("source") or "")
+    try:
+        from drlcore.ingest import ImageRecord, decode, read_bytes  # engine owns decoding (16-bit, TIFF, zip)
+
+        record = ImageRecord(path=str(obj.get("path")), label=obj.get("label"), split=obj.get("split"),
+                             source=source)
+        return decode(read_bytes(record), _ingest_config()).rgb
+    except Exception:  # noqa: BLE001 - the original may be gone; the thumbnail still shows the object
+        pass
+    thumb = run.thumb_bytes(str(obj.get("sha256", "")))
+    if thumb is None:
+        return None
+    from PIL import Image
+
+    return Image.open(io.BytesIO(thumb))
+
+
+def _ingest_config():
+    from drlcore.ingest import IngestConfig
+
+    return IngestConfig()
