@@ -1,0 +1,127 @@
+"""Content-hash feature cache: an image already embedded by the same model is never embedded again.
+
+Layout::
+
+    CACHE_ROOT/<key>/                    key = cache_key(backbone, preprocessing)
+        info.json                        what the key stands for (for people; never read back)
+        shard-<time>-<pid>-<n>.npy       float32 (n, D): one written batch
+        shard-<time>-<pid>-<n>.json      {"hashes": [...n sha256], "meta": [...n dicts]}
+
+The key folds in everything that changes a feature vector: backbone name, weights hash, compute
+dtype, preprocessing (input size, mean/std, interpolation, padding, intensity range) and
+``CACHE_VERSION``. Rows are keyed by the sha256 of the image *file bytes*, so renaming or moving
+files keeps their features.
+
+Each batch is one shard written atomically, the vectors first and the ``.json`` key list last:
+a shard only counts once its ``.json`` exists, so a run killed midway keeps every batch it
+finished and never sees half a batch. Writers never touch each other's shards, so two runs may
+share a cache folder.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from drlcore.io import atomic_save_npy, atomic_write_json, fingerprint
+
+__all__ = ["CACHE_VERSION", "FeatureCache", "cache_key", "default_cache_dir"]
+
+# Bump when decoding or preprocessing changes in a way the key parts do not show.
+CACHE_VERSION = 1
+
+_shard_counter = itertools.count()
+
+
+def default_cache_dir() -> Path:
+    """``$DRL_CACHE_DIR/features`` if set (read now, not at import), else the user cache folder."""
+    root = os.environ.get("DRL_CACHE_DIR")
+    if root:
+        return Path(root).expanduser() / "features"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("drl")) / "features"
+
+
+def cache_key(backbone_name: str, weights_hash: str, dtype: str, preprocessing: dict) -> str:
+    return fingerprint(["features", CACHE_VERSION, backbone_name, weights_hash, dtype,
+                        preprocessing])
+
+
+class FeatureCache:
+    """Feature vectors by image hash for one key (one model + preprocessing)."""
+
+    def __init__(self, root: str | os.PathLike, key: str, info: dict | None = None):
+        self.root = Path(root)
+        self.key = key
+        self.folder = self.root / key
+        self._info = info
+        self._vectors: dict[str, np.ndarray] | None = None
+        self._meta: dict[str, dict] = {}
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._vectors is not None:
+            return self._vectors
+        vectors: dict[str, np.ndarray] = {}
+        for index_file in sorted(self.folder.glob("shard-*.json")):
+            try:
+                with open(index_file, encoding="utf-8") as fh:
+                    index = json.load(fh)
+                array = np.load(index_file.with_suffix(".npy"), mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError):
+                continue  # an unreadable shard only costs a recomputation
+            hashes = index.get("hashes", [])
+            meta = index.get("meta") or [None] * len(hashes)
+            if array.ndim != 2 or len(array) != len(hashes) or len(meta) != len(hashes):
+                continue
+            for row, (digest, info) in enumerate(zip(hashes, meta)):
+                vectors[digest] = array[row]
+                if info is not None:
+                    self._meta[digest] = info
+        self._vectors = vectors
+        return vectors
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def __contains__(self, digest: str) -> bool:
+        return digest in self._load()
+
+    def get(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """The cached vectors among ``hashes`` (float32 copies); misses are simply absent."""
+        vectors = self._load()
+        return {h: np.array(vectors[h], dtype=np.float32) for h in hashes if h in vectors}
+
+    def metadata(self, hashes: Sequence[str]) -> dict[str, dict]:
+        """Per-image facts stored with the vectors (e.g. width, height, mode), where present."""
+        self._load()
+        return {h: self._meta[h] for h in hashes if h in self._meta}
+
+    def put(self, hashes: Sequence[str], vectors: np.ndarray,
+            meta: Sequence[dict] | None = None) -> None:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        hashes = list(hashes)
+        if vectors.ndim != 2 or len(vectors) != len(hashes):
+            raise ValueError(f"{len(hashes)} hashes for vectors of shape {vectors.shape}")
+        if meta is not None and len(meta) != len(hashes):
+            raise ValueError(f"{len(hashes)} hashes but {len(meta)} metadata entries")
+        if not hashes:
+            return
+        if self._info is not None and not (self.folder / "info.json").exists():
+            atomic_write_json(self.folder / "info.json", self._info)
+        stem = f"shard-{time.time_ns()}-{os.getpid()}-{next(_shard_counter)}"
+        atomic_save_npy(self.folder / f"{stem}.npy", vectors)
+        # Written last: the shard exists for readers only from here on.
+        atomic_write_json(self.folder / f"{stem}.json",
+                          {"hashes": hashes, "meta": list(meta) if meta is not None else None})
+        store = self._load()
+        for row, digest in enumerate(hashes):
+            store[digest] = vectors[row]
+            if meta is not None:
+                self._meta[digest] = meta[row]

@@ -1,0 +1,329 @@
+"""The ``drl features`` stage: image source -> backbone features, with a content-hash cache.
+
+::
+
+    result = extract_features("blood-cells/", "run/", FeatureConfig(), TqdmReporter())
+
+Steps: discover the images; read and sha256-hash every file; look the hashes up in the feature
+cache; decode, square and embed only the misses, batch by batch, writing a cache shard per batch
+(so an interrupted run resumes where it stopped and a second run does no forward pass at all);
+write ``features.npy``, ``images.parquet``, ``skipped.csv`` and ``manifest.json`` atomically at
+the end, plus one thumbnail per image under ``thumbs/``.
+
+Decoding runs in a small thread pool a few batches ahead of the model (PIL and the JPEG decoder
+release the GIL), so the CPU decodes the next batch while the network runs on this one.
+Batches are formed from the misses in discovery order, so a resumed run sees exactly the batches
+an uninterrupted run would and writes bit-identical features.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as _dt
+import platform
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from drlcore.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
+from drlcore.cache import CACHE_VERSION, FeatureCache, cache_key, default_cache_dir
+from drlcore.errors import DrlError, SkipImage
+from drlcore.io import (atomic_save_npy, atomic_write_bytes, atomic_write_csv, atomic_write_json,
+                        atomic_write_parquet, fingerprint, sha256_bytes)
+from drlcore.progress import NullReporter, Reporter
+
+__all__ = ["FeatureConfig", "FeatureResult", "extract_features", "embed_arrays",
+           "preprocessing_of", "TABLE_COLUMNS"]
+
+TABLE_COLUMNS = ["row", "path", "label", "split", "sha256", "width", "height", "mode", "note",
+                 "source"]
+_META_FIELDS = ("width", "height", "mode", "note")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    backbone: str = DEFAULT_BACKBONE
+    weights: str | None = None
+    batch_size: int = 32
+    pad_to_square: bool = True
+    cache_dir: str | None = None
+    pretrained: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise DrlError(f"batch size must be a positive integer, not {self.batch_size!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> FeatureConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise DrlError(f"unknown feature setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class FeatureResult:
+    features: np.ndarray   # float32 (N, D), row i <-> table row i
+    table: pd.DataFrame    # TABLE_COLUMNS
+    skipped: pd.DataFrame  # path, reason
+    manifest: dict
+
+
+def preprocessing_of(backbone: Backbone, pad_to_square: bool,
+                     intensity_range: tuple[float, float] | None) -> dict:
+    spec = backbone.spec
+    return {"input_size": spec.input_size, "mean": list(spec.mean), "std": list(spec.std),
+            "interpolation": spec.interpolation, "pad_to_square": pad_to_square,
+            "intensity_range": list(intensity_range) if intensity_range is not None else None}
+
+
+def _open_cache(backbone: Backbone, preprocessing: dict, cache_dir: str | None) -> FeatureCache:
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    key = cache_key(backbone.spec.name, backbone.weights_hash, backbone.dtype, preprocessing)
+    info = {"backbone": backbone.spec.name, "timm_name": backbone.spec.timm_name,
+            "weights_hash": backbone.weights_hash, "dtype": backbone.dtype,
+            "preprocessing": preprocessing, "cache_version": CACHE_VERSION}
+    return FeatureCache(root, key, info=info)
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn, items, ahead: int) -> Iterator[Future]:
+    """Like ``pool.map`` in order, but keeps at most ``ahead`` items in flight (bounded memory)."""
+    pending: collections.deque[Future] = collections.deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft()
+    while pending:
+        yield pending.popleft()
+
+
+def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
+                     reporter: Reporter | None = None,
+                     backbone: Backbone | None = None) -> FeatureResult:
+    """Embed every readable image of ``data`` into ``out_dir`` (see module docstring)."""
+    from drlcore import ingest
+
+    reporter = reporter or NullReporter()
+    out_dir = Path(out_dir)
+    ingest_config = ingest.IngestConfig(pad_to_square=config.pad_to_square)
+    dataset = ingest.discover(data, ingest_config)
+    if backbone is None:
+        backbone = load_backbone(config.backbone, config.weights, config.pretrained,
+                                 batch_size=config.batch_size)
+    spec = backbone.spec
+    irange = ingest.intensity_range(dataset, ingest_config)
+    preprocessing = preprocessing_of(backbone, config.pad_to_square, irange)
+    cache = _open_cache(backbone, preprocessing, config.cache_dir)
+    thumbs = out_dir / "thumbs"
+    thumbs.mkdir(parents=True, exist_ok=True)
+    workers = max(2, min(8, _torch_threads()))
+    skipped: list[tuple[str, str]] = list(dataset.skipped)
+
+    # 1. Hash every file: the cache is keyed by content, not by name.
+    records = dataset.records
+    digests: list[str | None] = [None] * len(records)
+
+    def hash_record(i: int) -> tuple[int, str | None, str | None]:
+        try:
+            return i, sha256_bytes(ingest.read_bytes(records[i])), None
+        except SkipImage as exc:
+            return i, None, exc.reason
+        except OSError as exc:
+            return i, None, f"cannot read: {exc}"
+
+    with reporter.stage("hashing", total=len(records), unit="img") as bar, \
+            ThreadPoolExecutor(workers) as pool:
+        for future in _bounded_map(pool, hash_record, range(len(records)), ahead=4 * workers):
+            i, digest, reason = future.result()
+            digests[i] = digest
+            if reason is not None:
+                skipped.append((records[i].path, reason))
+            bar.update(1)
+
+    # 2. Decode what the cache cannot answer: misses (to embed) and hits that lack their
+    #    metadata or thumbnail here (decode only).
+    unique = list(dict.fromkeys(d for d in digests if d is not None))
+    vectors = cache.get(unique)
+    meta = cache.metadata(unique)
+    todo: list[int] = []
+    seen: set[str] = set()
+    for i, digest in enumerate(digests):
+        if digest is None or digest in seen:
+            continue
+        seen.add(digest)
+        if digest not in vectors or digest not in meta or not (thumbs / f"{digest}.jpg").exists():
+            todo.append(i)
+    decode_failed: dict[str, str] = {}
+    n_misses = sum(1 for i in todo if digests[i] not in vectors)
+    if n_misses:
+        reporter.message(f"features: {len(unique) - n_misses} of {len(unique)} images cached; "
+                         f"{n_misses} new to embed with {spec.name} ({backbone.dtype})")
+
+    def prepare(i: int):
+        record, digest = records[i], digests[i]
+        try:
+            image = ingest.decode(ingest.read_bytes(record), ingest_config, irange)
+        except SkipImage as exc:
+            return i, None, None, exc.reason
+        except OSError as exc:
+            return i, None, None, f"cannot read: {exc}"
+        thumb = thumbs / f"{digest}.jpg"
+        if not thumb.exists():
+            atomic_write_bytes(thumb, ingest.thumbnail(image.rgb))
+        info = {"width": int(image.width), "height": int(image.height), "mode": image.mode,
+                "note": image.note}
+        square = None
+        if digest not in vectors:
+            square = ingest.to_square(image.rgb, spec.input_size, config.pad_to_square,
+                                      spec.interpolation)
+        return i, square, info, None
+
+    batch_digests: list[str] = []
+    batch_images: list[np.ndarray] = []
+    batch_meta: list[dict] = []
+
+    def flush(bar) -> None:
+        if not batch_digests:
+            return
+        embedded = backbone.embed(np.stack(batch_images))
+        cache.put(batch_digests, embedded, batch_meta)
+        vectors.update(zip(batch_digests, embedded))
+        bar.update(len(batch_digests))
+        batch_digests.clear(), batch_images.clear(), batch_meta.clear()
+
+    with reporter.stage("embedding", total=len(todo), unit="img") as bar, \
+            ThreadPoolExecutor(workers) as pool:
+        try:
+            ahead = 2 * config.batch_size + workers
+            for future in _bounded_map(pool, prepare, todo, ahead=ahead):
+                i, square, info, reason = future.result()
+                digest = digests[i]
+                if reason is not None:
+                    decode_failed[digest] = reason
+                    bar.update(1)
+                    continue
+                meta[digest] = info
+                if square is None:
+                    bar.update(1)  # cached vector, decoded only for metadata/thumbnail
+                    continue
+                batch_digests.append(digest), batch_images.append(square), batch_meta.append(info)
+                if len(batch_digests) == config.batch_size:
+                    flush(bar)
+            flush(bar)
+        except BaseException:
+            # Interrupted (Ctrl-C, error): drop queued decodes; finished batches stay cached.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+    # 3. Assemble in discovery order.
+    rows, keep = [], []
+    for i, (record, digest) in enumerate(zip(records, digests)):
+        if digest is None:
+            continue
+        if digest in decode_failed:
+            skipped.append((record.path, decode_failed[digest]))
+            continue
+        info = meta[digest]
+        rows.append({"row": len(rows), "path": record.path, "label": record.label,
+                     "split": record.split, "sha256": digest, "width": info["width"],
+                     "height": info["height"], "mode": info["mode"], "note": info["note"],
+                     "source": record.source})
+        keep.append(digest)
+    if not rows:
+        examples = "; ".join(f"{p}: {r}" for p, r in skipped[:3])
+        raise DrlError(f"no readable image in {data} ({len(skipped)} candidate file(s) skipped"
+                       + (f", e.g. {examples}" if examples else "") + ")")
+
+    features = np.stack([vectors[d] for d in keep]).astype(np.float32, copy=False)
+    table = _table(rows)
+    skipped_df = pd.DataFrame(skipped, columns=["path", "reason"]).astype(
+        {"path": "string", "reason": "string"})
+    manifest = _manifest(dataset, backbone, preprocessing, table, skipped_df, cache)
+    atomic_save_npy(out_dir / "features.npy", features)
+    atomic_write_parquet(out_dir / "images.parquet", table)
+    atomic_write_csv(out_dir / "skipped.csv", skipped_df)
+    atomic_write_json(out_dir / "manifest.json", manifest)
+    return FeatureResult(features=features, table=table, skipped=skipped_df, manifest=manifest)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _table(rows: list[dict]) -> pd.DataFrame:
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    return table.astype({"row": "int64", "path": "string", "label": "string", "split": "string",
+                         "sha256": "string", "width": "int64", "height": "int64",
+                         "mode": "string", "note": "string", "source": "string"})
+
+
+def _manifest(dataset, backbone: Backbone, preprocessing: dict, table: pd.DataFrame,
+              skipped: pd.DataFrame, cache: FeatureCache) -> dict:
+    import timm
+    import torch
+
+    import drlcore
+
+    return {
+        "stage": "features",
+        "backbone": backbone.spec.name,
+        "timm_name": backbone.spec.timm_name,
+        "weights_hash": backbone.weights_hash,
+        "weights_source": backbone.weights_source,
+        "dtype": backbone.dtype,
+        "feature_dim": int(backbone.spec.feature_dim),
+        "pooling": backbone.spec.pooling,
+        "preprocessing": preprocessing,
+        "data": {"root": str(dataset.root), "layout": dataset.layout,
+                 "fingerprint": fingerprint(table["sha256"].tolist())},
+        "counts": {"accepted": int(len(table)), "skipped": int(len(skipped)),
+                   "labels": int(table["label"].nunique(dropna=True))},
+        "cache": {"root": str(cache.root), "key": cache.key, "version": CACHE_VERSION},
+        "versions": {"drlcore": drlcore.__version__, "torch": torch.__version__,
+                     "timm": timm.__version__, "python": platform.python_version()},
+        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def embed_arrays(backbone: Backbone, images: np.ndarray, cache: FeatureCache | None = None,
+                 reporter: Reporter | None = None, batch_size: int | None = None) -> np.ndarray:
+    """Embed in-memory uint8 images (N, S, S, 3) already at the backbone's input size.
+
+    With a cache, each image is keyed by the sha256 of its array bytes (shape included), so
+    re-rendering the same images costs no forward pass.
+    """
+    reporter = reporter or NullReporter()
+    images = np.asarray(images)
+    size = backbone.spec.input_size
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
+        raise ValueError(f"expected uint8 images (N, {size}, {size}, 3), got "
+                         f"{images.dtype} {images.shape}")
+    batch_size = batch_size or backbone.batch_size
+    digests = [sha256_bytes(f"{img.shape}".encode() + np.ascontiguousarray(img).tobytes())
+               for img in images]
+    found = cache.get(digests) if cache is not None else {}
+    first_index = {d: i for i, d in reversed(list(enumerate(digests)))}
+    missing = [first_index[d] for d in dict.fromkeys(digests) if d not in found]
+    with reporter.stage("embedding", total=len(missing), unit="img") as bar:
+        for start in range(0, len(missing), batch_size):
+            idx = missing[start:start + batch_size]
+            out = backbone.embed(images[idx])
+            batch = [digests[i] for i in idx]
+            if cache is not None:
+                cache.put(batch, out)
+            found.update(zip(batch, out))
+            bar.update(len(idx))
+    if not len(images):
+        return np.zeros((0, backbone.spec.feature_dim), np.float32)
+    return np.stack([found[d] for d in digests]).astype(np.float32, copy=False)
