@@ -225,7 +225,6 @@ def discover(data: str | os.PathLike, config: IngestConfig = IngestConfig()) -> 
     if path.is_dir():
         entries = _walk_folder(path, skipped)
         reader = _FolderReader(path)
-        prefix = ""
     elif zipfile.is_zipfile(path) or path.suffix.lower() == ".zip":
         entries, prefix = _zip_entries(path, config, skipped)
         reader = _ZipReader(path, prefix)

@@ -6,7 +6,6 @@ Everything is generated in tmp_path from small skimage sample images or numpy dr
 from __future__ import annotations
 
 import io
-import os
 import struct
 import time
 import warnings
