@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import struct
-import time
 import warnings
 import zipfile
 import zlib
@@ -671,14 +670,11 @@ def test_plankton_discovery_and_decoding(shared_data):
 
 
 @pytest.mark.realdata
-def test_blood_cell_decode_and_square_rate(shared_data):
+def test_blood_cell_discovery_and_decoding(shared_data):
+    # Timing lives in benchmarks/, never in a test: CPU time here is shared and noisy.
     ds = discover(shared_data / "blood-cells-pbc")
     assert len(ds.records) == 1600 and len(ds.labels) == 8
-    sample = ds.records[::8][:200]
-    payloads = [read_bytes(r) for r in sample]
-    start = time.perf_counter()
-    for payload in payloads:
-        to_square(decode(payload).rgb, 224, True)
-    per_image_ms = (time.perf_counter() - start) / len(payloads) * 1000
-    # ~2 ms on one free core; the bound only guards against an accidental slow path.
-    assert per_image_ms < 30, f"{per_image_ms:.1f} ms per image"
+    for record in ds.records[::200]:
+        image = decode(read_bytes(record))
+        assert image.rgb.shape[2] == 3 and min(image.width, image.height) > 300
+        assert to_square(image.rgb, 224, True).shape == (224, 224, 3)
