@@ -7,7 +7,6 @@ defaults once, then hands over to ``st.navigation``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,25 +17,17 @@ try:
 except ImportError:  # running from a source checkout that was not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from explorer.data import is_demo, is_run_dir, list_runs, resolve_runs_dir  # noqa: E402
+from explorer.data import is_demo, is_run_dir, list_runs, parse_app_args, resolve_runs_dir  # noqa: E402
 from explorer.ui import init_state, keep_state  # noqa: E402
 
 PAGES_DIR = Path(__file__).resolve().parent / "pages"
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    """Arguments after ``--`` on the streamlit command line; unknown ones are ignored."""
-    parser = argparse.ArgumentParser(prog="drl explore", add_help=False, allow_abbrev=False)
-    parser.add_argument("--runs-dir", default=None)
-    parser.add_argument("--run", action="append", default=[])
-    return parser.parse_known_args(argv)[0]
 
 
 def _startup() -> None:
     """Once per browser session: where runs live, and which run opens first."""
     if "app.runs_dir" in st.session_state:
         return
-    args = parse_args(sys.argv[1:])
+    args = parse_app_args(sys.argv[1:])
     runs_dir = resolve_runs_dir(args.runs_dir)
     extra = [str(Path(p).expanduser().resolve()) for p in args.run]
     st.session_state["app.runs_dir"] = str(runs_dir)

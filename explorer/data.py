@@ -7,6 +7,7 @@ engine owns; anomaly re-scoring goes through ``drlcore.anomaly``.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from dataclasses import dataclass
@@ -30,6 +31,15 @@ def default_runs_dir() -> Path:
     from platformdirs import user_data_dir
 
     return Path(user_data_dir("drl")) / "runs"
+
+
+def parse_app_args(argv: list[str]) -> argparse.Namespace:
+    """Arguments after ``--`` on ``streamlit run explorer/app.py -- ...`` (as ``drl explore`` passes
+    them): ``--runs-dir DIR`` and repeated ``--run RUN_DIR``. Unknown arguments are ignored."""
+    parser = argparse.ArgumentParser(prog="drl explore", add_help=False, allow_abbrev=False)
+    parser.add_argument("--runs-dir", default=None)
+    parser.add_argument("--run", action="append", default=[])
+    return parser.parse_known_args(argv)[0]
 
 
 def resolve_runs_dir(cli_value: str | None, environ: dict | None = None) -> Path:
