@@ -25,7 +25,8 @@ Units: area, perimeter, axes and diameter in pixels of the original image; orien
 intensity on the 0-255 scale; saturation and value in [0, 1]; hue in degrees [0, 360) as a
 *circular* mean (reds straddle 0/360), NaN for achromatic objects (grey images) where hue means
 nothing. GLCM contrast/homogeneity: grey image of the object's bounding box at full resolution,
-quantised to ``GLCM_LEVELS`` levels, distance 1, averaged over four angles.
+quantised to ``GLCM_LEVELS`` levels, distance 1, averaged over four angles, counting only pixel
+pairs that both lie on the object (so the outline does not pose as texture).
 """
 
 from __future__ import annotations
@@ -200,16 +201,27 @@ def circular_mean_degrees(angles_deg: np.ndarray, weights: np.ndarray | None = N
     return 0.0 if degrees >= 360.0 else degrees  # -1e-15 % 360 rounds to 360.0
 
 
-def _glcm(grey_crop: np.ndarray) -> tuple[float, float]:
-    if min(grey_crop.shape) < 2:
-        return math.nan, math.nan
-    levels = np.clip(grey_crop.astype(np.int32) * GLCM_LEVELS // 256, 0, GLCM_LEVELS - 1)
-    levels = levels.astype(np.uint8)
-    matrix = graycomatrix(levels, distances=[1],
+def _glcm(grey_crop: np.ndarray, crop_mask: np.ndarray) -> tuple[float, float]:
+    """GLCM contrast and homogeneity over pixel pairs that both lie on the object.
+
+    Background pixels get a level of their own, whose row and column are dropped before
+    normalising: otherwise the object's outline (object next to background) would dominate the
+    "texture" of every smooth object.
+    """
+    levels = 1 + np.clip(grey_crop.astype(np.int32) * GLCM_LEVELS // 256, 0, GLCM_LEVELS - 1)
+    levels = np.where(crop_mask, levels, 0).astype(np.uint8)
+    counts = graycomatrix(levels, distances=[1],
                           angles=[0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4],
-                          levels=GLCM_LEVELS, symmetric=True, normed=True)
-    contrast = float(graycoprops(matrix, "contrast").mean())
-    homogeneity = float(graycoprops(matrix, "homogeneity").mean())
+                          levels=GLCM_LEVELS + 1, symmetric=True, normed=False)
+    counts = counts[1:, 1:].astype(np.float64)
+    totals = counts.sum(axis=(0, 1), keepdims=True)
+    if not (totals > 0).any():
+        return math.nan, math.nan  # no two neighbouring object pixels (a one-pixel object)
+    # Angles without any object pair (a one-pixel-wide line) are left out, not counted as 0.
+    valid = totals[0, 0] > 0
+    matrix = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    contrast = float(graycoprops(matrix, "contrast")[valid].mean())
+    homogeneity = float(graycoprops(matrix, "homogeneity")[valid].mean())
     return contrast, homogeneity
 
 
@@ -229,8 +241,11 @@ def measure(rgb: np.ndarray, mask: np.ndarray | None = None) -> dict:
     if height < 4 or width < 4:
         return _failed(f"image too small to segment ({height}x{width})")
     factor = _downscale_factor(rgb.shape)
-    small = (downscale_local_mean(rgb, (factor, factor, 1)) if factor > 1
-             else rgb.astype(np.float64))
+    # Trim to whole blocks: downscale_local_mean pads partial blocks with zeros, which paints a
+    # dark line along the bottom/right border and misleads the border-based polarity test.
+    height_used, width_used = height - height % factor, width - width % factor
+    small = (downscale_local_mean(rgb[:height_used, :width_used], (factor, factor, 1))
+             if factor > 1 else rgb.astype(np.float64))
     notes: list[str] = []
 
     if mask is not None:
@@ -242,7 +257,8 @@ def measure(rgb: np.ndarray, mask: np.ndarray | None = None) -> dict:
         object_mask = mask != 0
         if factor > 1:
             # Block majority, not striding: striding can drop thin structures entirely.
-            object_mask = downscale_local_mean(object_mask, (factor, factor)) >= 0.5
+            object_mask = downscale_local_mean(object_mask[:height_used, :width_used],
+                                               (factor, factor)) >= 0.5
         if not object_mask.any():
             return _failed("mask is empty")
         n_components = ndi.label(object_mask)[1]
@@ -273,9 +289,10 @@ def measure(rgb: np.ndarray, mask: np.ndarray | None = None) -> dict:
     if any(touches):
         notes.append("object touches the image edge; shape features may be truncated")
 
-    # Lengths scale with the downscale factor, areas with its square (exact ratio, edge padding).
-    scale_y = height / object_mask.shape[0]
-    scale_x = width / object_mask.shape[1]
+    # Lengths scale with the downscale factor, areas with its square (the < factor px trimmed
+    # off the bottom/right edge are not measured).
+    scale_y = height_used / object_mask.shape[0]
+    scale_x = width_used / object_mask.shape[1]
     linear = math.sqrt(scale_y * scale_x)
     props = skmeasure.regionprops(object_mask.astype(np.uint8))[0]
     area = props.area * scale_y * scale_x
@@ -293,11 +310,13 @@ def measure(rgb: np.ndarray, mask: np.ndarray | None = None) -> dict:
         hue = circular_mean_degrees(_hue_degrees(inside), weights=saturation)
 
     r0 = int(math.floor(rows[0] * scale_y))
-    r1 = int(min(height, math.ceil((rows[-1] + 1) * scale_y)))
+    r1 = int(min(height_used, math.ceil((rows[-1] + 1) * scale_y)))
     c0 = int(math.floor(cols[0] * scale_x))
-    c1 = int(min(width, math.ceil((cols[-1] + 1) * scale_x)))
+    c1 = int(min(width_used, math.ceil((cols[-1] + 1) * scale_x)))
     crop = rgb[r0:r1, c0:c1].astype(np.float64) @ np.array([0.2125, 0.7154, 0.0721])
-    contrast, homogeneity = _glcm(np.clip(crop, 0, 255))
+    # The object mask at full resolution over the crop (each small pixel is a factor^2 block).
+    crop_mask = np.repeat(np.repeat(object_mask, factor, axis=0), factor, axis=1)[r0:r1, c0:c1]
+    contrast, homogeneity = _glcm(np.clip(crop, 0, 255), crop_mask)
 
     result = {
         "morph_area": float(area),

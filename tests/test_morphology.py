@@ -60,15 +60,18 @@ def test_disk_area_eccentricity_solidity_and_colour(background, colour):
     assert (row["morph_mean_r"], row["morph_mean_g"], row["morph_mean_b"]) == pytest.approx(
         colour, abs=0.5)
     assert row["morph_intensity_std"] == pytest.approx(0.0, abs=1e-6)
-    # A flat object has no texture: zero GLCM contrast inside its bounding box would be wrong
-    # only if the box includes background corners, which it does; contrast stays finite.
-    assert math.isfinite(row["morph_glcm_contrast"])
+    # A flat object has no texture; the outline against the background must not count as one.
+    assert row["morph_glcm_contrast"] == 0.0
+    assert row["morph_glcm_homogeneity"] == 1.0
 
 
-def test_area_reported_in_original_pixels_for_large_images():
+@pytest.mark.parametrize("size", [(600, 640), (601, 643)])
+def test_area_reported_in_original_pixels_for_large_images(size):
+    # 601 x 643 is not a whole number of downscaling blocks: the partial blocks must not
+    # darken the border and flip the object/background decision.
     radius = 180
-    row = measure(disk_image(radius, size=(600, 640)))
-    assert row["morph_ok"]
+    row = measure(disk_image(radius, size=size))
+    assert row["morph_ok"] and row["morph_note"] is None
     assert row["morph_area"] == pytest.approx(math.pi * radius**2, rel=0.02)
     assert row["morph_major_axis"] == pytest.approx(2 * radius, rel=0.03)
     assert row["morph_perimeter"] == pytest.approx(2 * math.pi * radius, rel=0.05)
@@ -103,6 +106,19 @@ def test_star_and_crescent_are_less_solid_than_disk():
         assert row["morph_ok"], row["morph_note"]
         assert row["morph_solidity"] < 0.75 < disk["morph_solidity"]
         assert row["morph_circularity"] < disk["morph_circularity"]
+
+
+def test_glcm_contrast_sees_texture():
+    flat = disk_image(40, colour=(100, 100, 100))
+    textured = flat.copy()
+    rr, cc = draw.disk((80, 80), 40)
+    textured[rr, cc] = np.where(((rr // 3 + cc // 3) % 2 == 0)[:, None], 60, 140)  # 3-px checks
+    smooth, rough = measure(flat), measure(textured)
+    assert rough["morph_ok"] and smooth["morph_ok"]
+    assert smooth["morph_glcm_contrast"] == 0.0
+    assert rough["morph_glcm_contrast"] > 1.0   # 80 grey levels apart = 10 GLCM levels
+    assert rough["morph_glcm_homogeneity"] < smooth["morph_glcm_homogeneity"]
+    assert rough["morph_intensity_std"] > 30
 
 
 def test_hue_is_a_circular_mean_for_reds_around_zero():
