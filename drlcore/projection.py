@@ -32,7 +32,14 @@ from typing import Any
 import numpy as np
 
 from .errors import DrlError
-from .io import atomic_open, atomic_save_npy, atomic_write_json, fingerprint, read_json, sha256_bytes
+from .io import (
+    atomic_open,
+    atomic_save_npy,
+    atomic_write_json,
+    fingerprint,
+    read_json,
+    sha256_bytes,
+)
 
 __all__ = [
     "PCAProjector",
