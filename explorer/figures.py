@@ -157,10 +157,11 @@ def latent_map(df: pd.DataFrame, x_col: str, y_col: str, colour_col: str | None,
             x=background[x_col], y=background[y_col], mode="markers", name=background_name,
             marker={"color": "#b8bec6", "size": size, "opacity": 0.5}, hoverinfo="skip",
         ))
-    hover_value = ""
-    if colour_col is not None and colour_col != "label":
-        hover_value = "<br>" + (colour_title or colour_col) + " = %{customdata[3]}"
-    template = "<b>%{customdata[1]}</b><br>class: %{customdata[2]}" + hover_value + "<extra></extra>"
+    # customdata carries only (row, path): the class comes from the trace name and a continuous
+    # value from the marker colour, which keeps the browser payload small for 100k points.
+    template = "<b>%{customdata[1]}</b><br>class: %{fullData.name}<extra></extra>"
+    value_template = ("<b>%{customdata[1]}</b><br>" + (colour_title or str(colour_col))
+                      + " = %{marker.color:.3g}<extra></extra>")
     if colour_col is None or not continuous:
         groups = _groups(df, colour_col)
         colours = class_colours([g for g, _ in groups])
@@ -169,7 +170,7 @@ def latent_map(df: pd.DataFrame, x_col: str, y_col: str, colour_col: str | None,
             fig.add_trace(go.Scattergl(
                 x=part[x_col], y=part[y_col], mode="markers", name=str(name),
                 marker={"color": colour, "symbol": symbol, "size": size, "opacity": 0.8},
-                customdata=_map_customdata(part, colour_col), hovertemplate=template,
+                customdata=_map_customdata(part), hovertemplate=template,
                 selectedpoints=_selected_positions(part, selected_rows),
                 unselected={"marker": {"opacity": 0.15}},
             ))
@@ -181,7 +182,7 @@ def latent_map(df: pd.DataFrame, x_col: str, y_col: str, colour_col: str | None,
             marker={"color": values, "colorscale": scale, "size": size, "opacity": 0.85,
                     "colorbar": {"title": {"text": colour_title or colour_col, "side": "right"}},
                     "showscale": True},
-            customdata=_map_customdata(df, colour_col), hovertemplate=template,
+            customdata=_map_customdata(df), hovertemplate=value_template,
             selectedpoints=_selected_positions(df, selected_rows),
             unselected={"marker": {"opacity": 0.15}}, showlegend=False,
         ))
@@ -191,7 +192,8 @@ def latent_map(df: pd.DataFrame, x_col: str, y_col: str, colour_col: str | None,
             x=flagged[x_col], y=flagged[y_col], mode="markers", name="flagged as anomalous",
             marker={"color": "rgba(0,0,0,0)", "size": size + 7, "line": {"color": "#D55E00", "width": 2},
                     "symbol": "circle-open"},
-            customdata=_map_customdata(flagged, colour_col), hovertemplate=template,
+            customdata=_map_customdata(flagged),
+            hovertemplate="<b>%{customdata[1]}</b><br>flagged as anomalous<extra></extra>",
         ))
     axis = "UMAP" if x_col.startswith("umap") else ("PC" if x_col.startswith("pca") else x_col)
     fig.update_xaxes(title=f"{axis} 1", showticklabels=False, zeroline=False)
@@ -277,15 +279,8 @@ def _groups(df: pd.DataFrame, colour_col: str | None) -> list[tuple[str, pd.Data
     return [(str(k), part) for k, part in df.groupby(keys, sort=True, observed=True)]
 
 
-def _map_customdata(part: pd.DataFrame, colour_col: str | None) -> np.ndarray:
-    label = part["label"].astype("string").fillna(MISSING_LABEL) if "label" in part else pd.Series(MISSING_LABEL, index=part.index)
-    if colour_col and colour_col in part and colour_col != "label":
-        value = part[colour_col]
-        value = value.map(lambda v: f"{v:.3g}") if pd.api.types.is_float_dtype(value) else value.astype(str)
-    else:
-        value = label
-    return np.column_stack([part["row"].to_numpy(), part["path"].astype(str).to_numpy(),
-                            label.to_numpy(dtype=object), value.to_numpy(dtype=object)])
+def _map_customdata(part: pd.DataFrame) -> np.ndarray:
+    return np.column_stack([part["row"].to_numpy(), part["path"].astype(str).to_numpy()])
 
 
 def _selected_positions(part: pd.DataFrame, selected_rows: Sequence[int] | None) -> list[int] | None:

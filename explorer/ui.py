@@ -19,7 +19,7 @@ from explorer.figures import plot_config
 
 STATE_DEFAULTS: dict = {
     "app.run": None,            # path (str) of the run on screen
-    "app.reference_run": None,  # optional second run drawn beneath the map
+    "app.reference_run": "",  # optional second run drawn beneath the map
     "ui.image_format": "svg",
     "trav.dim": 0,
     "trav.focus": None,
@@ -89,8 +89,9 @@ def show_chart(fig: go.Figure, key: str, filename: str, on_select: Callable | st
     """Plotly chart whose modebar camera saves SVG or PNG (sidebar choice), fully in the browser."""
     config = plot_config(st.session_state.get("ui.image_format", "svg"), filename)
     if on_select == "ignore":
-        return st.plotly_chart(fig, key=key, config=config, width="stretch")
-    return st.plotly_chart(fig, key=key, config=config, width="stretch", on_select=on_select,
+        return st.plotly_chart(fig, key=key, config=config, width="stretch", theme=None)
+    # theme=None keeps our own slide-sized fonts and colour-blind-safe palettes.
+    return st.plotly_chart(fig, key=key, config=config, width="stretch", theme=None, on_select=on_select,
                            selection_mode=tuple(selection_mode))
 
 
@@ -149,7 +150,8 @@ def image_grid(run: Run, rows: pd.DataFrame, key_prefix: str, focus_key: str, n_
             else:
                 st.caption(f"(no thumbnail) {text}")
             st.button("View", key=f"{key_prefix}.view.{int(obj['row'])}.{i}", icon=":material/zoom_in:",
-                      on_click=_set_state, args=(focus_key, int(obj["row"])), width="stretch")
+                      on_click=_set_state, args=(focus_key, int(obj["row"])), type="tertiary",
+                      help="Show this image large, with its measurements")
 
 
 def _set_state(key: str, value) -> None:

@@ -113,8 +113,7 @@ proj = run.projections()
 map_fig = None
 if proj:
     p = proj[0]
-    map_fig = latent_map(df.assign(**{score_col: values}), f"{p}_x", f"{p}_y", "label" if labelled else None,
-                         False, highlight=flagged)
+    map_fig = latent_map(df, f"{p}_x", f"{p}_y", "label" if labelled else None, False, highlight=flagged)
     st.subheader("Flagged objects on the map")
     show_chart(map_fig, key="anom.map", filename=f"{run.name}-anomalies-map")
 

@@ -43,8 +43,10 @@ controls = st.columns([1, 2, 2])
 controls[0].radio("Map", projections, key="map.projection", format_func=str.upper, horizontal=True)
 controls[1].selectbox("Colour by", list(colour_options), key="map.color_by", format_func=colour_options.get)
 others = [str(p) for p in list_runs(Path(st.session_state["app.runs_dir"])) if p != run.path]
-controls[2].selectbox("Show another run beneath (grey)", [None, *others], key="app.reference_run",
-                      format_func=lambda p: "—" if p is None else Path(p).name,
+if st.session_state["app.reference_run"] not in others:
+    st.session_state["app.reference_run"] = ""
+controls[2].selectbox("Show another run beneath (grey)", ["", *others], key="app.reference_run",
+                      format_func=lambda p: "none" if not p else Path(p).name,
                       help="Draws a second run's map coordinates beneath this one, e.g. new data "
                            "projected onto a reference map.")
 

@@ -121,6 +121,7 @@ if st.button("Analyse", key="data.start", type="primary", icon=":material/rocket
     final = _fresh_dir(run_name or default_name)
     partial = final.with_name(final.name + ".partial")
     workdir = Path(tempfile.mkdtemp(prefix="drl-upload-"))
+    failure = None
     with st.status(f"Analysing into {final.name}…", expanded=True) as status:
         try:
             if upload is not None:
@@ -139,12 +140,12 @@ if st.button("Analyse", key="data.start", type="primary", icon=":material/rocket
             run_pipeline(data, partial, None, StreamlitReporter())
             partial.rename(final)
         except DrlError as exc:
-            status.update(label="The data could not be analysed", state="error")
-            st.error(str(exc), icon=":material/error:")
+            status.update(label="The data could not be analysed", state="error", expanded=False)
+            failure = str(exc)
             shutil.rmtree(partial, ignore_errors=True)
         except Exception as exc:  # noqa: BLE001 - show the user something actionable, keep the app alive
-            status.update(label="Unexpected error", state="error")
-            st.error(f"Unexpected error while analysing: {type(exc).__name__}: {exc}")
+            status.update(label="Unexpected error", state="error", expanded=False)
+            failure = f"Unexpected error while analysing: {type(exc).__name__}: {exc}"
             shutil.rmtree(partial, ignore_errors=True)
         else:
             status.update(label=f"Done: {final.name}", state="complete")
@@ -152,7 +153,9 @@ if st.button("Analyse", key="data.start", type="primary", icon=":material/rocket
             st.session_state["data.just_added"] = final.name
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-    if st.session_state.get("data.just_added") == final.name:
+    if failure is not None:
+        st.error(f"{failure}\n\nNo run was changed.", icon=":material/error:")
+    elif st.session_state.get("data.just_added") == final.name:
         st.rerun()
 
 if st.session_state.get("data.just_added") and run is not None and run.name == st.session_state["data.just_added"]:
