@@ -122,7 +122,7 @@ def evaluate_classifiers(
     if protocol == "stratified-kfold":
         counts = pd.Series(text_labels[keep]).value_counts()
         singletons = counts.index[counts < 2]
-        if len(singletons) and counts.size - len(singletons) >= 2:
+        if len(singletons):
             rare = keep & np.isin(text_labels, list(singletons))
             dropped["rare_class"] = int(rare.sum())
             notes.append(
@@ -142,8 +142,8 @@ def evaluate_classifiers(
         "labels": [str(c) for c in classes],
         "class_counts": class_counts,
         "chance": {
-            "accuracy": float(max(class_counts.values()) / keep.sum()) if keep.any() else float("nan"),
-            "balanced_accuracy": float(1.0 / len(classes)) if len(classes) else float("nan"),
+            "accuracy": float(max(class_counts.values()) / keep.sum()) if keep.any() else None,
+            "balanced_accuracy": float(1.0 / len(classes)) if len(classes) else None,
         },
         "dropped": dropped,
         "notes": notes,
@@ -158,6 +158,13 @@ def evaluate_classifiers(
     if protocol == "split":
         train_rows, test_rows = is_train[keep], is_test[keep]
         folds = [(np.flatnonzero(train_rows), np.flatnonzero(test_rows))]
+        trained_on = np.unique(encoded[train_rows])
+        if trained_on.size < 2:
+            notes.append(
+                f"The training split holds only one class ('{classes[trained_on[0]]}'); "
+                "classification needs at least two."
+            )
+            return result
         unseen = sorted(set(classes[encoded[test_rows]]) - set(classes[encoded[train_rows]]))
         if unseen:
             notes.append(f"Test classes absent from the training split (always misclassified): {', '.join(unseen)}.")

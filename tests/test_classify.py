@@ -85,6 +85,14 @@ def test_one_class_returns_a_note(rng):
     assert "two classes" in result["notes"][-1] and "basophil" in result["notes"][-1]
     unlabelled = evaluate_classifiers(rng.standard_normal((5, 4)), [None] * 5)
     assert unlabelled["models"] == {} and unlabelled["dropped"]["unlabelled"] == 5
+    json.dumps(unlabelled, allow_nan=False)
+    # A second class with a single sample cannot be cross-validated: one class remains.
+    lone = evaluate_classifiers(rng.standard_normal((31, 4)), ["basophil"] * 30 + ["monocyte"])
+    assert lone["models"] == {} and lone["dropped"]["rare_class"] == 1
+    # The own split trains on one class only.
+    split = ["train"] * 20 + ["test"] * 10
+    one_sided = evaluate_classifiers(rng.standard_normal((30, 4)), ["a"] * 20 + ["b"] * 10, split=split)
+    assert one_sided["models"] == {} and "training split" in one_sided["notes"][-1]
 
 
 def test_deterministic_for_a_seed(rng):
