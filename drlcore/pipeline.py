@@ -26,6 +26,8 @@ __all__ = ["PipelineConfig", "run_pipeline", "shipped_source_model", "ASSETS_DIR
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 PIPELINE_VERSION = 1
+# Fine-tuning a VAE on fewer objects than this only memorises them.
+MIN_IMAGES_FOR_TRANSFER = 32
 
 
 def _default_feature_config():
@@ -159,11 +161,13 @@ def run_pipeline(data: str | Path, out_dir: str | Path, config: PipelineConfig |
     reporter.message(f"[1/4] features ({backbone})")
     extract_features(data, out_dir, config.features, reporter=reporter)
     features = np.load(out_dir / "features.npy", mmap_mode="r")
-    if features.shape[0] < 2:
-        raise DrlError(f"only {features.shape[0]} usable image(s) in {data}: a run needs at "
-                       f"least 2 (see {out_dir / 'skipped.csv'} for what was skipped)")
-
-    if config.transfer:
+    notes: list[str] = []
+    finite = np.isfinite(features).all(axis=1)
+    if config.transfer and finite.sum() < MIN_IMAGES_FOR_TRANSFER:
+        notes.append(f"only {int(finite.sum())} usable image(s): too few to fine-tune the source "
+                     f"model (at least {MIN_IMAGES_FOR_TRANSFER} are needed), so it is used as "
+                     f"it is")
+    if config.transfer and not notes:
         reporter.message("[2/4] transfer: fine-tuning the source model on these images")
         model_dir = _transfer_stage(source, out_dir, config, reporter)
     else:
@@ -172,6 +176,9 @@ def run_pipeline(data: str | Path, out_dir: str | Path, config: PipelineConfig |
 
     reporter.message("[3/4] encode")
     encode_run(model_dir, out_dir, out_dir, reporter=reporter)
+    # After encode (which rewrites the manifest's model entries), so the analysis sees the notes.
+    _merge_manifest(out_dir, "pipeline", {"version": PIPELINE_VERSION, "notes": notes,
+                                          "transferred": config.transfer and not notes})
     if config.extra_columns:
         _join_extra_columns(out_dir, Path(config.extra_columns))
 
@@ -179,6 +186,15 @@ def run_pipeline(data: str | Path, out_dir: str | Path, config: PipelineConfig |
     analyze_run(out_dir, AnalyzeConfig(known_classes=config.known_classes, umap=config.umap,
                                        cache_dir=config.features.cache_dir), reporter=reporter)
     return out_dir
+
+
+def _merge_manifest(run_dir: Path, name: str, entry: dict) -> None:
+    from drlcore.io import atomic_write_json
+
+    path = run_dir / "manifest.json"
+    manifest = read_json(path) if path.is_file() else {}
+    manifest[name] = entry
+    atomic_write_json(path, manifest)
 
 
 def _join_extra_columns(run_dir: Path, extra: Path) -> None:

@@ -1,0 +1,446 @@
+"""``drl analyze``: everything the explorer shows about an encoded run, computed once.
+
+Adds to ``objects.parquet``: handcrafted morphology (``morph_*``), 2-D maps (``pca_*``,
+``umap_*``), open-set anomaly scores (``anomaly_*``) and per-axis robust z-scores
+(``z_score_*``); writes ``correlations.parquet`` (latent axes x handcrafted features) and
+``analysis.json`` (classification, open-set AUROCs, map trustworthiness, notes).
+
+Degenerate runs (one class, one image, constant images, non-finite features, segmentation that
+failed everywhere) are not errors: the part that cannot be computed is left out and
+``analysis.json["notes"]`` says why, in words a biologist can act on. Nothing is written until
+everything is computed, and each file is replaced atomically, so an interrupted analysis leaves the
+previous one intact.
+
+Idempotent and cached: the analysis key covers the encoded latents, the raw features, the
+configuration and ``ANALYSIS_VERSION``; rerunning with the same key returns at once. Morphology, the
+slowest part, is also cached per image content hash, so re-analysing with other settings (say,
+other known classes) does not measure the images again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from drlcore.errors import DrlError
+from drlcore.io import (atomic_write_json, atomic_write_parquet, fingerprint, read_json,
+                        sha256_bytes)
+from drlcore.progress import NullReporter, Reporter
+
+__all__ = ["AnalyzeConfig", "analyze_run", "ANALYSIS_VERSION", "MIN_OBJECTS_FOR_MAPS"]
+
+ANALYSIS_VERSION = 1
+MORPHOLOGY_CACHE_VERSION = 1
+MIN_OBJECTS_FOR_MAPS = 5
+# umap-learn needs a handful of neighbours; below this a map says nothing anyway.
+MIN_OBJECTS_FOR_UMAP = 16
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    known_classes: tuple[str, ...] | None = None  # None: every object is "known"
+    umap: bool = True
+    cache_dir: str | None = None
+    seed: int = 0
+    n_boot: int = 200
+    knn_k: int = 10
+    classify: bool = True
+    mask_dir: str | None = None  # optional folder of object masks (matched by file stem)
+    n_jobs: int = 1
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AnalyzeConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise DrlError(f"unknown analysis settings: {sorted(unknown)}")
+        d = dict(d)
+        if d.get("known_classes") is not None:
+            d["known_classes"] = tuple(d["known_classes"])
+        return cls(**d)
+
+
+def _latent_columns(objects: pd.DataFrame) -> list[str]:
+    cols = [c for c in objects.columns if c.startswith("z_mean_")]
+    return sorted(cols, key=lambda c: int(c.rsplit("_", 1)[1]))
+
+
+def _dim_names(run_dir: Path, n_dims: int) -> list[str]:
+    config = run_dir / "model" / "config.json"
+    names = read_json(config).get("dim_names") if config.is_file() else None
+    if not names or len(names) != n_dims:
+        names = [f"z{j}" for j in range(n_dims)]
+    return list(names)
+
+
+def _cache_root(config: AnalyzeConfig) -> Path:
+    from drlcore.cache import default_cache_dir
+
+    root = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    return root.parent if root.name == "features" else root
+
+
+# --------------------------------------------------------------------------- morphology
+
+
+def _morphology(objects: pd.DataFrame, run_dir: Path, config: AnalyzeConfig,
+                reporter: Reporter, notes: list[str]) -> pd.DataFrame:
+    """Morphology per object, served per image from a content-addressed cache when possible."""
+    from drlcore import morphology
+
+    cache_dir = _cache_root(config) / "morphology" / f"v{MORPHOLOGY_CACHE_VERSION}"
+    use_cache = config.mask_dir is None  # masks change the answer for the same image
+    cached = _read_morph_cache(cache_dir) if use_cache else pd.DataFrame()
+    hashes = objects["sha256"].astype(str)
+    todo = [i for i, h in enumerate(hashes) if h not in cached.index]
+
+    if todo:
+        masks = None
+        if config.mask_dir:
+            masks = morphology.load_mask_folder(config.mask_dir,
+                                                [objects["path"].iloc[i] for i in todo])
+        measured = morphology.measure_dataset(
+            _images_for(objects, todo, run_dir, masks, notes), reporter=reporter,
+            n_jobs=config.n_jobs, masks_expected=masks is not None)
+        measured.index = hashes.iloc[todo].to_numpy()
+        if use_cache:
+            _write_morph_cache(cache_dir, measured)
+        cached = pd.concat([cached, measured[~measured.index.duplicated()]])
+        cached = cached[~cached.index.duplicated(keep="last")]
+    result = cached.loc[hashes.to_numpy()].reset_index(drop=True)
+    n_failed = int((~result["morph_ok"].astype(bool)).sum())
+    if n_failed == len(result):
+        notes.append("segmentation failed on every image, so no morphology or latent-morphology "
+                     "correlation is available; check that objects stand out from a plain "
+                     "background, or supply masks (mask folder)")
+    elif n_failed:
+        notes.append(f"segmentation failed or was implausible on {n_failed} of {len(result)} "
+                     f"images; their morphology is left empty (see morph_note)")
+    return result
+
+
+def _images_for(objects, rows, run_dir, masks, notes):
+    """Yield (rgb, mask) for the given rows, decoded exactly as the features stage did."""
+    from drlcore import ingest
+
+    manifest = run_dir / "manifest.json"
+    prep = {}
+    if manifest.is_file():
+        m = read_json(manifest)
+        prep = (m.get("features") or m).get("preprocessing", {})
+    irange = prep.get("intensity_range")
+    irange = tuple(irange) if irange else None
+    cfg = ingest.IngestConfig()
+
+    class _Images:
+        def __len__(self):
+            return len(rows)
+
+        def __iter__(self):
+            for n, i in enumerate(rows):
+                row = objects.iloc[i]
+                record = ingest.ImageRecord(path=row["path"], label=row.get("label"),
+                                            split=row.get("split"), source=row["source"])
+                try:
+                    rgb = ingest.decode(ingest.read_bytes(record), cfg, irange).rgb
+                except Exception as err:  # the image changed or vanished since encoding
+                    notes.append(f"{row['path']}: could not be re-read for morphology ({err})")
+                    rgb = np.zeros((8, 8, 3), np.uint8)  # measures as "no object", flagged
+                yield rgb, (masks[n] if masks is not None else None)
+
+    return _Images()
+
+
+def _read_morph_cache(cache_dir: Path) -> pd.DataFrame:
+    frames = []
+    for shard in sorted(cache_dir.glob("shard-*.parquet")):
+        try:
+            frames.append(pd.read_parquet(shard))
+        except Exception:  # a damaged shard only costs a re-measure
+            continue
+    if not frames:
+        return pd.DataFrame()
+    table = pd.concat(frames)
+    return table[~table.index.duplicated(keep="last")]
+
+
+def _write_morph_cache(cache_dir: Path, measured: pd.DataFrame) -> None:
+    try:
+        key = sha256_bytes("".join(measured.index).encode())[:16]
+        atomic_write_parquet(cache_dir / f"shard-{key}.parquet", measured.reset_index(
+            names="sha256").set_index("sha256"))
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------- analysis parts
+
+
+def _finite_rows(Z: np.ndarray, X: np.ndarray) -> np.ndarray:
+    return np.isfinite(Z).all(axis=1) & np.isfinite(X).all(axis=1)
+
+
+def _correlations(Z, morph: pd.DataFrame, extra: pd.DataFrame, dim_names, config, notes):
+    from drlcore.correlation import latent_feature_correlation
+
+    features = pd.concat([morph, extra], axis=1)
+    numeric = [c for c in features.columns
+               if pd.api.types.is_numeric_dtype(features[c]) and features[c].dtype != bool]
+    usable = [c for c in numeric if features[c].notna().sum() >= 4]
+    if len(Z) < 4 or not usable:
+        if len(Z) < 4:
+            notes.append("fewer than 4 images: no latent-morphology correlations")
+        return pd.DataFrame(columns=["dim", "dim_name", "feature", "method", "value", "ci_low",
+                                     "ci_high", "p_value", "n"])
+    return latent_feature_correlation(Z, features[usable], dim_names=dim_names,
+                                      n_boot=config.n_boot, seed=config.seed)
+
+
+def _classification(Z, X, labels, split, finite, config, notes) -> dict:
+    from drlcore.classify import evaluate_classifiers
+
+    if labels is None:
+        notes.append("the images have no class labels: no classification")
+        return {}
+    y = labels[finite]
+    if pd.Series(y).nunique() < 2:
+        notes.append("only one class: classification needs at least two")
+        return {}
+    s = split[finite] if split is not None else None
+    out = {}
+    for name, data in (("latent", Z[finite]), ("features", X[finite])):
+        out[name] = evaluate_classifiers(data, y, split=s, seed=config.seed)
+    return out
+
+
+def _anomalies(Z, objects, labels, finite, config, dim_names, notes):
+    from drlcore import anomaly
+
+    n, J = Z.shape
+    cols: dict[str, np.ndarray] = {}
+    summary: dict = {}
+    if labels is not None and config.known_classes:
+        missing = sorted(set(config.known_classes) - set(pd.unique(labels)))
+        if missing:
+            notes.append(f"known classes not found in the data: {missing}")
+        known = np.isin(labels, list(config.known_classes)) & finite
+    else:
+        known = finite.copy()
+    if known.sum() < 3:
+        notes.append("fewer than 3 known objects: no anomaly scores")
+        return cols, summary
+
+    Zk = Z[known]
+    yk = labels[known] if labels is not None else None
+    k = max(1, min(config.knn_k, int(known.sum()) - 1))
+    knn = anomaly.KNNScorer(k=k).fit(Zk)
+    maha = anomaly.MahalanobisScorer().fit(Zk, yk)
+    scores = {"anomaly_knn": np.full(n, np.nan), "anomaly_mahalanobis": np.full(n, np.nan)}
+    # The known objects are scored leave-one-out so they are not their own nearest neighbour.
+    scores["anomaly_knn"][known] = knn.score_training()
+    other = finite & ~known
+    if other.any():
+        scores["anomaly_knn"][other] = knn.score_samples(Z[other])
+    scores["anomaly_mahalanobis"][finite] = maha.score_samples(Z[finite])
+    if "recon_error" in objects:
+        scores["anomaly_recon"] = objects["recon_error"].to_numpy(float)
+    combined = anomaly.combine_scores(scores, reference_mask=known)
+    cols.update(scores)
+    cols["anomaly_score"] = combined
+    cols["anomaly_known"] = known
+    zs = np.full((n, J), np.nan)
+    zs[finite] = anomaly.latent_zscores(Z[finite], Zk)
+    for j in range(J):
+        cols[f"z_score_{j}"] = zs[:, j]
+
+    summary["known_classes"] = (list(config.known_classes) if config.known_classes else None)
+    summary["n_known"] = int(known.sum())
+    if labels is not None and other.any():
+        is_unknown = ~known[finite]
+        summary["known_vs_rest"] = {
+            name: anomaly.open_set_evaluation(cols[name][finite], is_unknown)
+            for name in ("anomaly_knn", "anomaly_mahalanobis", "anomaly_score")}
+    if labels is not None and pd.Series(labels[finite]).nunique() >= 3:
+        summary["holdout_each_class"] = anomaly.holdout_each_class(
+            Z[finite], labels[finite], seed=config.seed)
+    elif labels is not None:
+        notes.append("fewer than 3 classes: no hold-one-class-out open-set evaluation")
+    return cols, summary
+
+
+def _projections(Z, finite, config, notes) -> tuple[dict, dict]:
+    from drlcore import projection
+
+    n = len(Z)
+    cols: dict[str, np.ndarray] = {}
+    summary: dict = {}
+    Zf = Z[finite]
+    if len(Zf) < MIN_OBJECTS_FOR_MAPS:
+        notes.append(f"fewer than {MIN_OBJECTS_FOR_MAPS} usable objects: no 2-D maps")
+        return cols, summary
+    # Identical images can encode a few ulps apart (batched float maths); standardising that
+    # noise would draw a map of nothing, so "constant" allows for it.
+    if np.ptp(Zf, axis=0).max() <= 1e-6 * max(1.0, float(np.abs(Zf).max())):
+        notes.append("all objects have the same latent code (constant images?): no 2-D maps")
+        return cols, summary
+    cache = _cache_root(config) / "projections"
+    makers = [("pca", lambda: projection.PCAProjector())]
+    if config.umap:
+        if len(Zf) >= MIN_OBJECTS_FOR_UMAP:
+            makers.append(("umap", lambda: projection.UMAPProjector(random_state=config.seed)))
+        else:
+            notes.append(f"fewer than {MIN_OBJECTS_FOR_UMAP} objects: PCA map only, no UMAP")
+    for name, make in makers:
+        try:
+            coords = projection.fit_cached(make(), Zf, cache)
+        except Exception as err:  # a map that cannot be made must not sink the analysis
+            notes.append(f"{name.upper()} map could not be computed: {err}")
+            continue
+        full = np.full((n, 2), np.nan)
+        full[finite] = coords
+        cols[f"{name}_x"], cols[f"{name}_y"] = full[:, 0], full[:, 1]
+        summary[name] = {"trustworthiness": float(projection.trustworthiness(Zf, coords))}
+    return cols, summary
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _analysis_key(run_dir: Path, objects: pd.DataFrame, Z: np.ndarray, X: np.ndarray,
+                  config: AnalyzeConfig, extra_notes: list[str]) -> str:
+    meta = objects[[c for c in ("path", "label", "split", "sha256") if c in objects]]
+    return fingerprint(["analysis", ANALYSIS_VERSION, sha256_bytes(Z.tobytes()),
+                        sha256_bytes(np.ascontiguousarray(X).tobytes()),
+                        pd.util.hash_pandas_object(meta, index=False).sum().item(),
+                        dataclasses.asdict(config), extra_notes])
+
+
+def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
+                reporter: Reporter | None = None) -> dict:
+    """Analyse an encoded run in place; returns the ``summary`` part of ``analysis.json``.
+
+    Notes left by earlier stages in ``manifest.json["pipeline"]`` (e.g. "too few images to
+    fine-tune") are carried into the analysis notes.
+    """
+    run_dir = Path(run_dir)
+    config = config or AnalyzeConfig()
+    reporter = reporter or NullReporter()
+    objects_path = run_dir / "objects.parquet"
+    if not objects_path.is_file():
+        raise DrlError(f"{run_dir} has no objects.parquet: encode the data first "
+                       f"(`drl encode MODEL_DIR DATA --out {run_dir}` or `drl run`)")
+    objects = pd.read_parquet(objects_path)
+    # Columns from a previous analysis are recomputed, never mixed with the new ones.
+    base = objects[[c for c in objects.columns if not c.startswith(
+        ("morph_", "pca_", "umap_", "anomaly_", "z_score_"))]].copy()
+    zcols = _latent_columns(base)
+    if not zcols:
+        raise DrlError(f"{objects_path} has no latent columns (z_mean_*): re-encode the run")
+    Z = base[zcols].to_numpy(np.float64)
+    X = np.load(run_dir / "features.npy") if (run_dir / "features.npy").is_file() \
+        else np.zeros((len(base), 0))
+    if len(X) != len(base):
+        raise DrlError(f"features.npy has {len(X)} rows but objects.parquet has {len(base)}: "
+                       f"the run folder is inconsistent; rerun `drl run`")
+
+    manifest_path = run_dir / "manifest.json"
+    manifest = read_json(manifest_path) if manifest_path.is_file() else {}
+    extra_notes = list((manifest.get("pipeline") or {}).get("notes", []))
+    key = _analysis_key(run_dir, base, Z, X, config, extra_notes)
+    previous = run_dir / "analysis.json"
+    if previous.is_file():
+        old = read_json(previous)
+        if old.get("key") == key:
+            reporter.message("analysis: up to date")
+            return old.get("summary", {})
+
+    t0 = time.perf_counter()
+    notes: list[str] = list(extra_notes)
+    finite = _finite_rows(Z, X)
+    if not finite.all():
+        notes.append(f"{int((~finite).sum())} object(s) have non-finite (NaN/inf) features or "
+                     f"latents and were left out of maps, scores and models")
+    labels = base["label"].to_numpy(object) if "label" in base and base["label"].notna().all() \
+        else None
+    if "label" in base and labels is None and base["label"].notna().any():
+        notes.append("some images have no label: analysing as unlabelled")
+    split = base["split"].to_numpy(object) if "split" in base and base["split"].notna().all() \
+        else None
+    dim_names = _dim_names(run_dir, len(zcols))
+    if len(base) < 2:
+        notes.append("only one image: nothing to compare it with, so no correlations, maps, "
+                     "classification or anomaly scores")
+
+    with reporter.stage("analysis", total=5, unit="part") as bar:
+        morph = _morphology(base, run_dir, config, reporter, notes)
+        bar.update(1)
+        extra = base[[c for c in base.columns if c.startswith("factor_")]]
+        corr = _correlations(Z[finite], morph[finite].reset_index(drop=True),
+                             extra[finite].reset_index(drop=True), dim_names, config, notes)
+        bar.update(1)
+        classification = (_classification(Z, X, labels, split, finite, config, notes)
+                          if config.classify else {})
+        bar.update(1)
+        anomaly_cols, anomaly_summary = _anomalies(Z, base, labels, finite, config, dim_names,
+                                                   notes)
+        bar.update(1)
+        proj_cols, proj_summary = _projections(Z, finite, config, notes)
+        bar.update(1)
+
+    new_cols = pd.concat([morph, pd.DataFrame({**proj_cols, **anomaly_cols},
+                                              index=morph.index)], axis=1)
+    result = pd.concat([base.reset_index(drop=True), new_cols], axis=1)
+    summary = _summary(classification, anomaly_summary, proj_summary, corr, dim_names, notes)
+    analysis = {
+        "schema_version": 1,
+        "key": key,
+        "config": dataclasses.asdict(config),
+        "n_objects": len(base),
+        "dim_names": dim_names,
+        "classification": classification,
+        "anomaly": anomaly_summary,
+        "projections": proj_summary,
+        "notes": notes,
+        "summary": summary,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    atomic_write_parquet(run_dir / "correlations.parquet", corr)
+    atomic_write_parquet(objects_path, result)
+    atomic_write_json(previous, analysis)
+    manifest["analyze"] = {"stage": "analyze", "key": key, "version": ANALYSIS_VERSION}
+    atomic_write_json(manifest_path, manifest)
+    return summary
+
+
+def _summary(classification, anomaly_summary, proj_summary, corr, dim_names, notes) -> dict:
+    """The few numbers a person reads first, as printed by the CLI."""
+    lines = []
+    for rep, what in (("latent", "latent means"), ("features", "raw features")):
+        result = classification.get(rep, {})
+        for model, res in result.get("models", {}).items():
+            if isinstance(res, dict) and "balanced_accuracy" in res:
+                lines.append(f"classification, {model.upper()} on {what}: balanced accuracy "
+                             f"{res['balanced_accuracy']:.3f} (chance "
+                             f"{result['chance']['balanced_accuracy']:.3f})")
+    hold = anomaly_summary.get("holdout_each_class")
+    if hold and "mean_auroc" in hold:
+        lines.append(f"open-set AUROC, each class held out: mean {hold['mean_auroc']:.3f}, "
+                     f"worst {hold['worst_auroc']:.3f} ({hold.get('worst_class')})")
+    best = {}
+    if len(corr):
+        pear = corr[(corr["method"] == "pearson") & corr["value"].notna()]
+        for feature in ("morph_area", "morph_mean_r", "morph_hue", "morph_intensity_mean"):
+            rows = pear[pear["feature"] == feature]
+            if len(rows):
+                top = rows.loc[rows["value"].abs().idxmax()]
+                best[feature] = {"dim": top["dim_name"], "r": float(top["value"])}
+                lines.append(f"best |r| with {feature[6:]}: {abs(top['value']):.2f} "
+                             f"({top['dim_name']})")
+    for name, res in proj_summary.items():
+        lines.append(f"{name.upper()} map trustworthiness: {res['trustworthiness']:.3f}")
+    return {"headline": lines, "best_correlations": best, "notes": notes}
