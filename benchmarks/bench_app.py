@@ -47,7 +47,7 @@ def bench_app(n_objects: int, repeats: int) -> list[tuple[str, float]]:
     results = []
 
     def page(name):
-        return lambda: at.switch_page(f"pages/{name}.py").run()
+        return lambda: at.switch_page(f"views/{name}.py").run()
 
     for name in ("traversals", "correlations", "class_map", "anomalies", "source_model", "datasets"):
         page(name)()  # first visit fills caches

@@ -20,7 +20,7 @@ except ImportError:  # running from a source checkout that was not pip-installed
 from explorer.data import is_demo, is_run_dir, list_runs, parse_app_args, resolve_runs_dir  # noqa: E402
 from explorer.ui import init_state, keep_state  # noqa: E402
 
-PAGES_DIR = Path(__file__).resolve().parent / "pages"
+PAGES_DIR = Path(__file__).resolve().parent / "views"  # not pages/: Streamlit would also serve that folder as legacy pages
 
 
 def _startup() -> None:
@@ -88,7 +88,7 @@ div[data-testid="stMetricValue"] { font-size: 1.8rem; }
 
 def main() -> None:
     st.set_page_config(page_title="drl explorer", page_icon=":material/biotech:", layout="wide")
-    st.markdown(_CSS, unsafe_allow_html=True)
+    st.html(_CSS)
     _startup()
     keep_state()
     pages = {

@@ -190,7 +190,8 @@ def latent_map(df: pd.DataFrame, x_col: str, y_col: str, colour_col: str | None,
         flagged = df[np.asarray(highlight, dtype=bool)]
         fig.add_trace(go.Scattergl(
             x=flagged[x_col], y=flagged[y_col], mode="markers", name="flagged as anomalous",
-            marker={"color": "rgba(0,0,0,0)", "size": size + 7, "line": {"color": "#D55E00", "width": 2},
+            # WebGL draws open symbols in the marker colour: a vermillion ring around the point.
+            marker={"color": "#D55E00", "size": size + 8, "line": {"color": "#D55E00", "width": 2},
                     "symbol": "circle-open"},
             customdata=_map_customdata(flagged),
             hovertemplate="<b>%{customdata[1]}</b><br>flagged as anomalous<extra></extra>",
@@ -251,7 +252,7 @@ def metric_bars(scores: dict[str, float]) -> go.Figure:
     """Disentanglement scores (0..1) side by side."""
     names = list(scores)
     values = [scores[k] for k in names]
-    fig = go.Figure(go.Bar(x=names, y=values, marker_color=[OKABE_ITO[i % 8] for i in (4, 2, 0, 6, 1, 5)][:len(names)],
+    fig = go.Figure(go.Bar(x=names, y=values, marker_color=OKABE_ITO[4],
                            text=[f"{v:.2f}" for v in values], textposition="outside",
                            hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
     fig.update_yaxes(range=[0, 1.1], title="score (higher is better)")

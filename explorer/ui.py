@@ -181,7 +181,8 @@ def object_detail(run: Run, row: int | None, close_key: str) -> None:
                     meta[k] = obj[k]
             latent = {name: obj[col] for name, col in zip(run.dim_names, run.latent_columns, strict=False)}
             morph = {c.removeprefix("morph_").replace("_", " "): obj[c] for c in run.morph_columns}
-            st.dataframe(pd.DataFrame({"value": [_fmt(v) for v in meta.values()]}, index=list(meta)), width="stretch")
+            st.dataframe(pd.DataFrame({"value": [_fmt(v) for v in meta.values()]},
+                                      index=[k.replace("_", " ") for k in meta]), width="stretch")
             tabs = st.tabs(["Latent dims", "Morphology"])
             tabs[0].dataframe(pd.DataFrame({"value": [_fmt(v) for v in latent.values()]}, index=list(latent)),
                               width="stretch")

@@ -151,7 +151,11 @@ def test_datasets_page(server, page):
 def test_page_charts_draw(server, page, path, name, min_charts):
     _open(page, server, path)
     if min_charts:
-        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
+        try:
+            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=90_000)
+        except playwright_api.TimeoutError:
+            _shot(page, f"{name}-FAILED")
+            raise
         page.wait_for_timeout(1000)
         points = _points_per_chart(page)
         assert len(points) >= min_charts and all(p > 0 for p in points), points
@@ -230,3 +234,28 @@ def test_zip_upload_creates_a_new_run(server, page, runs_dir, tmp_path):
     _shot(page, "10-upload-done")
     assert (runs_dir / "shapes" / "objects.parquet").is_file()
     assert not (runs_dir / "shapes.partial").exists()
+
+
+def test_html_report_downloads_and_draws_offline(server, page, browser, tmp_path):
+    _open(page, server, "correlations")
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
+    with page.expect_download(timeout=60_000) as info:
+        page.get_by_role("button", name="Download this view as an HTML report").click()
+    report = tmp_path / "report.html"
+    info.value.save_as(report)
+    assert report.stat().st_size > 1_000_000  # plotly.js is inside
+    offline = browser.new_context(viewport={"width": 1280, "height": 1600}, offline=True)
+    try:
+        pg = offline.new_page()
+        errors: list[str] = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.goto(report.as_uri())
+        pg.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
+        points = _points_per_chart(pg)
+        assert len(points) == 2 and all(p > 0 for p in points), points
+        assert pg.locator("#provenance").inner_text().count("data fingerprint") == 1
+        assert not errors, errors
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        pg.screenshot(path=str(SHOTS / "11-report-offline.png"), full_page=True)
+    finally:
+        offline.close()
