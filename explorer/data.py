@@ -214,7 +214,7 @@ class Run:
             "model hash": man.get("model", {}).get("model_hash") or man.get("model", {}).get("weights_hash"),
             "data fingerprint": feats.get("data", {}).get("fingerprint"),
             "objects": len(self.objects),
-            "analysis parameters": self.analysis.get("params", {}),
+            "analysis parameters": self.analysis.get("config") or self.analysis.get("params") or {},
         }
 
 

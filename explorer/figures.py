@@ -97,19 +97,30 @@ def correlation_heatmap(corr: pd.DataFrame, method: str, dim_labels: Sequence[st
     signed = method in ("pearson", "spearman")
     z = grid.to_numpy(dtype=float)
     custom = np.dstack(np.meshgrid(list(grid.columns), dims.astype(str)))  # (dims, features, 2)
+    symbol = {"pearson": "r", "spearman": "ρ"}.get(method, "MI")
     heat = go.Heatmap(
         z=z, x=x_labels, y=y_labels, customdata=custom,
         colorscale="RdBu_r" if signed else "Viridis",
         zmin=-1 if signed else 0, zmax=1 if signed else max(float(np.nanmax(z)) if np.isfinite(z).any() else 1, 1e-9),
         zmid=0 if signed else None,
         texttemplate="%{z:.2f}", textfont={"size": FONT_SIZE - 2},
-        colorbar={"title": {"text": "r" if method == "pearson" else ("ρ" if method == "spearman" else "MI")}},
-        hovertemplate="%{y}<br>%{x}<br>" + method + " = %{z:.3f}<extra>click for scatter</extra>",
-        xgap=2, ygap=2,
+        colorbar={"title": {"text": symbol}}, hoverinfo="skip", xgap=2, ygap=2,
     )
-    fig = go.Figure(heat)
+    # Plotly heatmaps emit no selection events, so an invisible marker sits on each cell centre:
+    # clicking a cell selects its marker, whose customdata names the (feature, dim) pair.
+    xx, yy = np.meshgrid(x_labels, y_labels)
+    cells = go.Scatter(
+        x=xx.ravel(), y=yy.ravel(), mode="markers", customdata=custom.reshape(-1, 2),
+        text=[f"{v:.3f}" if np.isfinite(v) else "n/a" for v in z.ravel()],
+        marker={"size": 36, "opacity": 0, "color": "#000000"},
+        selected={"marker": {"opacity": 0}}, unselected={"marker": {"opacity": 0}},
+        hovertemplate="%{y}<br>%{x}<br>" + symbol + " = %{text}<extra>click for the scatter</extra>",
+        showlegend=False,
+    )
+    fig = go.Figure([heat, cells])
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(tickangle=-30)
+    fig.update_layout(hoverdistance=-1, clickmode="event+select", dragmode=False)
     return style(fig, height=max(320, 60 + 42 * len(dims)))
 
 

@@ -259,3 +259,17 @@ def test_html_report_downloads_and_draws_offline(server, page, browser, tmp_path
         pg.screenshot(path=str(SHOTS / "11-report-offline.png"), full_page=True)
     finally:
         offline.close()
+
+
+def test_heatmap_cell_click_picks_the_pair(server, page):
+    _open(page, server, "correlations")
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=90_000)
+    page.wait_for_timeout(1000)
+    heat = page.locator(".js-plotly-plot").first
+    drag = heat.locator(".nsewdrag").first.bounding_box()
+    # Fixture grid: 6 dims x 4 features; click row z1 (second), column "mean intensity" (third).
+    page.mouse.click(drag["x"] + drag["width"] * (2.5 / 4), drag["y"] + drag["height"] * (1.5 / 6))
+    page.get_by_text("between z1: elongation and mean intensity").wait_for(timeout=30_000)
+    _settle(page)
+    title = page.evaluate("() => document.querySelectorAll('.js-plotly-plot')[1].layout.yaxis.title.text")
+    assert title == "mean intensity"

@@ -50,6 +50,10 @@ def test_correlation_heatmap_is_dims_by_features_with_diverging_scale(corr):
     # Cell (dim 0, area) carries its identity for the click handler and its stored value.
     cell = np.asarray(heat.customdata)[0, 0]
     assert list(cell) == ["morph_area", "0"]
+    # The clickable overlay: one marker per cell, carrying the same (feature, dim) pair.
+    cells = fig.data[1]
+    assert len(cells.x) == 6 * 4 and list(cells.customdata[5]) == ["morph_eccentricity", "1"]
+    assert (cells.x[5], cells.y[5]) == ("eccentricity", "z1")
     expected = corr[(corr.method == "pearson") & (corr.dim == 0) & (corr.feature == "morph_area")].value.item()
     assert np.asarray(heat.z)[0, 0] == pytest.approx(expected)
     mi = figures.correlation_heatmap(corr, "mi").data[0]

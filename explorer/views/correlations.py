@@ -80,8 +80,9 @@ if selected:
     image_grid(run, sel, key_prefix="corr.gallery", focus_key="corr.focus")
     csv_download(sel[["row", "path", "label", zcol, feature]], f"{run.name}-selection.csv", key="corr.sel_csv")
 
-table = corr[corr["method"] == method].pivot_table(index="dim_name", columns="feature", values="value",
-                                                    aggfunc="first").reset_index()
+table = corr[corr["method"] == method].pivot_table(index="dim", columns="feature", values="value", aggfunc="first")
+table = table.rename(columns=feature_label).rename_axis(columns=None)
+table.insert(0, "dimension", [names[d] if d < len(names) else f"z{d}" for d in table.index])
 exports = st.columns(2)
 with exports[0]:
     csv_download(corr, f"{run.name}-correlations.csv", key="corr.csv", label="Download all correlations (CSV)")
