@@ -273,3 +273,18 @@ def test_heatmap_cell_click_picks_the_pair(server, page):
     _settle(page)
     title = page.evaluate("() => document.querySelectorAll('.js-plotly-plot')[1].layout.yaxis.title.text")
     assert title == "mean intensity"
+
+
+def test_100k_point_map_draws(server, page, runs_dir):
+    make_run(runs_dir, "big", n=100_000, n_dims=6, thumbs=False, seed=2)
+    _open(page, server, "class_map")
+    # Pick the big run in the sidebar's run picker, as a user would.
+    page.locator("[data-testid='stSidebar'] [data-testid='stSelectbox']").first.click()
+    page.get_by_role("option", name="big").click()
+    _settle(page, timeout=120)
+    page.wait_for_function("""() => { const g = document.querySelector('.js-plotly-plot');
+        return g && g._fullData && g._fullData.reduce((s, t) => s + (t.x ? t.x.length : 0), 0) >= 100000; }""",
+                           timeout=120_000)
+    assert page.locator(".js-plotly-plot canvas").count() > 0
+    _shot(page, "12-class-map-100k")
+    assert not page.js_errors, page.js_errors
