@@ -32,6 +32,7 @@ def _startup() -> None:
     extra = [str(Path(p).expanduser().resolve()) for p in args.run]
     st.session_state["app.runs_dir"] = str(runs_dir)
     st.session_state["app.extra_runs"] = extra
+    st.session_state["app.pipeline_settings_file"] = args.pipeline_config
     init_state()
     if st.session_state["app.run"] is None:
         candidates = [p for p in extra if is_run_dir(Path(p))] + [str(p) for p in list_runs(runs_dir)]

@@ -39,7 +39,49 @@ def parse_app_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="drl explore", add_help=False, allow_abbrev=False)
     parser.add_argument("--runs-dir", default=None)
     parser.add_argument("--run", action="append", default=[])
+    parser.add_argument("--pipeline-config", default=None)
     return parser.parse_known_args(argv)[0]
+
+
+def pipeline_config(settings: dict | None = None, backbone: str | None = None,
+                    source_model: str | None = None):
+    """The ``PipelineConfig`` for data added from the app.
+
+    ``settings`` come from ``--pipeline-config FILE.json`` (lab-wide defaults, e.g. a shared
+    cache folder or an in-house source model): top-level keys are ``PipelineConfig`` fields and
+    ``"features"`` holds ``FeatureConfig`` fields. Unknown keys are an error, as everywhere.
+    The backbone and source model chosen in the page override the file.
+    """
+    import dataclasses
+
+    from drlcore.features import FeatureConfig
+    from drlcore.pipeline import PipelineConfig
+
+    settings = dict(settings or {})
+    features = dict(settings.pop("features", {}) or {})
+    if backbone:
+        features["backbone"] = backbone
+    if source_model:
+        settings["source_model"] = source_model
+    known = {f.name for f in dataclasses.fields(PipelineConfig)} - {"features"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise DrlError(f"unknown pipeline setting(s) {unknown}; known: {sorted(known)}")
+    if "known_classes" in settings and settings["known_classes"] is not None:
+        settings["known_classes"] = tuple(settings["known_classes"])
+    return PipelineConfig(features=FeatureConfig.from_dict(features), **settings)
+
+
+def read_pipeline_settings(path: str | None) -> dict:
+    if not path:
+        return {}
+    try:
+        settings = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise DrlError(f"cannot read the pipeline settings file {path}: {exc}") from exc
+    if not isinstance(settings, dict):
+        raise DrlError(f"{path} must hold a JSON object of pipeline settings")
+    return settings
 
 
 def resolve_runs_dir(cli_value: str | None, environ: dict | None = None) -> Path:

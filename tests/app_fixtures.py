@@ -167,3 +167,22 @@ def make_zip(path: Path, n_per_class: int = 4) -> Path:
                 elong = 0.1 if cls == "round" else 0.8
                 zf.writestr(f"{cls}/{cls}_{i}.jpg", _draw(rng.uniform(0.3, 0.9), elong, rng.uniform(), rng))
     return path
+
+
+def make_source_model(path: Path, latent_dim: int = 4) -> Path:
+    """A tiny random-init source model on the ``test-tiny`` backbone (plumbing, not quality)."""
+    import torch
+
+    from drlcore.artifacts import save_model
+    from drlcore.backbones import load_backbone
+    from drlcore.vae import FeatureVAE, VAEConfig
+
+    backbone = load_backbone("test-tiny", pretrained=False)
+    torch.manual_seed(0)
+    model = FeatureVAE(VAEConfig(input_dim=backbone.spec.feature_dim, latent_dim=latent_dim, hidden_dims=(32,)))
+    model.fit_standardisation(np.random.default_rng(0).normal(size=(64, backbone.spec.feature_dim)))
+    save_model(path, model, {
+        "backbone": {"name": "test-tiny", "timm_name": backbone.spec.timm_name,
+                     "weights_hash": backbone.weights_hash, "feature_dim": backbone.spec.feature_dim},
+        "dim_names": [f"z{j}: f{j}" for j in range(latent_dim)]})
+    return Path(path)

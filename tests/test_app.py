@@ -11,7 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from app_fixtures import make_run  # noqa: E402
+from app_fixtures import make_run, make_source_model, make_zip  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[1] / "explorer" / "app.py")
 PAGES = ["datasets", "traversals", "correlations", "class_map", "anomalies", "source_model"]
@@ -43,6 +43,18 @@ def _app(page: str | None = None) -> AppTest:
 
 def _charts(at) -> list[dict]:
     return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def _n_points(trace: dict) -> int:
+    """Length of a trace's x, whether plain JSON or plotly's base64 typed array ({dtype, bdata})."""
+    x = trace.get("x", [])
+    if isinstance(x, dict) and "bdata" in x:
+        import base64
+
+        import numpy as np
+
+        return len(base64.b64decode(x["bdata"])) // np.dtype(x["dtype"]).itemsize
+    return len(x)
 
 
 def _configs(at) -> list[dict]:
@@ -79,7 +91,7 @@ def test_run_picker_switches_run_and_survives_page_changes(runs_dir):
     assert at.session_state["app.run"] == str(runs_dir / "second")
     at.switch_page("views/class_map.py").run()
     assert at.session_state["app.run"] == str(runs_dir / "second")
-    assert "30 objects" in at.get("plotly_chart")[0].proto.spec or len(_charts(at)[0]["data"][0]["x"]) <= 30
+    assert sum(_n_points(t) for t in _charts(at)[0]["data"]) == 30
 
 
 def test_chart_download_format_follows_sidebar(runs_dir):
@@ -228,3 +240,37 @@ def test_run_given_on_the_command_line_opens_first(runs_dir, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["app.py", "--run", str(other)])
     at = _app()
     assert at.session_state["app.run"] == str(other)
+
+
+@pytest.mark.slow
+def test_every_page_on_a_real_pipeline_run(tmp_path, monkeypatch):
+    """The real engine's files (not the fixture's idea of them) drive every page."""
+    from drlcore.pipeline import run_pipeline
+    from explorer.data import pipeline_config
+
+    source = make_source_model(tmp_path / "source")
+    config = pipeline_config({"features": {"backbone": "test-tiny", "pretrained": False, "batch_size": 8,
+                                           "cache_dir": str(tmp_path / "cache")},
+                              "source_model": str(source), "transfer_epochs": 2})
+    runs = tmp_path / "runs"
+    run_pipeline(make_zip(tmp_path / "cells.zip", n_per_class=6), runs / "real", config)
+    monkeypatch.setenv("DRL_RUNS_DIR", str(runs))
+    for page in PAGES:
+        at = _app(page)
+        assert not at.error, (page, [e.value for e in at.error])
+        assert at.title, page
+    at = _app("class_map")
+    assert sum(_n_points(t) for t in _charts(at)[0]["data"]) == 12
+    at = _app("anomalies")
+    at.multiselect(key="anom.known").set_value(["round"]).run()
+    assert not at.exception and not at.error
+
+
+def test_pipeline_settings_reject_unknown_keys():
+    from drlcore.errors import DrlError
+    from explorer.data import pipeline_config
+
+    config = pipeline_config({"features": {"backbone": "test-tiny"}, "transfer_epochs": 3}, source_model="/m")
+    assert config.features.backbone == "test-tiny" and config.source_model == "/m" and config.transfer_epochs == 3
+    with pytest.raises(DrlError, match="unknown pipeline setting"):
+        pipeline_config({"epochs": 3})

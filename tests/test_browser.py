@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from app_fixtures import make_run, make_zip  # noqa: E402
+from app_fixtures import make_run, make_source_model, make_zip  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,25 @@ def runs_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(runs_dir, tmp_path_factory):
+def pipeline_settings(tmp_path_factory):
+    """Runs added in the browser use the random tiny backbone and a tiny source model, so the
+    real pipeline runs end to end in seconds, offline."""
+    import json
+
+    root = tmp_path_factory.mktemp("pipeline")
+    try:
+        source = make_source_model(root / "source")
+    except ImportError as exc:  # engine parts not installed: upload test skips, others run
+        return None, str(exc)
+    path = root / "settings.json"
+    path.write_text(json.dumps({"features": {"backbone": "test-tiny", "pretrained": False, "batch_size": 8,
+                                             "cache_dir": str(root / "cache")},
+                                "source_model": str(source), "transfer_epochs": 2}))
+    return path, None
+
+
+@pytest.fixture(scope="module")
+def server(runs_dir, pipeline_settings, tmp_path_factory):
     port = _free_port()
     home = tmp_path_factory.mktemp("home")
     env = {**os.environ, "HOME": str(home), "DRL_RUNS_DIR": str(runs_dir)}
@@ -55,7 +73,8 @@ def server(runs_dir, tmp_path_factory):
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "explorer" / "app.py"),
          "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
          "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-         "--", "--runs-dir", str(runs_dir)],
+         "--", "--runs-dir", str(runs_dir),
+         *(["--pipeline-config", str(pipeline_settings[0])] if pipeline_settings[0] else [])],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -217,23 +236,26 @@ def test_bad_upload_shows_error_and_touches_no_run(server, page, runs_dir, tmp_p
     assert sorted(p.name for p in runs_dir.iterdir()) == before
 
 
-def test_zip_upload_creates_a_new_run(server, page, runs_dir, tmp_path):
-    pipeline = pytest.importorskip("drlcore.pipeline")
-    from drlcore.errors import DrlError
-
-    try:
-        pipeline.shipped_source_model("effnet-lite0")
-    except DrlError as exc:
-        pytest.skip(f"the real pipeline needs the shipped source model, not present yet: {exc}")
+def test_zip_upload_creates_a_new_run(server, page, runs_dir, tmp_path, pipeline_settings):
+    if pipeline_settings[0] is None:
+        pytest.skip(f"engine pipeline not available: {pipeline_settings[1]}")
     good = make_zip(tmp_path / "shapes.zip", n_per_class=4)
     _open(page, server)
     page.locator("input[type='file']").set_input_files(str(good))
     _settle(page)
     page.get_by_role("button", name="Analyse").click()
-    page.get_by_text("New run").first.wait_for(timeout=600_000)
+    page.get_by_text("is open. Explore it").first.wait_for(timeout=600_000)
+    _settle(page)
     _shot(page, "10-upload-done")
     assert (runs_dir / "shapes" / "objects.parquet").is_file()
     assert not (runs_dir / "shapes.partial").exists()
+    # The new run is open and its pages draw.
+    assert page.get_by_text("Open: shapes").is_visible()
+    page.get_by_role("link", name="Class map").click()
+    _settle(page)
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=90_000)
+    assert sum(_points_per_chart(page)) == 8
+    _shot(page, "10b-upload-class-map")
 
 
 def test_html_report_downloads_and_draws_offline(server, page, browser, tmp_path):

@@ -12,7 +12,8 @@ import pandas as pd
 import streamlit as st
 
 from drlcore.errors import DrlError
-from explorer.data import Run, backbone_summary, is_demo, list_runs
+from explorer.data import (Run, backbone_summary, is_demo, list_runs, pipeline_config,
+                           read_pipeline_settings)
 from explorer.ui import csv_download, current_run
 
 st.title("Datasets")
@@ -100,6 +101,25 @@ else:
     folder = st.text_input("Folder path on the server", key="data.folder", placeholder="/data/my-cells")
 default_name = Path(upload.name).stem if upload is not None else (Path(folder).name if folder else "")
 run_name = st.text_input("Name for the new run", key="data.name", placeholder=default_name or "my-cells")
+try:
+    settings = read_pipeline_settings(st.session_state.get("app.pipeline_settings_file"))
+except DrlError as exc:
+    st.error(str(exc))
+    settings = {}
+with st.expander("Advanced: backbone and source model"):
+    from drlcore.backbones import BACKBONES, DEFAULT_BACKBONE
+
+    default_backbone = (settings.get("features") or {}).get("backbone", DEFAULT_BACKBONE)
+    # Test-only backbones are offered only when the settings file asks for one.
+    offered = [n for n in BACKBONES if not n.startswith("test-") or n == default_backbone]
+    if st.session_state.get("data.backbone") not in offered:
+        st.session_state["data.backbone"] = default_backbone
+    st.selectbox("Backbone (feature extractor)", offered, key="data.backbone",
+                 format_func=lambda name: f"{name}: {BACKBONES[name].description}")
+    st.text_input("Source model folder (empty: the one shipped for this backbone)", key="data.source_model",
+                  placeholder=settings.get("source_model") or "shipped with drl")
+    st.caption(f"The default {DEFAULT_BACKBONE} works offline; DINO backbones need their weights on this "
+               "computer. The source model must have been trained on the same backbone.")
 
 
 def _safe_name(name: str) -> str:
@@ -137,7 +157,9 @@ if st.button("Analyse", key="data.start", type="primary", icon=":material/rocket
             runs_dir.mkdir(parents=True, exist_ok=True)
             # Built under <name>.partial and renamed when complete, so the run list never shows
             # half a run, and a failure leaves every earlier run untouched.
-            run_pipeline(data, partial, None, StreamlitReporter())
+            config = pipeline_config(settings, st.session_state.get("data.backbone"),
+                                     st.session_state.get("data.source_model") or None)
+            run_pipeline(data, partial, config, StreamlitReporter())
             partial.rename(final)
         except DrlError as exc:
             status.update(label="The data could not be analysed", state="error", expanded=False)
