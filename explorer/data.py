@@ -244,10 +244,19 @@ class Run:
         p = self.thumb_path(sha)
         return _read_bytes(str(p), file_stamp(p)) if p.is_file() else None
 
+    @cached_property
+    def features_manifest(self) -> dict:
+        """The features stage's manifest: nested under "features", or (as ``drl run`` writes it)
+        the top level of manifest.json with the later stages beside it."""
+        man = self.manifest
+        if isinstance(man.get("features"), dict):
+            return man["features"]
+        return man if man.get("stage") == "features" or "backbone" in man else {}
+
     def provenance(self) -> dict:
         """The stamp every export carries: what model, what data, which parameters."""
         man = self.manifest
-        feats = man.get("features", {})
+        feats = self.features_manifest
         model = self.model_config.get("backbone", {})
         return {
             "run": str(self.path),
@@ -262,12 +271,23 @@ class Run:
 
 def backbone_summary(run: Run) -> tuple[str, str]:
     """(backbone name, why it was used) from the manifest, in words for the Datasets page."""
-    feats = run.manifest.get("features", {})
-    name = feats.get("backbone") or run.model_config.get("backbone", {}).get("name") or "unknown"
-    reason = (feats.get("backbone_reason") or feats.get("reason")
-              or run.manifest.get("model", {}).get("backbone_reason"))
-    if not reason:
-        from_model = run.model_config.get("backbone", {}).get("name")
-        reason = (f"the source model was trained on {from_model} features, so the data were embedded with the same backbone"
-                  if from_model else "recorded in manifest.json without a reason")
+    feats = run.features_manifest
+    model_backbone = (run.model_config.get("backbone") or {}).get("name")
+    name = feats.get("backbone") or model_backbone or "unknown"
+    reason = feats.get("backbone_reason")
+    if not reason and model_backbone and model_backbone == name:
+        reason = ("the model was trained on this backbone's features, so the images are embedded "
+                  "with the same backbone")
+    reason = reason or "recorded in manifest.json without a reason"
+    weights = feats.get("weights_source")
+    if weights:
+        reason += f"; weights: {weights}"
+    if feats.get("dtype"):
+        reason += f", {feats['dtype']}"
     return name, reason
+
+
+def pipeline_notes(run: Run) -> list[str]:
+    """Notes the pipeline left for the user (e.g. too few images to fine-tune)."""
+    notes = (run.manifest.get("pipeline") or {}).get("notes") or []
+    return [str(n) for n in notes]

@@ -138,14 +138,16 @@ def make_run(root: Path, name: str = "demo", n: int = 120, n_dims: int = 6, seed
     })
     (run / "model" / "model.safetensors").write_bytes(b"")
     data_fp = fingerprint(shas)
+    # As `drl run` writes it: the features manifest at the top level, later stages beside it.
     atomic_write_json(run / "manifest.json", {
-        "features": {"stage": "features", "backbone": "test-tiny", "timm_name": "test_vit",
-                     "weights_hash": "ab12cd34", "dtype": "fp32",
-                     "backbone_reason": "test-tiny requested for tests",
-                     "data": {"root": "/data/blood", "layout": "class-folders", "fingerprint": data_fp},
-                     "counts": {"accepted": n, "skipped": 1, "labels": len(CLASSES)},
-                     "created": "2026-11-28T04:00:00Z"},
-        "model": {"stage": "model", "model_hash": "feedbeef" * 4},
+        "stage": "features", "backbone": "test-tiny", "timm_name": "test_vit",
+        "weights_hash": "ab12cd34", "weights_source": "random-init", "dtype": "fp32",
+        "data": {"root": "/data/blood", "layout": "class-folders", "fingerprint": data_fp},
+        "counts": {"accepted": n, "skipped": 1, "labels": len(CLASSES)},
+        "created": "2026-11-28T04:00:00Z",
+        "model": {"model_hash": "feedbeef" * 4, "parent_model_hash": "0123abcd" * 8,
+                  "backbone": {"name": "test-tiny"}},
+        "pipeline": {"notes": ["Fixture note from the pipeline."], "transferred": True, "version": 1},
         "encode": {"stage": "encode"},
         "analyze": {"stage": "analyze"},
     })

@@ -80,7 +80,10 @@ def test_datasets_page_summarises_run_and_backbone(runs_dir):
     at = _app()
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Objects"] == "90" and metrics["Skipped images"] == "1"
-    assert any("test-tiny" in m.value for m in at.markdown)
+    backbone = next(m.value for m in at.markdown if m.value.startswith("**Backbone:**"))
+    assert "test-tiny" in backbone and "random-init" in backbone and "trained on this backbone" in backbone
+    assert any("0123abcd" in c.value for c in at.caption)  # fine-tuned from this source model
+    assert any("Fixture note from the pipeline" in i.value for i in at.info)
 
 
 def test_run_picker_switches_run_and_survives_page_changes(runs_dir):

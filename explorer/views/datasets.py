@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from drlcore.errors import DrlError
-from explorer.data import (Run, backbone_summary, is_demo, list_runs, pipeline_config,
+from explorer.data import (Run, backbone_summary, is_demo, list_runs, pipeline_config, pipeline_notes,
                            read_pipeline_settings)
 from explorer.ui import csv_download, current_run
 
@@ -35,9 +35,15 @@ def _summary(run: Run) -> None:
     cols[3].metric("Latent dims", len(run.latent_columns))
     name, reason = backbone_summary(run)
     st.markdown(f"**Backbone:** `{name}` — {reason}.")
-    parent = run.model_config.get("parent_model_hash")
+    model = run.manifest.get("model") or {}
+    transferred = (run.manifest.get("pipeline") or {}).get("transferred")
+    parent = model.get("parent_model_hash") or run.model_config.get("parent_model_hash")
     if parent:
-        st.caption(f"Model transferred to these images from source model {parent[:12]}.")
+        st.caption(f"Model fine-tuned on these images from source model {parent[:12]}.")
+    elif transferred is False:
+        st.caption("The source model is used as it is (not fine-tuned on these images).")
+    for note in pipeline_notes(run):
+        st.info(note, icon=":material/info:")
     for line in run.analysis.get("summary", {}).get("headline", []):
         st.markdown(f"- {line}")
     for note in run.analysis.get("notes", []):
