@@ -277,3 +277,18 @@ def test_pipeline_settings_reject_unknown_keys():
     assert config.features.backbone == "test-tiny" and config.source_model == "/m" and config.transfer_epochs == 3
     with pytest.raises(DrlError, match="unknown pipeline setting"):
         pipeline_config({"epochs": 3})
+
+
+def test_build_demo_failure_is_shown_not_raised(tmp_path, monkeypatch):
+    import drlcore.demo
+    from drlcore.errors import DrlError
+
+    def no_source_model(*args, **kwargs):
+        raise DrlError("no shipped source model for backbone 'effnet-lite0'")
+
+    monkeypatch.setattr(drlcore.demo, "build_demo", no_source_model)
+    monkeypatch.setenv("DRL_RUNS_DIR", str(tmp_path / "runs"))
+    at = _app()
+    at.button(key="data.build_demo").click().run()
+    assert not at.exception
+    assert any("no shipped source model" in e.value for e in at.error)

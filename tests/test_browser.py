@@ -7,7 +7,6 @@ Starts ``streamlit run explorer/app.py -- --runs-dir X`` on a free port. Screens
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys

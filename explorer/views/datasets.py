@@ -81,6 +81,7 @@ if runs:
 if not any(is_demo(p) for p in runs):
     if st.button("Build the demo (Texture-dSprites, about a minute)", key="data.build_demo",
                  icon=":material/play_circle:"):
+        demo_error = None
         with st.status("Building the demo run…", expanded=True) as status:
             try:
                 from drlcore.demo import build_demo
@@ -88,12 +89,15 @@ if not any(is_demo(p) for p in runs):
 
                 path = build_demo(runs_dir, reporter=StreamlitReporter())
             except DrlError as exc:
-                status.update(label="The demo could not be built", state="error")
-                st.error(str(exc))
+                status.update(label="The demo could not be built", state="error", expanded=False)
+                demo_error = str(exc)
             else:
                 status.update(label="Demo ready", state="complete")
                 _open(str(path))
-                st.rerun()
+        if demo_error:
+            st.error(demo_error, icon=":material/error:")
+        else:
+            st.rerun()
 
 st.subheader("Add data")
 st.markdown("Images in one folder per class (or a flat folder, or a CSV listing them). "
