@@ -58,7 +58,6 @@ def sidebar(pages: dict) -> None:
     if current and current not in options:
         options.insert(0, current)
     with st.sidebar:
-        st.markdown("### :material/biotech: drl explorer")
         st.caption("What did the network learn from your images?")
         if options:
             # Widget keys are dropped when the page changes, so the choice lives in "app.run"
@@ -90,6 +89,7 @@ div[data-testid="stMetricValue"] { font-size: 1.8rem; }
 def main() -> None:
     st.set_page_config(page_title="drl explorer", page_icon=":material/biotech:", layout="wide")
     st.html(_CSS)
+    st.logo(str(Path(__file__).resolve().parent / "static" / "logo.svg"), size="large")
     _startup()
     keep_state()
     pages = {
