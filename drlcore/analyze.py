@@ -39,6 +39,8 @@ MORPHOLOGY_CACHE_VERSION = 1
 MIN_OBJECTS_FOR_MAPS = 5
 # umap-learn needs a handful of neighbours; below this a map says nothing anyway.
 MIN_OBJECTS_FOR_UMAP = 16
+CORRELATION_COLUMNS = ["dim", "dim_name", "feature", "method", "value", "ci_low", "ci_high",
+                       "p_value", "q_value", "n"]
 
 
 @dataclass(frozen=True)
@@ -195,8 +197,7 @@ def _correlations(Z, morph: pd.DataFrame, extra: pd.DataFrame, dim_names, config
     if len(Z) < 4 or not usable:
         if len(Z) < 4:
             notes.append("fewer than 4 images: no latent-morphology correlations")
-        return pd.DataFrame(columns=["dim", "dim_name", "feature", "method", "value", "ci_low",
-                                     "ci_high", "p_value", "n"])
+        return pd.DataFrame(columns=CORRELATION_COLUMNS)
     return latent_feature_correlation(Z, features[usable], dim_names=dim_names,
                                       n_boot=config.n_boot, seed=config.seed)
 
