@@ -178,3 +178,24 @@ def test_weights_file_that_does_not_fit(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(DrlError, match="cannot read"):
         load_backbone("dino-vits16", weights=tmp_path / "junk.pth")
+
+
+@pytest.mark.slow  # builds ViT-S/16 twice
+def test_dino_from_the_hugging_face_cache(tmp_path, monkeypatch):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(2)
+    reference = timm.create_model("vit_small_patch16_224.dino", pretrained=False)
+    repo = tmp_path / "hub" / "models--timm--vit_small_patch16_224.dino"
+    snapshot = repo / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()},
+              str(snapshot / "model.safetensors"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    backbone = load_backbone("dino-vits16", dtype="fp32")
+    assert backbone.weights_hash == state_dict_hash(reference.state_dict())
+    assert backbone.weights_source.endswith("model.safetensors")
