@@ -7,6 +7,7 @@ Starts ``streamlit run explorer/app.py -- --runs-dir X`` on a free port. Screens
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -235,10 +236,11 @@ def test_bad_upload_shows_error_and_touches_no_run(server, page, runs_dir, tmp_p
     assert sorted(p.name for p in runs_dir.iterdir()) == before
 
 
-def test_zip_upload_creates_a_new_run(server, page, runs_dir, tmp_path, pipeline_settings):
+def test_zip_upload_creates_a_new_run(server, page, runs_dir, tmp_path, pipeline_settings, request):
     if pipeline_settings[0] is None:
         pytest.skip(f"engine pipeline not available: {pipeline_settings[1]}")
     good = make_zip(tmp_path / "shapes.zip", n_per_class=4)
+    request.addfinalizer(lambda: shutil.rmtree(runs_dir / "shapes", ignore_errors=True))  # new sessions open the newest run
     _open(page, server)
     page.locator("input[type='file']").set_input_files(str(good))
     _settle(page)
@@ -296,8 +298,9 @@ def test_heatmap_cell_click_picks_the_pair(server, page):
     assert title == "mean intensity"
 
 
-def test_100k_point_map_draws(server, page, runs_dir):
+def test_100k_point_map_draws(server, page, runs_dir, request):
     make_run(runs_dir, "big", n=100_000, n_dims=6, thumbs=False, seed=2)
+    request.addfinalizer(lambda: shutil.rmtree(runs_dir / "big", ignore_errors=True))
     _open(page, server, "class_map")
     # Pick the big run in the sidebar's run picker, as a user would.
     page.locator("[data-testid='stSidebar'] [data-testid='stSelectbox']").first.click()
