@@ -219,10 +219,9 @@ def _classification(Z, X, labels, split, finite, config, notes) -> dict:
     return out
 
 
-def _anomalies(Z, objects, labels, finite, config, dim_names, notes):
+def _anomalies(Z, objects, labels, finite, config, notes):
     from drlcore import anomaly
 
-    n, J = Z.shape
     cols: dict[str, np.ndarray] = {}
     summary: dict = {}
     if labels is not None and config.known_classes:
@@ -236,32 +235,13 @@ def _anomalies(Z, objects, labels, finite, config, dim_names, notes):
         notes.append("fewer than 3 known objects: no anomaly scores")
         return cols, summary
 
-    Zk = Z[known]
-    yk = labels[known] if labels is not None else None
-    k = max(1, min(config.knn_k, int(known.sum()) - 1))
-    knn = anomaly.KNNScorer(k=k).fit(Zk)
-    maha = anomaly.MahalanobisScorer().fit(Zk, yk)
-    scores = {"anomaly_knn": np.full(n, np.nan), "anomaly_mahalanobis": np.full(n, np.nan)}
-    # The known objects are scored leave-one-out so they are not their own nearest neighbour.
-    scores["anomaly_knn"][known] = knn.score_training()
-    other = finite & ~known
-    if other.any():
-        scores["anomaly_knn"][other] = knn.score_samples(Z[other])
-    scores["anomaly_mahalanobis"][finite] = maha.score_samples(Z[finite])
-    if "recon_error" in objects:
-        scores["anomaly_recon"] = objects["recon_error"].to_numpy(float)
-    combined = anomaly.combine_scores(scores, reference_mask=known)
-    cols.update(scores)
-    cols["anomaly_score"] = combined
-    cols["anomaly_known"] = known
-    zs = np.full((n, J), np.nan)
-    zs[finite] = anomaly.latent_zscores(Z[finite], Zk)
-    for j in range(J):
-        cols[f"z_score_{j}"] = zs[:, j]
-
+    cols.update(anomaly.score_against_known(
+        Z, known, labels=labels,
+        recon_error=objects["recon_error"].to_numpy(float) if "recon_error" in objects else None,
+        k=config.knn_k))
     summary["known_classes"] = (list(config.known_classes) if config.known_classes else None)
     summary["n_known"] = int(known.sum())
-    if labels is not None and other.any():
+    if labels is not None and (finite & ~known).any():
         is_unknown = ~known[finite]
         summary["known_vs_rest"] = {
             name: anomaly.open_set_evaluation(cols[name][finite], is_unknown)
@@ -387,8 +367,7 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
         classification = (_classification(Z, X, labels, split, finite, config, notes)
                           if config.classify else {})
         bar.update(1)
-        anomaly_cols, anomaly_summary = _anomalies(Z, base, labels, finite, config, dim_names,
-                                                   notes)
+        anomaly_cols, anomaly_summary = _anomalies(Z, base, labels, finite, config, notes)
         bar.update(1)
         proj_cols, proj_summary = _projections(Z, finite, config, notes)
         bar.update(1)

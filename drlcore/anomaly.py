@@ -37,6 +37,7 @@ __all__ = [
     "out_of_range_axes",
     "open_set_evaluation",
     "holdout_each_class",
+    "score_against_known",
 ]
 
 # Median absolute deviation -> standard deviation of a normal distribution.
@@ -214,6 +215,45 @@ def combine_scores(scores: Mapping[str, Sequence[float]], reference_mask) -> np.
     total = np.where(finite, stacked, 0.0).sum(axis=0)
     count = finite.sum(axis=0)
     return np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
+
+
+def score_against_known(Z, known, labels=None, recon_error=None, k: int = 10) -> dict:
+    """Every anomaly column for all objects, with the scorers fitted on the ``known`` ones.
+
+    ``known`` is a boolean mask; rows with non-finite codes are never known and score NaN.
+    Known objects are scored leave-one-out, so none is its own nearest neighbour. Returns
+    arrays keyed by column name: ``anomaly_knn``, ``anomaly_mahalanobis``, ``anomaly_recon``
+    (when ``recon_error`` is given), the rank-combined ``anomaly_score``, ``anomaly_known`` and
+    per-axis robust ``z_score_<j>``. This is the one place the engine and the app combine them.
+    """
+    Z = np.asarray(Z, dtype=np.float64)
+    if Z.ndim != 2:
+        raise DrlError(f"Z must be a 2-D array (n_samples, n_dims), got shape {Z.shape}")
+    n, n_dims = Z.shape
+    finite = np.isfinite(Z).all(axis=1)
+    known = np.asarray(known, bool) & finite
+    if known.sum() < 2:
+        raise ValueError("score_against_known needs at least 2 known objects with finite codes")
+    Zk = Z[known]
+    yk = None if labels is None else np.asarray(labels, object)[known]
+    knn = KNNScorer(k=max(1, min(k, int(known.sum()) - 1))).fit(Zk)
+    scores = {"anomaly_knn": np.full(n, np.nan), "anomaly_mahalanobis": np.full(n, np.nan)}
+    scores["anomaly_knn"][known] = knn.score_training()
+    other = finite & ~known
+    if other.any():
+        scores["anomaly_knn"][other] = knn.score_samples(Z[other])
+    scores["anomaly_mahalanobis"][finite] = MahalanobisScorer().fit(Zk, yk).score_samples(
+        Z[finite])
+    if recon_error is not None:
+        scores["anomaly_recon"] = np.asarray(recon_error, float)
+    columns = dict(scores)
+    columns["anomaly_score"] = combine_scores(scores, reference_mask=known)
+    columns["anomaly_known"] = known
+    zs = np.full((n, n_dims), np.nan)
+    zs[finite] = latent_zscores(Z[finite], Zk)
+    for j in range(n_dims):
+        columns[f"z_score_{j}"] = zs[:, j]
+    return columns
 
 
 def latent_zscores(Z, Z_known) -> np.ndarray:

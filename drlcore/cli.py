@@ -230,7 +230,9 @@ def _cmd_explore(args) -> None:
     if not app.is_file():
         raise DrlError(f"the explorer app was not found at {app}")
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
-           "--browser.gatherUsageStats", "false"]
+           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+           # Lab datasets as zips are often larger than Streamlit's 200 MB default.
+           "--server.maxUploadSize", "4096"]
     if args.headless:
         cmd += ["--server.headless", "true"]
     cmd += ["--"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from drlcore.anomaly import (
+    score_against_known,
     KNNScorer,
     MahalanobisScorer,
     combine_scores,
@@ -162,3 +163,20 @@ def test_holdout_each_class_flags_the_odd_class_out(rng):
     assert default["scorer"] == "KNNScorer" and default["per_class"]["c"]["auroc"] > 0.99
     with pytest.raises(DrlError, match="at least 2"):
         holdout_each_class(Z, np.zeros(len(Z)), lambda: KNNScorer())
+
+
+def test_score_against_known_flags_the_unknown_cluster_and_its_axis():
+    rng = np.random.default_rng(3)
+    known = rng.normal(size=(200, 4))
+    unknown = rng.normal(size=(40, 4))
+    unknown[:, 2] += 8.0  # far out along axis 2 only
+    Z = np.vstack([known, unknown, [[np.nan] * 4]])
+    is_known = np.r_[np.ones(200, bool), np.zeros(41, bool)]
+    labels = np.r_[np.where(np.arange(200) % 2, "a", "b"), ["c"] * 41].astype(object)
+    cols = score_against_known(Z, is_known, labels=labels, recon_error=np.arange(241.0), k=5)
+    for name in ("anomaly_knn", "anomaly_mahalanobis", "anomaly_score"):
+        assert np.isnan(cols[name][-1])
+        assert open_set_evaluation(cols[name][:-1], ~is_known[:-1])["auroc"] > 0.99
+    assert cols["anomaly_known"].sum() == 200
+    shifted = np.abs([cols[f"z_score_{j}"][200:240].mean() for j in range(4)])
+    assert shifted.argmax() == 2 and shifted[2] > 5 and np.delete(shifted, 2).max() < 1

@@ -33,29 +33,11 @@ if st.session_state["anom.known"] is None or not set(st.session_state["anom.know
 @st.cache_data(max_entries=16, show_spinner="Re-scoring against the chosen known classes…")
 def rescore(run_path: str, stamp, known: tuple[str, ...]) -> pd.DataFrame:
     """Scores and per-axis z-scores with the scorers fitted on ``known`` classes (engine code)."""
-    z = df[zcols].to_numpy(np.float64)
-    finite = np.isfinite(z).all(axis=1)
-    is_known = df["label"].isin(known).to_numpy() & finite
-    out = pd.DataFrame(index=df.index)
-    k = max(1, min(10, int(is_known.sum()) - 1))
-    knn = anomaly.KNNScorer(k=k).fit(z[is_known])
-    maha = anomaly.MahalanobisScorer().fit(z[is_known], df.loc[is_known, "label"].to_numpy())
-    scores = {"anomaly_knn": np.full(len(df), np.nan), "anomaly_mahalanobis": np.full(len(df), np.nan)}
-    scores["anomaly_knn"][is_known] = knn.score_training()
-    other = finite & ~is_known
-    if other.any():
-        scores["anomaly_knn"][other] = knn.score_samples(z[other])
-    scores["anomaly_mahalanobis"][finite] = maha.score_samples(z[finite])
-    if "recon_error" in df:
-        scores["anomaly_recon"] = df["recon_error"].to_numpy(float)
-    for name, values in scores.items():
-        out[name] = values
-    out["anomaly_score"] = anomaly.combine_scores(scores, reference_mask=is_known)
-    zs = np.full(z.shape, np.nan)
-    zs[finite] = anomaly.latent_zscores(z[finite], z[is_known])
-    for j in range(z.shape[1]):
-        out[f"z_score_{j}"] = zs[:, j]
-    out["anomaly_known"] = is_known
+    columns = anomaly.score_against_known(
+        df[zcols].to_numpy(np.float64), df["label"].isin(known).to_numpy(),
+        labels=df["label"].to_numpy(object),
+        recon_error=df["recon_error"].to_numpy(float) if "recon_error" in df else None)
+    out = pd.DataFrame(columns, index=df.index)
     return out
 
 
