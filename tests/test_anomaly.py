@@ -173,7 +173,7 @@ def test_score_against_known_flags_the_unknown_cluster_and_its_axis():
     Z = np.vstack([known, unknown, [[np.nan] * 4]])
     is_known = np.r_[np.ones(200, bool), np.zeros(41, bool)]
     labels = np.r_[np.where(np.arange(200) % 2, "a", "b"), ["c"] * 41].astype(object)
-    cols = score_against_known(Z, is_known, labels=labels, recon_error=np.arange(241.0), k=5)
+    cols = score_against_known(Z, is_known, labels=labels, recon_error=np.r_[np.arange(240.0), np.nan], k=5)
     for name in ("anomaly_knn", "anomaly_mahalanobis", "anomaly_score"):
         assert np.isnan(cols[name][-1])
         assert open_set_evaluation(cols[name][:-1], ~is_known[:-1])["auroc"] > 0.99
