@@ -81,7 +81,9 @@ def save_model(model_dir: str | Path, model: FeatureVAE, meta: dict[str, Any]) -
 
     # Serialise in memory, then write atomically: safetensors' save_file writes in place.
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    weights = _st_save(state, metadata={"format": "pt", "drlcore": __version__})
+    # One metadata entry only: safetensors writes the metadata map in hash order, so several keys
+    # would make the bytes (and so the model hash) differ between identical models.
+    weights = _st_save(state, metadata={"format": "pt"})
     digest = sha256_bytes(weights)
 
     config = {

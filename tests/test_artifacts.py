@@ -142,3 +142,9 @@ def test_save_refuses_an_unfitted_model_or_bad_meta(tmp_path):
     with pytest.raises(ValueError, match="unknown meta"):
         save_model(tmp_path / "c", model, {"backbone": BACKBONE, "colour": 1})
     assert not (tmp_path / "a").exists()
+
+
+def test_identical_models_give_identical_bytes(tmp_path, rng):
+    model, _ = _model(rng)
+    hashes = {save_model(tmp_path / str(i), model, {"backbone": BACKBONE}) for i in range(4)}
+    assert len(hashes) == 1  # the model hash is a content hash: caches key on it
