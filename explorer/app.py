@@ -35,8 +35,11 @@ def _startup() -> None:
     st.session_state["app.pipeline_settings_file"] = args.pipeline_config
     init_state()
     if st.session_state["app.run"] is None:
+        # Named runs first; else the demo (list_runs puts it first), else the newest run.
         candidates = [p for p in extra if is_run_dir(Path(p))] + [str(p) for p in list_runs(runs_dir)]
         st.session_state["app.run"] = candidates[0] if candidates else None
+        # First launch with nothing to show: the Datasets page builds the demo, with progress.
+        st.session_state["app.autobuild_demo"] = not candidates and not extra
 
 
 def _run_label(path: str) -> str:

@@ -292,3 +292,25 @@ def test_build_demo_failure_is_shown_not_raised(tmp_path, monkeypatch):
     at.button(key="data.build_demo").click().run()
     assert not at.exception
     assert any("no shipped source model" in e.value for e in at.error)
+
+
+def test_first_launch_builds_the_demo_and_opens_it(tmp_path, monkeypatch):
+    """No run anywhere: the Datasets page builds the demo by itself (the engine's build_demo)."""
+    import drlcore.demo
+
+    runs = tmp_path / "fresh"
+    monkeypatch.setenv("DRL_RUNS_DIR", str(runs))
+    calls = []
+
+    def fake_build_demo(runs_dir, reporter=None, **kwargs):
+        calls.append(Path(runs_dir))
+        path = make_run(Path(runs_dir), drlcore.demo.DEMO_NAME, n=40)
+        (path / "demo.json").write_text(json.dumps({"version": drlcore.demo.DEMO_VERSION}))
+        return path
+
+    monkeypatch.setattr(drlcore.demo, "build_demo", fake_build_demo)
+    at = _app()
+    assert calls == [runs]
+    assert at.session_state["app.run"] == str(runs / drlcore.demo.DEMO_NAME)
+    at.run()  # later reruns do not build again
+    assert calls == [runs]

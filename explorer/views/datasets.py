@@ -79,8 +79,9 @@ if runs:
     })
     st.dataframe(table, hide_index=True, width="stretch")
 if not any(is_demo(p) for p in runs):
+    autobuild = st.session_state.pop("app.autobuild_demo", False)
     if st.button("Build the demo (Texture-dSprites, about a minute)", key="data.build_demo",
-                 icon=":material/play_circle:"):
+                 icon=":material/play_circle:") or autobuild:
         demo_error = None
         with st.status("Building the demo run…", expanded=True) as status:
             try:
