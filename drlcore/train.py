@@ -62,19 +62,24 @@ def _from_dict(cls, d: dict):
 class SourceTrainConfig:
     """Settings of ``drl train-source``.
 
-    Budget (default effnet-lite0 on a 2-core CPU): the backbone dominates, at a few dozen images
-    per second, so the defaults render and embed ~8,000 images (2,000 anchors x 2 variants plus
-    their anchors = 6,000 training images; 1,000 held-out samples and 7 x 100 one-factor pairs for
-    evaluation) and train 3,000 steps of 128 pairs (about a minute for this small MLP). Training
-    pairs reuse every anchor ``variants_per_anchor`` times, which multiplies the number of pairs
-    without multiplying the images to embed.
+    Budget (default effnet-lite0 on a 2-core CPU). The backbone dominates: ~0.06 CPU-s per
+    224 px image, i.e. ~30 img/s on two free cores; rendering is ~1 ms per image. The defaults
+    render and embed ~8,400 images (2,000 anchors x 2 variants -> 4,000 pairs over ~5,960 distinct
+    training images; 1,000 held-out samples and 7 x 100 one-factor pairs for evaluation), about
+    4-5 min on two free cores, and train 2,000 steps of 128 pairs (~1.5 GFLOP a step, 2-3 min).
+    Measured on the shared 2-core development machine (load 5-8, so 2-4x slower than free cores):
+    embedding 839 s; Ada-GVAE 3,000 steps 388 s: MIG 0.18, DCI-D 0.27, OMES 0.32 vs beta-VAE
+    0.03 / 0.05 / 0.26; 2,000 steps (defaults): MIG 0.19, DCI-D 0.26, OMES 0.31, i.e. the last
+    third of the steps bought nothing measurable. Anchors are reused ``variants_per_anchor``
+    times, which multiplies pairs without multiplying the images to embed. All images go through
+    the feature cache, so a rerun with the same data settings only renders (seconds).
 
     ``k`` is the number of factors changed per pair; ``None`` draws it from 1..K-1 per pair (the
     paper's k=rand setting). Ada-GVAE does not need to know it either way.
     """
 
     method: str = "ada-gvae"
-    steps: int = 3000
+    steps: int = 2000
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
