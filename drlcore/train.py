@@ -66,7 +66,7 @@ class SourceTrainConfig:
     224 px image, i.e. ~30 img/s on two free cores; rendering is ~1 ms per image. The defaults
     render and embed ~8,400 images (2,000 anchors x 2 variants -> 4,000 pairs over ~5,960 distinct
     training images; 1,000 held-out samples and 7 x 100 one-factor pairs for evaluation), about
-    4-5 min on two free cores, and train 2,000 steps of 128 pairs (~1.5 GFLOP a step, 2-3 min).
+    4-5 min on two free cores, and train 2,000 steps of 128 pairs (~2.4 GFLOP a step, 2-3 min).
     Measured on the shared 2-core development machine (load 5-8, so 2-4x slower than free cores):
     embedding 839 s; Ada-GVAE 3,000 steps 388 s: MIG 0.18, DCI-D 0.27, OMES 0.32 vs beta-VAE
     0.03 / 0.05 / 0.26; 2,000 steps (defaults): MIG 0.19, DCI-D 0.26, OMES 0.31, i.e. the last
