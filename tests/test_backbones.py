@@ -147,7 +147,6 @@ def test_dino_offline_without_weights_is_one_clear_error(tmp_path, monkeypatch):
     assert "vit_small_patch16_224.dino" in message
 
 
-@pytest.mark.slow  # builds ViT-S/16 twice (~8 s on 2 cores)
 def test_dino_from_a_local_weights_file(tmp_path, rng):
     import timm
     from safetensors.torch import save_file
@@ -180,7 +179,6 @@ def test_weights_file_that_does_not_fit(tmp_path):
         load_backbone("dino-vits16", weights=tmp_path / "junk.pth")
 
 
-@pytest.mark.slow  # builds ViT-S/16 twice
 def test_dino_from_the_hugging_face_cache(tmp_path, monkeypatch):
     import timm
     from safetensors.torch import save_file
