@@ -49,7 +49,7 @@ class NullReporter(Reporter):
 
 
 class TqdmReporter(Reporter):
-    def __init__(self, file=None, disable: bool | None = None):
+    def __init__(self, file=None, disable: bool = False):
         self.file = file or sys.stderr
         self.disable = disable
 
@@ -57,8 +57,12 @@ class TqdmReporter(Reporter):
     def stage(self, name: str, total: int | None, unit: str = "it") -> Iterator[StageHandle]:
         from tqdm.auto import tqdm
 
+        # Off a terminal (CI logs, background jobs) tqdm would hide the bar; print a line every
+        # 30 s instead, so a long job still shows it is alive and how far it got.
+        interactive = hasattr(self.file, "isatty") and self.file.isatty()
         with tqdm(total=total, desc=name, unit=unit, file=self.file, dynamic_ncols=True,
-                  disable=self.disable, smoothing=0.1) as bar:
+                  disable=bool(self.disable), smoothing=0.1,
+                  mininterval=0.1 if interactive else 30.0) as bar:
             def on_update(n: int, postfix: dict) -> None:
                 if postfix:
                     bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v)
