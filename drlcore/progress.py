@@ -86,7 +86,7 @@ class CallbackReporter(Reporter):
 
     @contextlib.contextmanager
     def stage(self, name: str, total: int | None, unit: str = "it") -> Iterator[StageHandle]:
-        last = [0.0]
+        last = [float("-inf")]  # the first update is always shown
         handle: StageHandle
 
         def on_update(n: int, postfix: dict) -> None:
