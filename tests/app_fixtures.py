@@ -101,7 +101,8 @@ def make_run(root: Path, name: str = "demo", n: int = 120, n_dims: int = 6, seed
             for method, value in (("pearson", r), ("spearman", rho), ("mi", abs(r) * 0.8)):
                 corr_rows.append({"dim": j, "dim_name": _dim_name(j), "feature": feat, "method": method,
                                   "value": value, "ci_low": value - 0.1, "ci_high": value + 0.1,
-                                  "p_value": 0.001 if abs(value) > 0.3 else 0.5})
+                                  "p_value": 0.001 if abs(value) > 0.3 else 0.5,
+                                  "q_value": 0.002 if abs(value) > 0.3 else 0.6})
     atomic_write_parquet(run / "correlations.parquet", pd.DataFrame(corr_rows))
 
     df["anomaly_known"] = known

@@ -70,6 +70,13 @@ def test_every_page_renders_without_error(runs_dir, page):
 
 
 def test_pages_without_a_run_point_to_datasets(tmp_path, monkeypatch):
+    import drlcore.demo
+    from drlcore.errors import DrlError
+
+    def no_demo(*args, **kwargs):  # first launch would build the demo; here it cannot
+        raise DrlError("demo unavailable in this test")
+
+    monkeypatch.setattr(drlcore.demo, "build_demo", no_demo)
     monkeypatch.setenv("DRL_RUNS_DIR", str(tmp_path / "empty"))
     at = _app("class_map")
     assert any("No run is open" in i.value for i in at.info)

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from drlcore.correlation import best_matches
 from drlcore.traversal import traversal_indices, traversal_values
 from explorer.data import file_stamp
 from explorer.figures import feature_label
@@ -35,11 +36,10 @@ def _strip(run_path: str, stamp, dim: int, n_steps: int) -> tuple[list[int], lis
 
 def _best_matches(dim: int, k: int = 3) -> pd.DataFrame:
     corr = run.correlations
-    if corr is None or corr.empty:
+    if corr is None or corr.empty or "pearson" not in set(corr["method"]):
         return pd.DataFrame()
-    sub = corr[(corr["dim"] == dim) & (corr["method"] == "pearson")].dropna(subset=["value"])
-    sub = sub.assign(abs_r=sub["value"].abs()).sort_values("abs_r", ascending=False).head(k)
-    return sub
+    best = best_matches(corr, method="pearson", top=k)
+    return best[best["dim"] == dim]
 
 
 def _match_text(dim: int) -> str:
