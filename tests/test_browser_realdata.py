@@ -1,0 +1,133 @@
+"""Every page of ``drl explore`` in headless Chromium on a real run of the blood-cell images.
+
+The run is made by the real one-shot pipeline with the default backbone and the shipped source
+model, exactly as a biologist would (``drl run``), then served with ``drl explore``. Screenshots
+go to ``test-artifacts/screenshots/blood-*.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+
+pytestmark = [
+    pytest.mark.browser, pytest.mark.slow, pytest.mark.realdata,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium not installed at /usr/bin/chromium"),
+]
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def blood_run(shared_data, tmp_path_factory):
+    from drlcore.features import FeatureConfig
+    from drlcore.pipeline import PipelineConfig, run_pipeline
+    from drlcore.progress import TqdmReporter
+
+    root = tmp_path_factory.mktemp("blood")
+    cache = os.environ.get("DRL_TEST_CACHE_DIR") or str(root / "cache")
+    config = PipelineConfig(features=FeatureConfig(cache_dir=cache))
+    return run_pipeline(shared_data / "blood-cells-pbc", root / "runs" / "blood-cells", config,
+                        reporter=TqdmReporter())
+
+
+@pytest.fixture(scope="module")
+def server(blood_run, tmp_path_factory):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = tmp_path_factory.mktemp("log") / "explore.log"
+    env = {**os.environ, "HOME": str(tmp_path_factory.mktemp("home"))}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "drlcore.cli", "explore", str(blood_run), "--headless",
+             "--port", str(port), "--runs-dir", str(blood_run.parent)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail(f"drl explore did not start:\n{log_path.read_text()[-3000:]}")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+def _open(browser, url: str):
+    ctx = browser.new_context(viewport={"width": 1440, "height": 1800})
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_selector("[data-testid='stSidebar']", timeout=60_000)
+    page.wait_for_timeout(500)
+    deadline = time.monotonic() + 120
+    while page.locator("[data-testid='stStatusWidget']").count() and time.monotonic() < deadline:
+        page.wait_for_timeout(250)
+    page.wait_for_timeout(1000)
+    return ctx, page, errors
+
+
+PAGES = [  # (url path, screenshot, charts that must hold points)
+    ("", "blood-01-datasets", 0),
+    ("traversals", "blood-02-latent-axes", 0),
+    ("correlations", "blood-03-correlations", 2),
+    ("class_map", "blood-04-class-map", 1),
+    ("anomalies", "blood-05-anomalies", 2),
+    ("source_model", "blood-06-source-model", 2),
+]
+
+
+@pytest.mark.parametrize("path,shot,min_charts", PAGES)
+def test_every_page_works_on_the_blood_cell_run(server, browser, path, shot, min_charts):
+    ctx, page, errors = _open(browser, f"{server}/{path}")
+    try:
+        assert page.get_by_text("blood-cells").first.is_visible()
+        assert not page.locator("[data-testid='stException']").count()
+        if min_charts:
+            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=120_000)
+            page.wait_for_timeout(1500)
+            points = page.evaluate("""() => Array.from(document.querySelectorAll('.js-plotly-plot'))
+                .map(g => (g._fullData || []).reduce((s, t) =>
+                    s + (t.x ? t.x.length : (t.z ? t.z.length : 0)), 0))""")
+            assert len(points) >= min_charts and all(p > 0 for p in points), points
+        elif path == "traversals":
+            images = page.locator("[data-testid='stImage'] img")
+            images.first.wait_for(timeout=60_000)
+            assert images.count() >= 9
+        else:
+            assert page.get_by_text("effnet-lite0").first.is_visible()
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / f"{shot}.png"), full_page=True)
+        assert not errors, errors
+    finally:
+        ctx.close()
