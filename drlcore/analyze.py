@@ -35,7 +35,7 @@ from drlcore.progress import NullReporter, Reporter
 __all__ = ["AnalyzeConfig", "analyze_run", "ANALYSIS_VERSION", "MIN_OBJECTS_FOR_MAPS"]
 
 ANALYSIS_VERSION = 1
-MORPHOLOGY_CACHE_VERSION = 1
+MORPHOLOGY_CACHE_VERSION = 2
 MIN_OBJECTS_FOR_MAPS = 5
 # umap-learn needs a handful of neighbours; below this a map says nothing anyway.
 MIN_OBJECTS_FOR_UMAP = 16
@@ -162,8 +162,8 @@ def _read_morph_cache(cache_dir: Path) -> pd.DataFrame:
     frames = []
     for shard in sorted(cache_dir.glob("shard-*.parquet")):
         try:
-            frames.append(pd.read_parquet(shard))
-        except Exception:  # a damaged shard only costs a re-measure
+            frames.append(pd.read_parquet(shard).set_index("sha256"))
+        except Exception:  # a damaged or old-format shard only costs a re-measure
             continue
     if not frames:
         return pd.DataFrame()
@@ -174,8 +174,9 @@ def _read_morph_cache(cache_dir: Path) -> pd.DataFrame:
 def _write_morph_cache(cache_dir: Path, measured: pd.DataFrame) -> None:
     try:
         key = sha256_bytes("".join(measured.index).encode())[:16]
-        atomic_write_parquet(cache_dir / f"shard-{key}.parquet", measured.reset_index(
-            names="sha256").set_index("sha256"))
+        # The key goes in a column: tables are written without their index.
+        atomic_write_parquet(cache_dir / f"shard-{key}.parquet",
+                             measured.reset_index(names="sha256"))
     except OSError:
         pass
 

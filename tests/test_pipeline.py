@@ -232,3 +232,17 @@ def test_no_images_is_a_clear_error(tmp_path, source_model):
     (tmp_path / "empty" / "readme.txt").write_text("nothing here")
     with pytest.raises(DrlError):
         run_pipeline(tmp_path / "empty", tmp_path / "run", _config(tmp_path, source_model))
+
+
+def test_morphology_is_served_from_the_cache_in_a_new_run(tmp_path, dataset, source_model,
+                                                          monkeypatch):
+    config = _config(tmp_path, source_model)
+    run_pipeline(dataset, tmp_path / "run1", config)
+    import drlcore.morphology as morphology
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("morphology should have come from the cache")
+
+    monkeypatch.setattr(morphology, "measure_dataset", forbidden)
+    run = run_pipeline(dataset, tmp_path / "run2", config)
+    assert pd.read_parquet(run / "objects.parquet")["morph_ok"].all()
