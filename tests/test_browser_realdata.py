@@ -114,7 +114,12 @@ def test_every_page_works_on_the_blood_cell_run(server, browser, path, shot, min
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / f"{shot}.png"), full_page=True)
         # The open run is named in the sidebar's run picker on every page.
-        assert "blood-cells" in page.locator("[data-testid='stSidebar']").text_content()
+        picker = page.evaluate("""() => Array.from(document.querySelectorAll(
+            "[data-testid='stSidebar'] [data-testid='stSelectbox'] input")).map(i => i.value)
+            .concat(Array.from(document.querySelectorAll(
+            "[data-testid='stSidebar'] [data-testid='stSelectbox']")).map(e => e.textContent))
+            .join(" ")""")
+        assert "blood-cells" in picker, picker
         assert not page.locator("[data-testid='stException']").count()
         if min_charts:
             page.wait_for_selector(".js-plotly-plot .main-svg", timeout=120_000)
