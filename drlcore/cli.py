@@ -146,7 +146,7 @@ def _cmd_features(args) -> None:
     result = extract_features(args.data, out, _feature_config(args), reporter=_reporter())
     m = result.manifest
     print(f"backbone: {m['backbone']} (weights {m['weights_hash'][:12]}, {m['dtype']})")
-    print(f"{m['counts']['accepted']} images embedded -> {out / 'features.npy'} "
+    print(f"{m['counts']['accepted']} images -> {out / 'features.npy'} "
           f"{tuple(result.features.shape)}; {m['counts']['skipped']} skipped "
           f"(see {out / 'skipped.csv'})")
 

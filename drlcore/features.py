@@ -155,6 +155,9 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
     if n_misses:
         reporter.message(f"features: {len(unique) - n_misses} of {len(unique)} images cached; "
                          f"{n_misses} new to embed with {spec.name} ({backbone.dtype})")
+    else:
+        reporter.message(f"features: all {len(unique)} images served from the cache "
+                         f"({spec.name}); no forward pass")
 
     def prepare(i: int):
         record, digest = records[i], digests[i]
