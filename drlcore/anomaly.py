@@ -27,6 +27,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
 from .errors import DrlError
+from drlcore.validation import as_finite_matrix
 from .progress import NullReporter, Reporter
 
 __all__ = [
@@ -46,24 +47,6 @@ MAD_TO_SIGMA = 1.4826
 MEAN_AD_TO_SIGMA = 1.2533
 
 
-def _as_matrix(X: Any, name: str = "X", n_features: int | None = None) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim == 1:
-        X = X[:, None]
-    if X.ndim != 2:
-        raise DrlError(f"{name} must be a 2-D array (n_objects, n_dims), got shape {X.shape}")
-    if X.shape[0] == 0:
-        raise DrlError(f"{name} has no rows")
-    if not np.isfinite(X).all():
-        bad = int((~np.isfinite(X)).any(axis=1).sum())
-        raise DrlError(f"{name} has {bad} row(s) with NaN or infinite values; drop or encode them "
-                       "again before scoring")
-    if n_features is not None and X.shape[1] != n_features:
-        raise DrlError(f"{name} has {X.shape[1]} dimensions but the scorer was fitted on "
-                       f"{n_features}")
-    return X
-
-
 class KNNScorer:
     """Mean distance to the ``k`` nearest known objects (higher = more anomalous)."""
 
@@ -72,7 +55,7 @@ class KNNScorer:
 
     def fit(self, X, y=None) -> KNNScorer:
         """Index the known objects. ``y`` is accepted and ignored (same call as Mahalanobis)."""
-        X = _as_matrix(X)
+        X = as_finite_matrix(X)
         if self.k < 1:
             raise DrlError(f"k must be at least 1, got {self.k}")
         if X.shape[0] < 2:
@@ -92,7 +75,7 @@ class KNNScorer:
     def score_samples(self, X) -> np.ndarray:
         """Scores for new objects (every known object may be a neighbour)."""
         self._check_fitted()
-        X = _as_matrix(X, n_features=self.n_features_in_)
+        X = as_finite_matrix(X, n_features=self.n_features_in_)
         distances, _ = self.index_.kneighbors(X, n_neighbors=self.k_)
         return distances.mean(axis=1)
 
@@ -133,7 +116,7 @@ class MahalanobisScorer:
         return empirical_covariance(centred, assume_centered=True)
 
     def fit(self, X, y=None) -> MahalanobisScorer:
-        X = _as_matrix(X)
+        X = as_finite_matrix(X)
         if self.covariance not in ("shared", "per_class"):
             raise DrlError(f"covariance must be 'shared' or 'per_class', got {self.covariance!r}")
         if self.shrinkage not in ("ledoit-wolf", None):
@@ -164,7 +147,7 @@ class MahalanobisScorer:
     def score_samples(self, X) -> np.ndarray:
         if not hasattr(self, "precisions_"):
             raise DrlError("MahalanobisScorer is not fitted; call fit() on the known objects first")
-        X = _as_matrix(X, n_features=self.n_features_in_)
+        X = as_finite_matrix(X, n_features=self.n_features_in_)
         best = np.full(X.shape[0], np.inf)
         for mean, precision in zip(self.means_, self.precisions_):
             diff = X - mean
@@ -265,8 +248,8 @@ def latent_zscores(Z, Z_known) -> np.ndarray:
     used, and where that is 0 too (a dimension constant on the known set) the scale is 1, so the
     z-score is the raw difference from that constant.
     """
-    Z = _as_matrix(Z, "Z")
-    Z_known = _as_matrix(Z_known, "Z_known", n_features=Z.shape[1])
+    Z = as_finite_matrix(Z, "Z")
+    Z_known = as_finite_matrix(Z_known, "Z_known", n_features=Z.shape[1])
     centre = np.median(Z_known, axis=0)
     deviation = np.abs(Z_known - centre)
     scale = np.median(deviation, axis=0) * MAD_TO_SIGMA
@@ -345,7 +328,7 @@ def holdout_each_class(Z, labels, scorer_factory: Callable[[], Any] | None = Non
     ``test_fraction`` held out. Returns ``{"scorer", "per_class": {c: {"auroc", "aupr",
     "n_known", "n_unknown", "note"}}, "mean_auroc", "worst_auroc", "worst_class", "mean_aupr"}``.
     """
-    Z = _as_matrix(Z, "Z")
+    Z = as_finite_matrix(Z, "Z")
     labels = np.asarray(labels)
     if labels.shape != (Z.shape[0],):
         raise DrlError(f"labels have shape {labels.shape}, expected ({Z.shape[0]},)")

@@ -27,11 +27,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from .errors import DrlError
+from drlcore.validation import as_finite_matrix
 from .io import (
     atomic_open,
     atomic_save_npy,
@@ -55,18 +55,6 @@ PROJECTION_CACHE_VERSION = 1
 TRUSTWORTHINESS_MAX_POINTS = 3000
 
 
-def _as_matrix(X: Any, name: str = "X", n_features: int | None = None) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2:
-        raise DrlError(f"{name} must be a 2-D array (n_objects, n_dims), got shape {X.shape}")
-    if not np.isfinite(X).all():
-        raise DrlError(f"{name} contains NaN or infinite values; drop those rows before mapping")
-    if n_features is not None and X.shape[1] != n_features:
-        raise DrlError(f"{name} has {X.shape[1]} dimensions but the map was fitted on "
-                       f"{n_features}")
-    return X
-
-
 class _Standardising:
     """Shared standardisation: learned at fit, applied in transform."""
 
@@ -81,7 +69,7 @@ class _Standardising:
     def _scale(self, X) -> np.ndarray:
         if not hasattr(self, "mean_"):
             raise DrlError(f"{type(self).__name__} is not fitted; call fit() first")
-        X = _as_matrix(X, n_features=self.n_features_in_)
+        X = as_finite_matrix(X, n_features=self.n_features_in_)
         return (X - self.mean_) / self.scale_
 
     def fit_transform(self, X) -> np.ndarray:
@@ -100,7 +88,7 @@ class PCAProjector(_Standardising):
     def fit(self, X) -> PCAProjector:
         from sklearn.decomposition import PCA
 
-        X = _as_matrix(X)
+        X = as_finite_matrix(X)
         if X.shape[0] < 2:
             raise DrlError("a PCA map needs at least 2 objects")
         if self.n_components > min(X.shape):
@@ -155,7 +143,7 @@ class UMAPProjector(_Standardising):
                          metric=self.metric, random_state=self.random_state, n_jobs=1)
 
     def fit(self, X) -> UMAPProjector:
-        X = _as_matrix(X)
+        X = as_finite_matrix(X)
         if X.shape[0] < max(4, self.n_components + 2):
             raise DrlError(f"a UMAP map needs at least {max(4, self.n_components + 2)} objects, "
                            f"got {X.shape[0]}")
@@ -199,8 +187,8 @@ def trustworthiness(X_high, X_low, n_neighbors: int = 10,
     """
     from sklearn.manifold import trustworthiness as sk_trustworthiness
 
-    X_high = _as_matrix(X_high, "X_high")
-    X_low = _as_matrix(X_low, "X_low")
+    X_high = as_finite_matrix(X_high, "X_high")
+    X_low = as_finite_matrix(X_low, "X_low")
     if X_high.shape[0] != X_low.shape[0]:
         raise DrlError(f"{X_high.shape[0]} high-dimensional points but {X_low.shape[0]} mapped")
     n = X_high.shape[0]
@@ -242,7 +230,7 @@ def fit_cached(projector: PCAProjector | UMAPProjector, X,
     written entry is never read. A damaged entry is ignored and rewritten. See the module
     docstring for what is stored for each projector.
     """
-    X = _as_matrix(X)
+    X = as_finite_matrix(X)
     entry = Path(cache_dir) / _cache_key(projector, X)
     coords = _load_entry(projector, X, entry)
     if coords is not None:

@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from app_fixtures import make_run, make_source_model, make_zip  # noqa: E402
+from browser_support import CHROMIUM, chromium, free_port, serve  # noqa: E402
 
-CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 
@@ -30,12 +27,6 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium not installed at /usr/bin/chromium"),
 ]
 playwright_api = pytest.importorskip("playwright.sync_api")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -65,51 +56,21 @@ def pipeline_settings(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(runs_dir, pipeline_settings, tmp_path_factory):
-    port = _free_port()
-    home = tmp_path_factory.mktemp("home")
-    env = {**os.environ, "HOME": str(home), "DRL_RUNS_DIR": str(runs_dir)}
-    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "explorer" / "app.py"),
-         "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-         "--", "--runs-dir", str(runs_dir),
-         *(["--pipeline-config", str(pipeline_settings[0])] if pipeline_settings[0] else [])],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-        if proc.poll() is not None:
-            break
-    else:
-        proc.kill()
-        log.seek(0)
-        pytest.fail(f"streamlit did not start:\n{log.read()[-3000:]}")
-    if proc.poll() is not None:
-        log.seek(0)
-        pytest.fail(f"streamlit exited:\n{log.read()[-3000:]}")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    port = free_port()
+    env = {**os.environ, "HOME": str(tmp_path_factory.mktemp("home")), "DRL_RUNS_DIR": str(runs_dir)}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "explorer" / "app.py"),
+           "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
+           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+           "--", "--runs-dir", str(runs_dir),
+           *(["--pipeline-config", str(pipeline_settings[0])] if pipeline_settings[0] else [])]
+    with serve(cmd, port, tmp_path_factory.mktemp("log") / "streamlit.log", ROOT, env, timeout=60) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+    with chromium(playwright_api) as b:
         yield b
-        b.close()
 
 
 @pytest.fixture

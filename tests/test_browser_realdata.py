@@ -8,17 +8,16 @@ go to ``test-artifacts/screenshots/blood-*.png``.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parent))
+from browser_support import CHROMIUM, chromium, free_port, serve  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 
 pytestmark = [
@@ -43,43 +42,19 @@ def blood_run(shared_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(blood_run, tmp_path_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log_path = tmp_path_factory.mktemp("log") / "explore.log"
+    port = free_port()
     env = {**os.environ, "HOME": str(tmp_path_factory.mktemp("home"))}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "drlcore.cli", "explore", str(blood_run), "--headless",
-             "--port", str(port), "--runs-dir", str(blood_run.parent)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail(f"drl explore did not start:\n{log_path.read_text()[-3000:]}")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    # Exactly what a user runs: drl explore on the run folder.
+    cmd = [sys.executable, "-m", "drlcore.cli", "explore", str(blood_run), "--headless",
+           "--port", str(port), "--runs-dir", str(blood_run.parent)]
+    with serve(cmd, port, tmp_path_factory.mktemp("log") / "explore.log", ROOT, env) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
+    with chromium(playwright_api) as b:
         yield b
-        b.close()
 
 
 def _open(browser, url: str):

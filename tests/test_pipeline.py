@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from skimage.draw import disk, ellipse
+from skimage.draw import ellipse
 
 from drlcore.analyze import AnalyzeConfig, analyze_run
 from drlcore.artifacts import save_model
