@@ -1,0 +1,58 @@
+"""The README's main job, for real: ``drl explore`` with nothing on disk builds the demo with the
+shipped source model, shows it, and a second launch opens it at once."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from browser_support import CHROMIUM, chromium, free_port, serve  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+
+pytestmark = [
+    pytest.mark.browser, pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium not installed at /usr/bin/chromium"),
+]
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+def _explore(tmp_path, runs_dir, log_name):
+    port = free_port()
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "DRL_CACHE_DIR": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "drlcore.cli", "explore", "--headless", "--port", str(port),
+           "--runs-dir", str(runs_dir)]
+    return serve(cmd, port, tmp_path / log_name, ROOT, env)
+
+
+def test_first_launch_builds_and_opens_the_demo(tmp_path):
+    from drlcore.demo import DEMO_NAME
+
+    runs_dir = tmp_path / "runs"
+    with chromium(playwright_api) as browser, _explore(tmp_path, runs_dir, "first.log") as url:
+        page = browser.new_page(viewport={"width": 1440, "height": 1800})
+        page.goto(url, wait_until="domcontentloaded")
+        # Rendering, embedding and analysing 600 sprites on a CPU: allow a few minutes.
+        page.get_by_text(f"Open: {DEMO_NAME}").wait_for(timeout=600_000)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "demo-01-first-launch.png"), full_page=True)
+        assert (runs_dir / DEMO_NAME / "analysis.json").is_file()
+        page.goto(f"{url}/traversals", wait_until="domcontentloaded")
+        images = page.locator("[data-testid='stImage'] img")
+        images.first.wait_for(timeout=60_000)
+        assert images.count() >= 9
+        page.screenshot(path=str(SHOTS / "demo-02-latent-axes.png"), full_page=True)
+
+    # Second launch: the demo is there, nothing is rebuilt.
+    stamp = (runs_dir / DEMO_NAME / "analysis.json").stat().st_mtime_ns
+    with chromium(playwright_api) as browser, _explore(tmp_path, runs_dir, "second.log") as url:
+        page = browser.new_page(viewport={"width": 1440, "height": 1800})
+        page.goto(url, wait_until="domcontentloaded")
+        page.get_by_text(f"Open: {DEMO_NAME}").wait_for(timeout=60_000)
+        assert not page.get_by_text("Building the demo").count()
+    assert (runs_dir / DEMO_NAME / "analysis.json").stat().st_mtime_ns == stamp
