@@ -32,7 +32,8 @@ from drlcore.io import (atomic_write_json, atomic_write_parquet, fingerprint, re
                         sha256_bytes)
 from drlcore.progress import NullReporter, Reporter
 
-__all__ = ["AnalyzeConfig", "analyze_run", "ANALYSIS_VERSION", "MIN_OBJECTS_FOR_MAPS"]
+__all__ = ["AnalyzeConfig", "analyze_run", "project_onto", "ANALYSIS_VERSION",
+           "MIN_OBJECTS_FOR_MAPS"]
 
 ANALYSIS_VERSION = 1
 MORPHOLOGY_CACHE_VERSION = 2
@@ -255,6 +256,54 @@ def _anomalies(Z, objects, labels, finite, config, notes):
     return cols, summary
 
 
+def _make_projector(name: str, seed: int):
+    from drlcore import projection
+
+    if name == "pca":
+        return projection.PCAProjector()
+    if name == "umap":
+        return projection.UMAPProjector(random_state=seed)
+    raise DrlError(f"unknown map {name!r}: use 'pca' or 'umap'")
+
+
+def project_onto(reference_dir: str | Path, other_dir: str | Path, name: str = "umap") -> np.ndarray:
+    """Coordinates of ``other_dir``'s objects on ``reference_dir``'s ``name`` map (n_other, 2).
+
+    The reference map is refitted from the cache exactly as ``drl analyze`` fitted it, then new
+    objects are placed with ``transform``, so they land among the reference objects they resemble.
+    Only meaningful when both runs were encoded by the same model (same latent axes); anything
+    else is refused with what to do instead. Rows with non-finite codes get NaN.
+    """
+    reference_dir, other_dir = Path(reference_dir), Path(other_dir)
+    hashes = []
+    for run in (reference_dir, other_dir):
+        manifest = read_json(run / "manifest.json") if (run / "manifest.json").is_file() else {}
+        hashes.append((manifest.get("model") or {}).get("model_hash"))
+    if not hashes[0] or hashes[0] != hashes[1]:
+        raise DrlError(
+            f"{other_dir.name} was encoded by another model than {reference_dir.name} "
+            f"({str(hashes[1])[:12]} vs {str(hashes[0])[:12]}), so its latent axes are different "
+            f"axes and it cannot be placed on this map. Encode the new images with the reference "
+            f"model: drl encode {reference_dir / 'model'} NEW_IMAGES --out NEW_RUN")
+    analysis = read_json(reference_dir / "analysis.json")
+    config = AnalyzeConfig.from_dict(analysis.get("config", {}))
+    ref = pd.read_parquet(reference_dir / "objects.parquet")
+    other = pd.read_parquet(other_dir / "objects.parquet")
+    Z_ref = ref[_latent_columns(ref)].to_numpy(np.float64)
+    Z_other = other[_latent_columns(other)].to_numpy(np.float64)
+    X_ref = np.load(reference_dir / "features.npy")
+    Z_ref = Z_ref[_finite_rows(Z_ref, X_ref)]
+    from drlcore import projection
+
+    projector = _make_projector(name, config.seed)
+    projection.fit_cached(projector, Z_ref, _cache_root(config) / "projections")
+    finite = np.isfinite(Z_other).all(axis=1)
+    coords = np.full((len(Z_other), 2), np.nan)
+    if finite.any():
+        coords[finite] = projector.transform(Z_other[finite])
+    return coords
+
+
 def _projections(Z, finite, config, notes) -> tuple[dict, dict]:
     from drlcore import projection
 
@@ -271,15 +320,15 @@ def _projections(Z, finite, config, notes) -> tuple[dict, dict]:
         notes.append("all objects have the same latent code (constant images?): no 2-D maps")
         return cols, summary
     cache = _cache_root(config) / "projections"
-    makers = [("pca", lambda: projection.PCAProjector())]
+    names = ["pca"]
     if config.umap:
         if len(Zf) >= MIN_OBJECTS_FOR_UMAP:
-            makers.append(("umap", lambda: projection.UMAPProjector(random_state=config.seed)))
+            names.append("umap")
         else:
             notes.append(f"fewer than {MIN_OBJECTS_FOR_UMAP} objects: PCA map only, no UMAP")
-    for name, make in makers:
+    for name in names:
         try:
-            coords = projection.fit_cached(make(), Zf, cache)
+            coords = projection.fit_cached(_make_projector(name, config.seed), Zf, cache)
         except Exception as err:  # a map that cannot be made must not sink the analysis
             notes.append(f"{name.upper()} map could not be computed: {err}")
             continue

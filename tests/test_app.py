@@ -321,3 +321,26 @@ def test_first_launch_builds_the_demo_and_opens_it(tmp_path, monkeypatch):
     assert at.session_state["app.run"] == str(runs / drlcore.demo.DEMO_NAME)
     at.run()  # later reruns do not build again
     assert calls == [runs]
+
+
+def test_class_map_places_a_run_of_the_same_model_and_refuses_another(runs_dir, tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.setenv("DRL_CACHE_DIR", str(tmp_path / "cache"))
+    foreign = make_run(runs_dir, "other-model", n=30, seed=4)
+    manifest = json.loads((foreign / "manifest.json").read_text())
+    manifest["model"]["model_hash"] = "0" * 32
+    (foreign / "manifest.json").write_text(json.dumps(manifest))
+    make_run(runs_dir, "new-images", n=30, seed=3)  # newest: opens first; same model as "cells"
+
+    at = _app("class_map")
+    assert at.session_state["app.run"] == str(runs_dir / "new-images")
+    at.radio(key="map.projection").set_value("pca").run()
+    at.selectbox(key="app.reference_run").select(str(runs_dir / "cells")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    names = [t.get("name") for t in _charts(at)[0]["data"]]
+    assert "cells (placed on this map)" in names
+
+    at.selectbox(key="app.reference_run").select(str(foreign)).run()
+    assert any("another model" in i.value for i in at.info)
+    names = [t.get("name") for t in _charts(at)[0]["data"]]
+    assert not any("placed on this map" in str(n) for n in names)

@@ -246,3 +246,34 @@ def test_morphology_is_served_from_the_cache_in_a_new_run(tmp_path, dataset, sou
     monkeypatch.setattr(morphology, "measure_dataset", forbidden)
     run = run_pipeline(dataset, tmp_path / "run2", config)
     assert pd.read_parquet(run / "objects.parquet")["morph_ok"].all()
+
+
+def test_new_images_encoded_with_the_reference_model_land_on_its_map(tmp_path, dataset,
+                                                                     source_model):
+    from drlcore.analyze import project_onto
+    from drlcore.encode import encode_run
+    from drlcore.features import extract_features
+
+    config = _config(tmp_path, source_model)
+    reference = run_pipeline(dataset, tmp_path / "reference", config)
+    new_images = tmp_path / "new"
+    (new_images / "round").mkdir(parents=True)
+    for path in sorted((dataset / "round").glob("*.png"))[:5]:
+        (new_images / "round" / path.name).write_bytes(path.read_bytes())
+    extract_features(new_images, tmp_path / "new-run", config.features)
+    encode_run(reference / "model", tmp_path / "new-run", tmp_path / "new-run")
+
+    ref = pd.read_parquet(reference / "objects.parquet").set_index("path")
+    new = pd.read_parquet(tmp_path / "new-run" / "objects.parquet")
+    coords = project_onto(reference, tmp_path / "new-run", "pca")
+    np.testing.assert_allclose(coords, ref.loc[new["path"], ["pca_x", "pca_y"]].to_numpy(),
+                               atol=1e-6)
+    umap = project_onto(reference, tmp_path / "new-run", "umap")
+    ref_umap = ref[["umap_x", "umap_y"]].to_numpy()
+    for point, path in zip(umap, new["path"]):
+        nearest = ref.index[np.argmin(((ref_umap - point) ** 2).sum(axis=1))]
+        assert ref.loc[nearest, "label"] == "round", (path, nearest)
+
+    other = run_pipeline(new_images, tmp_path / "other-model", config)  # fine-tuned anew
+    with pytest.raises(DrlError, match="another model"):
+        project_onto(reference, other, "pca")

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import streamlit as st
 
+from drlcore.analyze import project_onto
 from drlcore.compare import effect_sizes
-from explorer.data import Run, is_run_dir, list_runs
+from drlcore.errors import DrlError
+from explorer.data import file_stamp, is_run_dir, list_runs
 from explorer.figures import effect_size_chart, feature_label, latent_map
 from explorer.report import ReportSection, build_report
 from explorer.ui import (csv_download, image_grid, object_detail, report_download, require_run,
@@ -45,10 +49,10 @@ controls[1].selectbox("Colour by", list(colour_options), key="map.color_by", for
 others = [str(p) for p in list_runs(Path(st.session_state["app.runs_dir"])) if p != run.path]
 if st.session_state["app.reference_run"] not in others:
     st.session_state["app.reference_run"] = ""
-controls[2].selectbox("Show another run beneath (grey)", ["", *others], key="app.reference_run",
+controls[2].selectbox("Place another run on this map (grey)", ["", *others], key="app.reference_run",
                       format_func=lambda p: "none" if not p else Path(p).name,
-                      help="Draws a second run's map coordinates beneath this one, e.g. new data "
-                           "projected onto a reference map.")
+                      help="New images encoded with this run's model (drl encode RUN/model IMAGES "
+                           "--out NEW) are placed on this map with the fitted UMAP/PCA transform.")
 
 proj = st.session_state["map.projection"]
 x_col, y_col = f"{proj}_x", f"{proj}_y"
@@ -60,12 +64,22 @@ if "anomaly_score" in df and st.session_state.get("map.show_flagged", True):
     threshold = st.session_state.get("anom.threshold")
     if threshold is not None:
         flagged = (df["anomaly_score"] >= threshold).to_numpy()
-background, background_name = None, "reference"
-ref_path = st.session_state.get("app.reference_run")
-if ref_path and is_run_dir(Path(ref_path)):
-    ref = Run(Path(ref_path))
-    if {x_col, y_col} <= set(ref.objects.columns):
-        background, background_name = ref.objects[[x_col, y_col]], f"reference: {ref.name}"
+@st.cache_data(max_entries=8, show_spinner="Placing the other run on this map…")
+def _placed(reference: str, reference_stamp, other: str, other_stamp, projection: str) -> np.ndarray:
+    return project_onto(reference, other, projection)
+
+
+background, background_name = None, "other run"
+other_path = st.session_state.get("app.reference_run")
+if other_path and is_run_dir(Path(other_path)):
+    try:
+        coords = _placed(str(run.path), file_stamp(run.path / "objects.parquet"), other_path,
+                         file_stamp(Path(other_path) / "objects.parquet"), proj)
+    except DrlError as exc:
+        st.info(str(exc), icon=":material/info:")
+    else:
+        background = pd.DataFrame(coords, columns=[x_col, y_col])
+        background_name = f"{Path(other_path).name} (placed on this map)"
 
 fig = latent_map(df, x_col, y_col, colour_col, continuous, colour_title=colour_options.get(colour),
                  highlight=flagged, selected_rows=st.session_state["map.selected"], background=background,
