@@ -231,6 +231,8 @@ def _cmd_explore(args) -> None:
         raise DrlError(f"the explorer app was not found at {app}")
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+           # Streamlit's first-run email prompt would block the command on a fresh desktop.
+           "--server.showEmailPrompt", "false",
            # Lab datasets as zips are often larger than Streamlit's 200 MB default.
            "--server.maxUploadSize", "4096"]
     if args.headless:
