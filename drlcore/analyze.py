@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from drlcore.cache import cache_root
 from drlcore.errors import DrlError
 from drlcore.io import (atomic_write_json, atomic_write_parquet, fingerprint, read_json,
                         sha256_bytes)
@@ -81,13 +82,6 @@ def _dim_names(run_dir: Path, n_dims: int) -> list[str]:
     return list(names)
 
 
-def _cache_root(config: AnalyzeConfig) -> Path:
-    from drlcore.cache import default_cache_dir
-
-    root = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    return root.parent if root.name == "features" else root
-
-
 # --------------------------------------------------------------------------- morphology
 
 
@@ -96,7 +90,7 @@ def _morphology(objects: pd.DataFrame, run_dir: Path, config: AnalyzeConfig,
     """Morphology per object, served per image from a content-addressed cache when possible."""
     from drlcore import morphology
 
-    cache_dir = _cache_root(config) / "morphology" / f"v{MORPHOLOGY_CACHE_VERSION}"
+    cache_dir = cache_root(config.cache_dir) / "morphology" / f"v{MORPHOLOGY_CACHE_VERSION}"
     use_cache = config.mask_dir is None  # masks change the answer for the same image
     cached = _read_morph_cache(cache_dir) if use_cache else pd.DataFrame()
     hashes = objects["sha256"].astype(str)
@@ -296,7 +290,7 @@ def project_onto(reference_dir: str | Path, other_dir: str | Path, name: str = "
     from drlcore import projection
 
     projector = _make_projector(name, config.seed)
-    projection.fit_cached(projector, Z_ref, _cache_root(config) / "projections")
+    projection.fit_cached(projector, Z_ref, cache_root(config.cache_dir) / "projections")
     finite = np.isfinite(Z_other).all(axis=1)
     coords = np.full((len(Z_other), 2), np.nan)
     if finite.any():
@@ -319,7 +313,7 @@ def _projections(Z, finite, config, notes) -> tuple[dict, dict]:
     if np.ptp(Zf, axis=0).max() <= 1e-6 * max(1.0, float(np.abs(Zf).max())):
         notes.append("all objects have the same latent code (constant images?): no 2-D maps")
         return cols, summary
-    cache = _cache_root(config) / "projections"
+    cache = cache_root(config.cache_dir) / "projections"
     names = ["pca"]
     if config.umap:
         if len(Zf) >= MIN_OBJECTS_FOR_UMAP:

@@ -2,7 +2,7 @@
 
 Layout::
 
-    CACHE_ROOT/<key>/                    key = cache_key(backbone, preprocessing)
+    FEATURE_CACHE/<key>/                    key = cache_key(backbone, preprocessing)
         info.json                        what the key stands for (for people; never read back)
         shard-<time>-<pid>-<n>.npy       float32 (n, D): one written batch
         shard-<time>-<pid>-<n>.json      {"hashes": [...n sha256], "meta": [...n dicts]}
@@ -31,7 +31,8 @@ import numpy as np
 
 from drlcore.io import atomic_save_npy, atomic_write_json, fingerprint
 
-__all__ = ["CACHE_VERSION", "FeatureCache", "cache_key", "default_cache_dir"]
+__all__ = ["CACHE_VERSION", "FeatureCache", "cache_key", "cache_root", "default_cache_dir",
+           "feature_cache_dir"]
 
 # Bump when decoding or preprocessing changes in a way the key parts do not show.
 CACHE_VERSION = 1
@@ -39,14 +40,27 @@ CACHE_VERSION = 1
 _shard_counter = itertools.count()
 
 
-def default_cache_dir() -> Path:
-    """``$DRL_CACHE_DIR/features`` if set (read now, not at import), else the user cache folder."""
-    root = os.environ.get("DRL_CACHE_DIR")
-    if root:
-        return Path(root).expanduser() / "features"
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder every cache lives under, each in its own subfolder (``features/``,
+    ``models/``, ``morphology/``, ``projections/``): ``cache_dir`` when given (``--cache-dir``),
+    else ``$DRL_CACHE_DIR`` (read now, not at import), else the user cache folder."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("DRL_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
     import platformdirs
 
-    return Path(platformdirs.user_cache_dir("drl")) / "features"
+    return Path(platformdirs.user_cache_dir("drl"))
+
+
+def feature_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    return cache_root(cache_dir) / "features"
+
+
+def default_cache_dir() -> Path:
+    """The feature cache when no folder is named: ``$DRL_CACHE_DIR/features`` or the user's."""
+    return feature_cache_dir()
 
 
 def cache_key(backbone_name: str, weights_hash: str, dtype: str, preprocessing: dict) -> str:

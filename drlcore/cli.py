@@ -23,7 +23,8 @@ def _add_backbone_options(p: argparse.ArgumentParser, default: str | None = "eff
                    help="backbone weights file (.safetensors/.pth), e.g. DINO weights on an "
                         "offline machine")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
-                   help="feature cache folder (default: your user cache folder, or $DRL_CACHE_DIR)")
+                   help="cache folder for features, models, morphology and maps (default: "
+                        "$DRL_CACHE_DIR, else your user cache folder)")
 
 
 def _add_ingest_options(p: argparse.ArgumentParser) -> None:

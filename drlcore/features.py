@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from drlcore.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
-from drlcore.cache import CACHE_VERSION, FeatureCache, cache_key, default_cache_dir
+from drlcore.cache import CACHE_VERSION, FeatureCache, cache_key, feature_cache_dir
 from drlcore.errors import DrlError, SkipImage
 from drlcore.io import (atomic_save_npy, atomic_write_bytes, atomic_write_csv, atomic_write_json,
                         atomic_write_parquet, fingerprint, sha256_bytes)
@@ -88,7 +88,7 @@ def preprocessing_of(backbone: Backbone, pad_to_square: bool,
 
 
 def _open_cache(backbone: Backbone, preprocessing: dict, cache_dir: str | None) -> FeatureCache:
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    root = feature_cache_dir(cache_dir)
     key = cache_key(backbone.spec.name, backbone.weights_hash, backbone.dtype, preprocessing)
     info = {"backbone": backbone.spec.name, "timm_name": backbone.spec.timm_name,
             "weights_hash": backbone.weights_hash, "dtype": backbone.dtype,

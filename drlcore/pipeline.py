@@ -57,15 +57,8 @@ def shipped_source_model(backbone: str) -> Path:
     return path
 
 
-def _model_cache_dir(feature_config) -> Path:
-    from drlcore.cache import default_cache_dir
-
-    root = Path(feature_config.cache_dir) if feature_config.cache_dir else default_cache_dir()
-    # default_cache_dir() points at the feature cache; models sit beside it.
-    return root.parent / "models" if root.name == "features" else root / "models"
-
-
 def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporter: Reporter) -> Path:
+    from drlcore.cache import cache_root
     from drlcore.train import TransferConfig, transfer
 
     model_dir = run_dir / "model"
@@ -77,7 +70,7 @@ def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporte
         reporter.message("transfer: up to date, reusing the run's model")
         return model_dir
 
-    cached = _model_cache_dir(config.features) / key
+    cached = cache_root(config.features.cache_dir) / "models" / key
     if (cached / "model.safetensors").is_file() and _stage_key(cached) == key:
         reporter.message("transfer: served from the model cache")
         _replace_dir(cached, model_dir, copy=True)

@@ -456,14 +456,14 @@ def train_source_cli(out_dir: str | Path, backbone_name: str, weights: str | Non
                      compare_baseline: bool = False, reporter: Reporter | None = None) -> dict:
     """``drl train-source``: load the backbone and the feature cache, then ``train_source``."""
     from .backbones import load_backbone
-    from .cache import FeatureCache, cache_key, default_cache_dir
+    from .cache import FeatureCache, cache_key, feature_cache_dir
     from .features import preprocessing_of
 
     backbone = load_backbone(backbone_name, weights=weights)
     # Rendered sprites are made square at the backbone's input size: no padding, 8-bit.
     preprocessing = {**preprocessing_of(backbone, pad_to_square=False, intensity_range=None),
                      "source": "texture-dsprites"}
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    root = feature_cache_dir(cache_dir)
     cache = FeatureCache(root, cache_key(backbone.spec.name, backbone.weights_hash, backbone.dtype,
                                          preprocessing),
                          info={"backbone": backbone.spec.name, "weights_hash": backbone.weights_hash,

@@ -277,3 +277,10 @@ def test_new_images_encoded_with_the_reference_model_land_on_its_map(tmp_path, d
     other = run_pipeline(new_images, tmp_path / "other-model", config)  # fine-tuned anew
     with pytest.raises(DrlError, match="another model"):
         project_onto(reference, other, "pca")
+
+
+def test_every_cache_lives_in_its_own_subfolder_of_the_named_cache_folder(tmp_path, dataset,
+                                                                          source_model):
+    run_pipeline(dataset, tmp_path / "run", _config(tmp_path, source_model))
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
+        "features", "models", "morphology", "projections"]
