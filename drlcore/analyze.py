@@ -30,7 +30,7 @@ import pandas as pd
 from drlcore.cache import cache_root
 from drlcore.errors import DrlError
 from drlcore.io import (atomic_write_json, atomic_write_parquet, fingerprint, read_json,
-                        sha256_bytes)
+                        sha256_bytes, update_json)
 from drlcore.progress import NullReporter, Reporter
 
 __all__ = ["AnalyzeConfig", "analyze_run", "project_onto", "ANALYSIS_VERSION",
@@ -436,8 +436,8 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
     atomic_write_parquet(run_dir / "correlations.parquet", corr)
     atomic_write_parquet(objects_path, result)
     atomic_write_json(previous, analysis)
-    manifest["analyze"] = {"stage": "analyze", "key": key, "version": ANALYSIS_VERSION}
-    atomic_write_json(manifest_path, manifest)
+    update_json(manifest_path, {"analyze": {"stage": "analyze", "key": key,
+                                            "version": ANALYSIS_VERSION}})
     return summary
 
 

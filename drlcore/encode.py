@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from .errors import DrlError
-from .io import atomic_write_json, atomic_write_parquet, read_json, sha256_file
+from .io import atomic_write_parquet, read_json, sha256_file, update_json
 from .progress import NullReporter, Reporter
 from .vae import FeatureVAE
 
@@ -114,11 +114,7 @@ def encode_run(model_dir: str | Path, features_dir: str | Path, out_dir: str | P
     out_path = out_dir / "objects.parquet"
     atomic_write_parquet(out_path, objects)
 
-    manifest_path = out_dir / "manifest.json"
-    manifest = read_json(manifest_path) if manifest_path.is_file() else {}
-    if not isinstance(manifest, dict):
-        manifest = {}
-    manifest["model"] = {
+    model_entry = {
         "model_hash": meta["model_hash"],
         "parent_model_hash": meta.get("provenance", {}).get("parent_model_hash"),
         "model_dir": str(Path(model_dir).resolve()),
@@ -129,7 +125,7 @@ def encode_run(model_dir: str | Path, features_dir: str | Path, out_dir: str | P
         "inactive_dims": meta["inactive_dims"],
         "method": meta.get("training", {}).get("method"),
     }
-    manifest["encode"] = {
+    encode_entry = {
         "stage": "encode",
         "version": ENCODE_VERSION,
         "model_hash": meta["model_hash"],
@@ -141,7 +137,7 @@ def encode_run(model_dir: str | Path, features_dir: str | Path, out_dir: str | P
         "columns": [f"z_mean_{j}" for j in range(latent_dim)] + ["z_std_mean", "recon_error"],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    atomic_write_json(manifest_path, manifest)
+    update_json(out_dir / "manifest.json", {"model": model_entry, "encode": encode_entry})
     reporter.message(f"encoded {len(objects)} images with model {meta['model_hash'][:12]} -> "
                      f"{out_path}")
     return out_path

@@ -27,6 +27,7 @@ __all__ = [
     "atomic_write_parquet",
     "atomic_write_csv",
     "read_json",
+    "update_json",
     "sha256_bytes",
     "sha256_file",
     "fingerprint",
@@ -101,6 +102,20 @@ def _nan_to_none(obj: Any) -> Any:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+def update_json(path: str | os.PathLike, entries: dict) -> dict:
+    """Set top-level ``entries`` in a JSON object file (created if missing), atomically.
+
+    How each stage records itself in a run's ``manifest.json`` without dropping what the
+    other stages wrote there. A file that is not a JSON object is replaced."""
+    path = Path(path)
+    current = read_json(path) if path.is_file() else {}
+    if not isinstance(current, dict):
+        current = {}
+    current.update(entries)
+    atomic_write_json(path, current)
+    return current
 
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:

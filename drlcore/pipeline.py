@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from drlcore.errors import DrlError
-from drlcore.io import fingerprint, read_json, sha256_file
+from drlcore.io import fingerprint, read_json, sha256_file, update_json
 from drlcore.progress import NullReporter, Reporter
 
 __all__ = ["PipelineConfig", "run_pipeline", "shipped_source_model", "ASSETS_DIR"]
@@ -170,8 +170,9 @@ def run_pipeline(data: str | Path, out_dir: str | Path, config: PipelineConfig |
     reporter.message("[3/4] encode")
     encode_run(model_dir, out_dir, out_dir, reporter=reporter)
     # After encode (which rewrites the manifest's model entries), so the analysis sees the notes.
-    _merge_manifest(out_dir, "pipeline", {"version": PIPELINE_VERSION, "notes": notes,
-                                          "transferred": config.transfer and not notes})
+    update_json(out_dir / "manifest.json", {"pipeline": {
+        "version": PIPELINE_VERSION, "notes": notes,
+        "transferred": config.transfer and not notes}})
     if config.extra_columns:
         _join_extra_columns(out_dir, Path(config.extra_columns))
 
@@ -179,15 +180,6 @@ def run_pipeline(data: str | Path, out_dir: str | Path, config: PipelineConfig |
     analyze_run(out_dir, AnalyzeConfig(known_classes=config.known_classes, umap=config.umap,
                                        cache_dir=config.features.cache_dir), reporter=reporter)
     return out_dir
-
-
-def _merge_manifest(run_dir: Path, name: str, entry: dict) -> None:
-    from drlcore.io import atomic_write_json
-
-    path = run_dir / "manifest.json"
-    manifest = read_json(path) if path.is_file() else {}
-    manifest[name] = entry
-    atomic_write_json(path, manifest)
 
 
 def _join_extra_columns(run_dir: Path, extra: Path) -> None:

@@ -43,3 +43,15 @@ def test_hashes_are_stable_and_order_sensitive(tmp_path):
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
     assert fingerprint(["a", {"k": 1}]) == fingerprint(["a", {"k": 1}])
     assert fingerprint(["a", "b"]) != fingerprint(["b", "a"])
+
+
+def test_update_json_keeps_what_other_stages_wrote(tmp_path):
+    from drlcore.io import update_json
+
+    manifest = tmp_path / "manifest.json"
+    update_json(manifest, {"encode": {"n": 3}})
+    update_json(manifest, {"analyze": {"key": "k"}})
+    update_json(manifest, {"encode": {"n": 4}})
+    assert json.loads(manifest.read_text()) == {"encode": {"n": 4}, "analyze": {"key": "k"}}
+    manifest.write_text("[1, 2]")  # not an object: replaced rather than crashing a stage
+    assert update_json(manifest, {"x": 1}) == {"x": 1}
