@@ -10,6 +10,7 @@ domain), so the demo exercises exactly the code a user's data goes through.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -80,8 +81,6 @@ def build_demo(runs_dir: str | Path, reporter: Reporter | None = None,
                 rel = f"{table[shape_col].iloc[i]}/sprite_{i:04d}.png"
                 target = data_dir / rel
                 if not target.is_file():
-                    import io
-
                     buf = io.BytesIO()
                     Image.fromarray(image).save(buf, format="PNG")
                     atomic_write_bytes(target, buf.getvalue())

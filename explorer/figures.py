@@ -138,7 +138,7 @@ def pair_scatter(df: pd.DataFrame, x_col: str, y_col: str, x_label: str, y_label
             x=part[x_col], y=part[y_col], mode="markers", name=str(name),
             marker={"color": colour, "symbol": symbol, "size": 7, "opacity": 0.75,
                     "line": {"width": 0.5, "color": "white"}},
-            customdata=np.column_stack([part["row"].to_numpy(), part["path"].astype(str).to_numpy()]),
+            customdata=_map_customdata(part),
             hovertemplate="<b>%{customdata[1]}</b><br>" + x_label + " = %{x:.3f}<br>" + y_label
                           + " = %{y:.3f}<extra>%{fullData.name}</extra>",
             selectedpoints=_selected_positions(part, selected_rows),
