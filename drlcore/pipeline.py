@@ -24,7 +24,15 @@ from drlcore.progress import NullReporter, Reporter
 
 __all__ = ["PipelineConfig", "run_pipeline", "shipped_source_model", "ASSETS_DIR"]
 
-ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
+def _assets_dir() -> Path:
+    """The shipped models: the package ``drlcore.assets`` (the repo's ``assets/`` folder in an
+    editable install, installed files in a wheel)."""
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("drlcore.assets")))
+
+
+ASSETS_DIR = _assets_dir()
 PIPELINE_VERSION = 1
 # Fine-tuning a VAE on fewer objects than this only memorises them.
 MIN_IMAGES_FOR_TRANSFER = 32
