@@ -12,7 +12,7 @@ import numpy as np
 
 from drlcore.errors import DrlError
 
-__all__ = ["traversal_indices", "traversal_values"]
+__all__ = ["traversal_grid", "traversal_indices", "traversal_values"]
 
 
 def traversal_values(z: np.ndarray, dim: int, n_steps: int = 9,
@@ -49,6 +49,38 @@ def traversal_indices(z: np.ndarray, dim: int, n_steps: int = 9,
         chosen.append(pick)
         taken.add(pick)
     return chosen
+
+
+def traversal_grid(z: np.ndarray, dim: int, n_steps: int = 9, n_rows: int = 3,
+                   quantiles: tuple[float, float] = (0.02, 0.98)) -> np.ndarray:
+    """``(n_rows, n_steps)`` row indices: at each step along axis ``dim``, the ``n_rows`` objects
+    nearest to that point, nearest first (row 0 is :func:`traversal_indices`' strip).
+
+    A montage of several rows shows whether a strip is one lucky sequence or what the axis does
+    to many objects. No object appears twice while enough exist; with too few objects the
+    nearest ones repeat. Use ``-1``-free input: rows outside a class filter should be removed from
+    ``z`` beforehand (and the indices mapped back by the caller).
+    """
+    z = _check(z, dim, n_steps, quantiles)
+    if n_rows < 1:
+        raise DrlError(f"a montage needs at least one row, got n_rows={n_rows}")
+    targets = np.repeat(np.median(z, axis=0, keepdims=True), n_steps, axis=0)
+    targets[:, dim] = np.quantile(z[:, dim], np.linspace(quantiles[0], quantiles[1], n_steps))
+    unique_possible = len(z) >= n_steps * n_rows
+    grid = np.empty((n_rows, n_steps), dtype=np.int64)
+    taken: set[int] = set()
+    # Row by row, so the first row is the best strip and later rows are the runners-up.
+    orders = [np.argsort(((z - t) ** 2).sum(axis=1), kind="stable") for t in targets]
+    for row in range(n_rows):
+        for step in range(n_steps):
+            order = orders[step]
+            if unique_possible:
+                pick = next(int(i) for i in order if int(i) not in taken)
+            else:
+                pick = int(order[min(row, len(order) - 1)])
+            grid[row, step] = pick
+            taken.add(pick)
+    return grid
 
 
 def _check(z: np.ndarray, dim: int, n_steps: int, quantiles: tuple[float, float]) -> np.ndarray:

@@ -68,3 +68,25 @@ def test_effect_sizes_ranks_the_separating_column_first(rng):
     assert out.set_index("column").loc["partly_nan", "n_selected"] == 45
     with pytest.raises(DrlError, match="unknown columns"):
         effect_sizes(df, mask, ["nope"])
+
+
+def test_traversal_grid_rows_are_nearest_first_and_distinct():
+    from drlcore.traversal import traversal_grid, traversal_indices
+
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(500, 4))
+    grid = traversal_grid(z, dim=2, n_steps=7, n_rows=3)
+    assert grid.shape == (3, 7)
+    assert len(set(grid.ravel().tolist())) == 21
+    assert grid[0].tolist() == traversal_indices(z, dim=2, n_steps=7)
+    # Each column climbs along the axis: the column means of z[:, 2] increase with the step.
+    assert np.all(np.diff(z[grid, 2].mean(axis=0)) > 0)
+
+
+def test_traversal_grid_with_few_objects_repeats_nearest():
+    from drlcore.traversal import traversal_grid
+
+    z = np.c_[np.arange(5, dtype=float), np.zeros(5)]
+    grid = traversal_grid(z, dim=0, n_steps=3, n_rows=4, quantiles=(0.0, 1.0))
+    assert grid.shape == (4, 3)
+    assert grid[0].tolist() == [0, 2, 4]
