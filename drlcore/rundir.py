@@ -1,0 +1,346 @@
+"""The run folder: the one contract between the stages and the explorer.
+
+Every stage writes into one folder; this module owns what is in it::
+
+    RUN/
+        manifest.json          what made each file (below)
+        features.npy           float32 (N, D) backbone features, row i <-> images.parquet row i
+        images.parquet         one row per accepted image (path, label, split, sha256, ...)
+        skipped.csv            path, reason for each image left out
+        thumbs/<sha256>.jpg    one thumbnail per image
+        model/                 the model that encoded the run (config.json, model.safetensors, ...)
+        objects.parquet        images.parquet + latents (z_mean_<j>) + analysis columns
+        correlations.parquet   latent axes x handcrafted features
+        analysis.json          what `drl analyze` computed
+
+The manifest is versioned and nested, one entry per stage::
+
+    {"schema_version": 2,
+     "stages": {"features": {...}, "model": {...}, "encode": {...}, "pipeline": {...},
+                "analyze": {...}}}
+
+Stages write their entry with :func:`record_stage` (read-modify-write, atomic, other entries
+kept) and everybody reads with :func:`read_manifest`, which also opens the layout written before
+``schema_version`` existed (v1: the features stage's entry at the top level, later stages beside
+it). Nobody else spells these file names or parses the manifest.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drlcore.errors import DrlError
+from drlcore.io import atomic_write_json, read_json
+
+__all__ = [
+    "SCHEMA_VERSION", "STAGES", "MANIFEST", "OBJECTS", "FEATURES", "IMAGES", "SKIPPED", "THUMBS",
+    "MODEL", "CORRELATIONS", "ANALYSIS", "MODEL_CONFIG", "MODEL_METRICS",
+    "default_runs_dir", "read_manifest", "upgrade_manifest", "record_stage", "stage_entry",
+    "is_run_dir", "is_complete_run", "FeaturesInfo", "features_info", "load_features_dir",
+    "latent_columns", "zscore_columns", "latent_index", "latent_column", "dim_names",
+    "model_config", "model_metrics", "model_hash", "pipeline_notes", "provenance", "thumb_path",
+]
+
+SCHEMA_VERSION = 2
+STAGES = ("features", "model", "encode", "pipeline", "analyze")
+
+MANIFEST = "manifest.json"
+OBJECTS = "objects.parquet"
+FEATURES = "features.npy"
+IMAGES = "images.parquet"
+SKIPPED = "skipped.csv"
+THUMBS = "thumbs"
+MODEL = "model"
+CORRELATIONS = "correlations.parquet"
+ANALYSIS = "analysis.json"
+# Inside MODEL (written by drlcore.artifacts; read here for the app and the analysis).
+MODEL_CONFIG = "config.json"
+MODEL_METRICS = "metrics.json"
+
+RUNS_DIR_ENV = "DRL_RUNS_DIR"
+_LATENT = re.compile(r"^z_mean_(\d+)$")
+_ZSCORE = re.compile(r"^z_score_(\d+)$")
+
+
+def default_runs_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where runs live unless told otherwise: ``$DRL_RUNS_DIR`` (read now), else the per-user
+    data folder's ``runs``."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(RUNS_DIR_ENV)
+    if value:
+        return Path(value).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("drl")) / "runs"
+
+
+def thumb_path(run_dir: str | os.PathLike, sha256: str) -> Path:
+    return Path(run_dir) / THUMBS / f"{sha256}.jpg"
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _empty() -> dict:
+    return {"schema_version": SCHEMA_VERSION, "stages": {}}
+
+
+def _strip_stage_key(entry: Any) -> Any:
+    # v1 entries carried {"stage": NAME} to say what they were; the nesting says it now.
+    if isinstance(entry, dict):
+        return {k: v for k, v in entry.items() if k != "stage"}
+    return entry
+
+
+def upgrade_manifest(raw: Any) -> dict:
+    """A manifest as stored -> the current nested layout (a new dict; ``raw`` is not changed).
+
+    v1 (no ``schema_version``): the features stage wrote the whole file (its entry at the top
+    level, ``"stage": "features"``, ``backbone`` a string) and later stages set their entries
+    beside it (``model``, whose ``backbone`` is a dict, ``encode``, ``pipeline``, ``analyze``).
+    A file nested under ``"features"`` without a version is read the same way.
+    """
+    if not isinstance(raw, dict):
+        raise DrlError(f"the run manifest must be a JSON object, not {type(raw).__name__}")
+    version = raw.get("schema_version")
+    if version == SCHEMA_VERSION:
+        stages = raw.get("stages")
+        if not isinstance(stages, dict):
+            raise DrlError("the run manifest has schema_version 2 but no 'stages' object")
+        return {"schema_version": SCHEMA_VERSION, "stages": dict(stages)}
+    if version is not None:
+        raise DrlError(f"the run manifest has schema_version {version!r}; this drl reads "
+                       f"versions 1 and {SCHEMA_VERSION}. Update drl, or rerun the run")
+    stages: dict[str, dict] = {}
+    later = {name: raw[name] for name in STAGES
+             if name != "features" and isinstance(raw.get(name), dict)}
+    if isinstance(raw.get("features"), dict):
+        stages["features"] = _strip_stage_key(raw["features"])
+    else:
+        top = {k: v for k, v in raw.items() if k not in later}
+        if top.get("stage") == "features" or isinstance(top.get("backbone"), str):
+            stages["features"] = _strip_stage_key(top)
+    for name, entry in later.items():
+        stages[name] = _strip_stage_key(entry)
+    return {"schema_version": SCHEMA_VERSION, "stages": stages}
+
+
+def read_manifest(run_dir: str | os.PathLike) -> dict:
+    """The run's manifest in the current layout; an empty one if the folder has none yet."""
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        return _empty()
+    try:
+        raw = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise DrlError(f"{path} cannot be read ({exc}); rerun the run (`drl run`)") from None
+    return upgrade_manifest(raw)
+
+
+def record_stage(run_dir: str | os.PathLike, name: str, entry: Mapping[str, Any]) -> dict:
+    """Set stage ``name``'s entry in the run manifest, keeping every other stage's; returns the
+    whole manifest. The file is rewritten atomically (an older layout is upgraded on the way)."""
+    if name not in STAGES:
+        raise ValueError(f"unknown run stage {name!r}; stages are {STAGES}")
+    try:
+        manifest = read_manifest(run_dir)
+    except DrlError:
+        manifest = _empty()  # a damaged manifest is replaced, not kept half-readable
+    manifest["stages"][name] = _strip_stage_key(dict(entry))
+    atomic_write_json(Path(run_dir) / MANIFEST, manifest)
+    return manifest
+
+
+def stage_entry(run_dir_or_manifest: str | os.PathLike | Mapping, name: str) -> dict:
+    """One stage's entry ({} when the stage has not run)."""
+    manifest = (run_dir_or_manifest if isinstance(run_dir_or_manifest, Mapping)
+                else read_manifest(run_dir_or_manifest))
+    entry = manifest.get("stages", {}).get(name)
+    return dict(entry) if isinstance(entry, dict) else {}
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """True when ``path`` holds a run manifest drl wrote (any known layout): the test for "may
+    drl write into this folder". Reads one small file; never raises."""
+    manifest = Path(path) / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        raw = read_json(manifest)
+        if not isinstance(raw, dict):
+            return False
+        if raw.get("schema_version") == SCHEMA_VERSION:
+            return isinstance(raw.get("stages"), dict)
+        return "schema_version" not in raw and bool(upgrade_manifest(raw)["stages"])
+    except (OSError, ValueError, DrlError):
+        return False
+
+
+def is_complete_run(path: str | os.PathLike) -> bool:
+    """A run the explorer can open: it has been encoded (``objects.parquet``) and is not a
+    folder still being built."""
+    path = Path(path)
+    return (path / OBJECTS).is_file() and not path.name.endswith(".partial")
+
+
+# --------------------------------------------------------------------------- typed readers
+
+
+@dataclass(frozen=True)
+class FeaturesInfo:
+    """What the features stage recorded: the backbone that made the features and the data."""
+
+    backbone: str
+    weights_hash: str | None
+    weights_source: str | None
+    dtype: str | None
+    feature_dim: int | None
+    preprocessing: dict
+    data_fingerprint: str | None
+    entry: dict = field(repr=False)  # the whole stage entry, for anything not named above
+
+    @property
+    def intensity_range(self) -> tuple[float, float] | None:
+        irange = self.preprocessing.get("intensity_range")
+        return tuple(irange) if irange else None
+
+
+def features_info(run_dir_or_manifest: str | os.PathLike | Mapping) -> FeaturesInfo | None:
+    """The features stage's entry as :class:`FeaturesInfo`; None when features were not made
+    here (or the entry does not say which backbone made them)."""
+    entry = stage_entry(run_dir_or_manifest, "features")
+    if not isinstance(entry.get("backbone"), str):
+        return None
+    dim = entry.get("feature_dim")
+    return FeaturesInfo(backbone=entry["backbone"], weights_hash=entry.get("weights_hash"),
+                        weights_source=entry.get("weights_source"), dtype=entry.get("dtype"),
+                        feature_dim=int(dim) if dim is not None else None,
+                        preprocessing=dict(entry.get("preprocessing") or {}),
+                        data_fingerprint=(entry.get("data") or {}).get("fingerprint"),
+                        entry=entry)
+
+
+def load_features_dir(features_dir: str | os.PathLike):
+    """``features.npy`` (memory-mapped), ``images.parquet`` and the features stage's manifest
+    entry (a dict) of a folder the features stage wrote; DrlError saying what to do otherwise."""
+    import pandas as pd
+
+    features_dir = Path(features_dir)
+    paths = {name: features_dir / name for name in (FEATURES, IMAGES, MANIFEST)}
+    missing = [name for name, p in paths.items() if not p.is_file()]
+    if missing:
+        raise DrlError(f"{features_dir} lacks {', '.join(missing)}: it is not a folder written by "
+                       "`drl features` (or the feature extraction did not finish)")
+    try:
+        manifest = read_manifest(features_dir)
+        features = np.load(paths[FEATURES], mmap_mode="r", allow_pickle=False)
+        table = pd.read_parquet(paths[IMAGES])
+    except Exception as exc:  # damaged files: the user should re-extract, not read a traceback
+        raise DrlError(f"the features in {features_dir} cannot be read ({exc}); re-run "
+                       "`drl features`") from None
+    info = features_info(manifest)
+    if info is None:
+        raise DrlError(f"{paths[MANIFEST]} does not say which backbone made the features; "
+                       "re-run `drl features`")
+    if features.ndim != 2 or features.shape[0] != len(table):
+        raise DrlError(f"{features_dir}: {FEATURES} has shape {features.shape} but "
+                       f"{IMAGES} has {len(table)} rows; re-run `drl features`")
+    return features, table, info.entry
+
+
+def _indexed(columns: Iterable[str], pattern: re.Pattern) -> list[str]:
+    found = [(int(m.group(1)), c) for c in columns if (m := pattern.match(str(c)))]
+    return [c for _, c in sorted(found)]
+
+
+def latent_columns(columns: Iterable[str]) -> list[str]:
+    """The latent-mean columns ``z_mean_<j>`` among ``columns`` (a table's columns), sorted by
+    ``j`` as a number (``z_mean_10`` after ``z_mean_9``)."""
+    return _indexed(columns, _LATENT)
+
+
+def zscore_columns(columns: Iterable[str]) -> list[str]:
+    """The per-axis robust z-score columns ``z_score_<j>`` the analysis adds, sorted by ``j``."""
+    return _indexed(columns, _ZSCORE)
+
+
+def latent_index(column: str) -> int | None:
+    m = _LATENT.match(str(column))
+    return int(m.group(1)) if m else None
+
+
+def latent_column(j: int) -> str:
+    return f"z_mean_{int(j)}"
+
+
+def _json_or_empty(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        value = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise DrlError(f"{path} is not valid JSON ({exc}); re-run the stage that writes it") from None
+    return value if isinstance(value, dict) else {}
+
+
+def model_config(run_dir: str | os.PathLike) -> dict:
+    """``model/config.json`` of the run ({} when there is no model)."""
+    return _json_or_empty(Path(run_dir) / MODEL / MODEL_CONFIG)
+
+
+def model_metrics(run_dir: str | os.PathLike) -> dict:
+    """``model/metrics.json`` of the run (training or transfer metrics; {} when absent)."""
+    return _json_or_empty(Path(run_dir) / MODEL / MODEL_METRICS)
+
+
+def dim_names(config_or_run: str | os.PathLike | Mapping, n_dims: int) -> list[str]:
+    """Display names of the ``n_dims`` latent axes (``z3: scale``) from the model config (a
+    run folder or its ``model/config.json`` dict); ``z<j>`` where the model names none."""
+    config = config_or_run if isinstance(config_or_run, Mapping) else model_config(config_or_run)
+    names = list(config.get("dim_names") or [])
+    return [str(names[j]) if j < len(names) and names[j] else f"z{j}" for j in range(n_dims)]
+
+
+def model_hash(run_dir_or_manifest: str | os.PathLike | Mapping) -> str | None:
+    """The hash of the model that encoded the run (the manifest's ``model`` entry)."""
+    return stage_entry(run_dir_or_manifest, "model").get("model_hash")
+
+
+def pipeline_notes(run_dir_or_manifest: str | os.PathLike | Mapping) -> list[str]:
+    """Notes ``drl run`` left for the user (e.g. too few images to fine-tune)."""
+    notes = stage_entry(run_dir_or_manifest, "pipeline").get("notes") or []
+    return [str(n) for n in notes]
+
+
+def provenance(run_dir: str | os.PathLike, manifest: Mapping | None = None,
+               config: Mapping | None = None, analysis: Mapping | None = None,
+               n_objects: int | None = None) -> dict:
+    """The stamp every export carries: which backbone and model, which data, which parameters.
+
+    ``manifest``, ``config`` (model/config.json) and ``analysis`` may be passed when the caller
+    already holds them (the explorer caches them); otherwise they are read from ``run_dir``."""
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir) if manifest is None else manifest
+    config = model_config(run_dir) if config is None else config
+    if analysis is None:
+        analysis = _json_or_empty(run_dir / ANALYSIS)
+    info = features_info(manifest)
+    backbone = config.get("backbone") or {}
+    model = stage_entry(manifest, "model")
+    return {
+        "run": str(run_dir),
+        "backbone": (info.backbone if info else None) or backbone.get("name"),
+        "backbone weights hash": (info.weights_hash if info else None)
+        or backbone.get("weights_hash"),
+        "model hash": model.get("model_hash"),
+        "data fingerprint": info.data_fingerprint if info else None,
+        "objects": n_objects,
+        "analysis parameters": analysis.get("config") or {},
+    }

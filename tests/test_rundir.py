@@ -1,0 +1,134 @@
+"""The run folder's contract: the versioned manifest, its one writer, its upgrade of older
+layouts, the typed readers, and a rerun into the same folder keeping every stage's entry."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from drlcore import rundir
+from drlcore.errors import DrlError
+
+# The manifest exactly as the code before schema_version wrote it (features stage at the top,
+# later stages set beside it by update_json).
+V1_MANIFEST = {
+    "stage": "features", "backbone": "test-tiny", "timm_name": "test_vit",
+    "weights_hash": "ab12cd34", "weights_source": "random-init", "dtype": "fp32",
+    "feature_dim": 64, "pooling": "avg",
+    "preprocessing": {"input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3,
+                      "interpolation": "bicubic", "pad_to_square": True,
+                      "intensity_range": [0.0, 4095.0]},
+    "data": {"root": "/data/cells", "layout": "class-folders", "fingerprint": "f" * 32},
+    "counts": {"accepted": 3, "skipped": 0, "labels": 1},
+    "cache": {"root": "/c", "key": "k", "version": 1},
+    "versions": {"drlcore": "0.1"}, "created": "2026-11-28T04:00:00Z",
+    "model": {"model_hash": "m" * 64, "parent_model_hash": None, "model_dir": "/r/model",
+              "backbone": {"name": "test-tiny", "weights_hash": "ab12cd34"}, "latent_dim": 4,
+              "dim_names": ["z0: a", "z1", "z2", "z3"]},
+    "encode": {"stage": "encode", "version": 1, "model_hash": "m" * 64, "n_objects": 3},
+    "pipeline": {"version": 1, "notes": ["too few images"], "transferred": False},
+    "analyze": {"stage": "analyze", "key": "a" * 32, "version": 1},
+}
+
+
+def test_v1_manifest_opens_through_read_manifest(tmp_path):
+    (tmp_path / rundir.MANIFEST).write_text(json.dumps(V1_MANIFEST))
+    manifest = rundir.read_manifest(tmp_path)
+    assert manifest["schema_version"] == rundir.SCHEMA_VERSION
+    stages = manifest["stages"]
+    assert set(stages) == set(rundir.STAGES)
+    assert stages["features"]["backbone"] == "test-tiny"
+    assert "model" not in stages["features"] and "stage" not in stages["features"]
+    assert stages["model"]["backbone"] == {"name": "test-tiny", "weights_hash": "ab12cd34"}
+    assert stages["analyze"] == {"key": "a" * 32, "version": 1}
+    info = rundir.features_info(tmp_path)
+    assert info.backbone == "test-tiny" and info.weights_hash == "ab12cd34"
+    assert info.data_fingerprint == "f" * 32 and info.intensity_range == (0.0, 4095.0)
+    assert rundir.model_hash(tmp_path) == "m" * 64
+    assert rundir.pipeline_notes(tmp_path) == ["too few images"]
+    assert rundir.is_run_dir(tmp_path)
+
+
+def test_record_stage_upgrades_v1_and_keeps_the_other_stages(tmp_path):
+    (tmp_path / rundir.MANIFEST).write_text(json.dumps(V1_MANIFEST))
+    rundir.record_stage(tmp_path, "analyze", {"key": "b" * 32, "version": 1})
+    raw = json.loads((tmp_path / rundir.MANIFEST).read_text())
+    assert raw["schema_version"] == 2 and set(raw) == {"schema_version", "stages"}
+    assert raw["stages"]["analyze"]["key"] == "b" * 32
+    assert raw["stages"]["features"]["backbone"] == "test-tiny"
+    assert raw["stages"]["encode"]["n_objects"] == 3
+    assert rundir.read_manifest(tmp_path) == raw
+
+
+def test_record_stage_creates_and_refuses_unknown_stages(tmp_path):
+    assert not rundir.is_run_dir(tmp_path)
+    rundir.record_stage(tmp_path, "pipeline", {"notes": []})
+    assert rundir.is_run_dir(tmp_path)
+    assert rundir.read_manifest(tmp_path)["stages"] == {"pipeline": {"notes": []}}
+    with pytest.raises(ValueError, match="unknown run stage"):
+        rundir.record_stage(tmp_path, "plotting", {})
+
+
+def test_read_manifest_refuses_a_future_version_and_damage(tmp_path):
+    assert rundir.read_manifest(tmp_path) == {"schema_version": 2, "stages": {}}
+    path = tmp_path / rundir.MANIFEST
+    path.write_text(json.dumps({"schema_version": 3, "stages": {}}))
+    with pytest.raises(DrlError, match="schema_version 3"):
+        rundir.read_manifest(tmp_path)
+    assert not rundir.is_run_dir(tmp_path)
+    path.write_text("{not json")
+    with pytest.raises(DrlError, match="cannot be read"):
+        rundir.read_manifest(tmp_path)
+    assert not rundir.is_run_dir(tmp_path)
+
+
+@pytest.mark.parametrize("content", ['{"name": "my-package", "version": "1.0"}', "[1, 2]",
+                                     '{"schema_version": 2}'])
+def test_is_run_dir_is_false_for_other_manifests(tmp_path, content):
+    (tmp_path / rundir.MANIFEST).write_text(content)
+    assert not rundir.is_run_dir(tmp_path)
+
+
+def test_latent_columns_sort_numerically_and_ignore_lookalikes():
+    cols = ["path", "z_mean_10", "z_mean_2", "z_mean_0", "z_mean_x", "z_std_mean", "z_score_1",
+            "z_mean_1", "zz_mean_3", "z_mean_9"]
+    assert rundir.latent_columns(cols) == ["z_mean_0", "z_mean_1", "z_mean_2", "z_mean_9",
+                                           "z_mean_10"]
+    assert rundir.zscore_columns(cols) == ["z_score_1"]
+    assert rundir.latent_index("z_mean_12") == 12 and rundir.latent_index("z_std_mean") is None
+    assert rundir.latent_column(3) == "z_mean_3"
+
+
+def test_dim_names_fall_back_per_axis(tmp_path):
+    assert rundir.dim_names(tmp_path, 2) == ["z0", "z1"]
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"dim_names": ["z0: size", ""]}))
+    assert rundir.dim_names(tmp_path, 3) == ["z0: size", "z1", "z2"]
+
+
+def test_default_runs_dir_reads_the_environment_when_called(tmp_path):
+    assert rundir.default_runs_dir({"DRL_RUNS_DIR": str(tmp_path)}) == tmp_path
+    assert rundir.default_runs_dir({}).name == "runs"
+
+
+def test_load_features_dir_checks_the_folder(tmp_path):
+    with pytest.raises(DrlError, match="lacks"):
+        rundir.load_features_dir(tmp_path)
+    np.save(tmp_path / rundir.FEATURES, np.zeros((3, 4), np.float32))
+    pd.DataFrame({"path": ["a", "b", "c"]}).to_parquet(tmp_path / rundir.IMAGES)
+    rundir.record_stage(tmp_path, "pipeline", {})
+    with pytest.raises(DrlError, match="which backbone"):
+        rundir.load_features_dir(tmp_path)
+    (tmp_path / rundir.MANIFEST).write_text(json.dumps(V1_MANIFEST))
+    features, table, entry = rundir.load_features_dir(tmp_path)
+    assert features.shape == (3, 4) and len(table) == 3 and entry["backbone"] == "test-tiny"
+
+
+def test_provenance_names_backbone_model_and_data(tmp_path):
+    (tmp_path / rundir.MANIFEST).write_text(json.dumps(V1_MANIFEST))
+    stamp = rundir.provenance(tmp_path, n_objects=3)
+    assert stamp["backbone"] == "test-tiny" and stamp["model hash"] == "m" * 64
+    assert stamp["data fingerprint"] == "f" * 32 and stamp["objects"] == 3
