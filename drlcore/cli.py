@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="image folder (one subfolder per class, flat, or with a CSV) or .zip")
     p.add_argument("--out", required=True, help="run folder to write (resumes if it exists)")
     p.add_argument("--source-model", default=None, metavar="MODEL_DIR",
-                   help="source model to transfer from (default: the shipped one for the backbone)")
+                   help="source model to transfer from: a model folder, or 'dsprites' / 'cells' "
+                        "for a shipped one (default: the shipped default for the backbone)")
     p.add_argument("--known-classes", nargs="*", default=None, metavar="CLASS",
                    help="classes treated as known for open-set anomaly scores (default: all)")
     p.add_argument("--epochs", type=int, default=None, help="transfer epochs (default 20)")
@@ -60,8 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ingest_options(p)
 
     p = sub.add_parser("train-source",
-                       help="train the disentangling VAE on rendered Texture-dSprites (weakly supervised)")
+                       help="train the disentangling VAE on a rendered source (weakly supervised)")
     p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--source", choices=["dsprites", "cells"], default=None,
+                   help="rendered source: Texture-dSprites (default) or synthetic cells")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--beta", type=float, default=None)
@@ -105,6 +108,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="build (or find) the built-in Texture-dSprites demo run")
     p.add_argument("--runs-dir", default=None)
+
+    p = sub.add_parser("export", help="a run as AnnData (.h5ad, for scanpy), CSV or Parquet")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="file to write; its extension picks the format unless --format is given")
+    p.add_argument("--format", choices=("h5ad", "csv", "parquet"), default=None)
+    p.add_argument("--with-features", action="store_true",
+                   help="h5ad: also store the raw backbone features (obsm['X_backbone'])")
+
+    p = sub.add_parser("figures", help="the slide set of a run as stamped PNG/SVG files")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--size", default="13.33x7.5", metavar="WxH",
+                   help="figure size in inches (default 13.33x7.5: a 16:9 slide)")
+    p.add_argument("--dpi", type=int, default=150, help="PNG resolution (default 150)")
+    p.add_argument("--format", nargs="+", choices=("png", "svg"), default=["png", "svg"])
+    p.add_argument("--label", default=None, metavar="CLASS",
+                   help="axis montages of this class only")
+    p.add_argument("--rows", type=int, default=3, help="montage rows per axis (default 3)")
+    p.add_argument("--steps", type=int, default=9, help="montage steps per axis (default 9)")
 
     sub.add_parser("backbones", help="list the available backbones")
     return parser
@@ -153,10 +176,11 @@ def _cmd_features(args) -> None:
 
 
 def _cmd_train_source(args) -> None:
-    from drlcore.train import SourceTrainConfig, train_source_cli
+    from drlcore.source import SourceTrainConfig, train_source_cli
 
     overrides = {k: v for k, v in dict(seed=args.seed, steps=args.steps, beta=args.beta,
-                                       latent_dim=args.latent_dim, method=args.method).items()
+                                       latent_dim=args.latent_dim, method=args.method,
+                                       source=args.source).items()
                  if v is not None}
     if args.k is not None:
         overrides["k"] = None if args.k == "rand" else int(args.k)
@@ -255,6 +279,27 @@ def _cmd_demo(args) -> None:
     print(f"demo run: {path}")
 
 
+def _cmd_export(args) -> None:
+    from drlcore.export import export_run
+
+    out = export_run(args.run_dir, args.out, args.format, with_features=args.with_features)
+    print(f"exported {args.run_dir} -> {out}")
+
+
+def _cmd_figures(args) -> None:
+    from drlcore.slides import SlideConfig, write_slide_set
+
+    try:
+        width, height = (float(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise DrlError(f"--size must look like 13.33x7.5 (inches), not {args.size!r}") from None
+    config = SlideConfig(width_in=width, height_in=height, dpi=args.dpi,
+                         formats=tuple(args.format), label=args.label, n_rows=args.rows,
+                         n_steps=args.steps)
+    written = write_slide_set(args.run_dir, args.out, config)
+    print(f"{len(written)} files ({width:g} x {height:g} in, {args.dpi} dpi) -> {args.out}")
+
+
 def _cmd_backbones(args) -> None:
     from drlcore.backbones import BACKBONES, DEFAULT_BACKBONE
 
@@ -267,6 +312,7 @@ COMMANDS = {
     "run": _cmd_run, "features": _cmd_features, "train-source": _cmd_train_source,
     "transfer": _cmd_transfer, "encode": _cmd_encode, "analyze": _cmd_analyze,
     "explore": _cmd_explore, "demo": _cmd_demo, "backbones": _cmd_backbones,
+    "export": _cmd_export, "figures": _cmd_figures,
 }
 
 

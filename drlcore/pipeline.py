@@ -22,7 +22,7 @@ from drlcore.errors import DrlError
 from drlcore.io import fingerprint, read_json, sha256_file, update_json
 from drlcore.progress import NullReporter, Reporter
 
-__all__ = ["PipelineConfig", "run_pipeline", "shipped_source_model", "ASSETS_DIR"]
+__all__ = ["PipelineConfig", "run_pipeline", "shipped_source_model", "resolve_source_model", "ASSETS_DIR"]
 
 def _assets_dir() -> Path:
     """The shipped models: the package ``drlcore.assets`` (the repo's ``assets/`` folder in an
@@ -55,14 +55,31 @@ class PipelineConfig:
     extra_columns: str | None = None  # a Parquet file with columns joined onto objects by "path"
 
 
-def shipped_source_model(backbone: str) -> Path:
-    path = ASSETS_DIR / f"source-{backbone}"
+# Shipped source models by the rendered source they were trained on: folder name per backbone.
+SHIPPED_SOURCES = {"dsprites": "source-{backbone}", "cells": "source-cells-{backbone}"}
+
+
+def shipped_source_model(backbone: str, source: str = "dsprites") -> Path:
+    if source not in SHIPPED_SOURCES:
+        raise DrlError(f"unknown source {source!r}; shipped sources: {sorted(SHIPPED_SOURCES)}")
+    path = ASSETS_DIR / SHIPPED_SOURCES[source].format(backbone=backbone)
     if not (path / "config.json").is_file():
         raise DrlError(
-            f"no shipped source model for backbone {backbone!r} (looked in {path}). Train one "
-            f"with `drl train-source --backbone {backbone} --out MODEL_DIR` and pass "
-            f"`--source-model MODEL_DIR`, or use the default backbone effnet-lite0.")
+            f"no shipped {source} source model for backbone {backbone!r} (looked in {path}). "
+            f"Train one with `drl train-source --source {source} --backbone {backbone} --out "
+            f"MODEL_DIR` and pass `--source-model MODEL_DIR`, or use the default backbone "
+            f"effnet-lite0.")
     return path
+
+
+def resolve_source_model(source_model: str | None, backbone: str) -> Path:
+    """``--source-model``: a model folder, or ``dsprites`` / ``cells`` for the shipped model of
+    that source (a folder of that name is reached as ``./cells``); None = the default."""
+    if not source_model:
+        return shipped_source_model(backbone)
+    if source_model in SHIPPED_SOURCES:
+        return shipped_source_model(backbone, source_model)
+    return Path(source_model)
 
 
 def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporter: Reporter) -> Path:
@@ -150,7 +167,7 @@ def run_pipeline(data: str | Path, out_dir: str | Path, config: PipelineConfig |
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     backbone = config.features.backbone
-    source = Path(config.source_model) if config.source_model else shipped_source_model(backbone)
+    source = resolve_source_model(config.source_model, backbone)
     if not (source / "config.json").is_file():
         raise DrlError(f"source model folder {source} has no config.json")
     model_backbone = read_json(source / "config.json").get("backbone", {}).get("name")

@@ -1,9 +1,8 @@
-"""Training: the weakly supervised source model, and its transfer to a user's images.
+"""Training: the optimisation loops and evaluation shared by source training and transfer.
 
-Source (``drl train-source``): render Texture-dSprites pairs that differ in ``k`` factors, embed
-them with the frozen backbone, train an Ada-GVAE on the features, measure how disentangled the
-latents are on freshly rendered held-out images (MIG, DCI, OMES), name each latent dimension after
-the factor it encodes, and save the model directory.
+Source training (``drl train-source``, rendering and embedding the weak pairs) lives in
+:mod:`drlcore.source`; it calls ``train_weakly`` / ``train_unsupervised`` and
+``evaluate_disentanglement`` from here.
 
 Transfer (``drl transfer``): fine-tune every weight of a source model on the features of a user's
 images with the unsupervised beta-VAE objective (no factor labels exist there), keeping the
@@ -20,7 +19,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -30,15 +28,12 @@ from .progress import NullReporter, Reporter
 from .vae import FeatureVAE, VAEConfig, ada_gvae_loss, beta_vae_loss
 
 __all__ = [
-    "SourceTrainConfig",
     "TransferConfig",
     "TrainResult",
     "train_weakly",
     "train_unsupervised",
     "encode_means",
     "evaluate_disentanglement",
-    "train_source",
-    "train_source_cli",
     "transfer",
     "INACTIVE_STD",
 ]
@@ -56,68 +51,6 @@ def _from_dict(cls, d: dict):
     if unknown:
         raise DrlError(f"{cls.__name__}: unknown keys {unknown}; known keys are {sorted(known)}")
     return cls(**d)
-
-
-@dataclass(frozen=True)
-class SourceTrainConfig:
-    """Settings of ``drl train-source``.
-
-    Budget (default effnet-lite0 on a 2-core CPU). The backbone dominates: ~0.06 CPU-s per
-    224 px image, i.e. ~30 img/s on two free cores; rendering is ~1 ms per image. The defaults
-    render and embed ~8,400 images (2,000 anchors x 2 variants -> 4,000 pairs over ~5,960 distinct
-    training images; 1,000 held-out samples and 7 x 100 one-factor pairs for evaluation), about
-    4-5 min on two free cores, and train 2,000 steps of 128 pairs (~2.4 GFLOP a step, 2-3 min).
-    Measured on the shared 2-core development machine (load 5-8, so 2-4x slower than free cores):
-    embedding 839 s; Ada-GVAE 3,000 steps 388 s: MIG 0.18, DCI-D 0.27, OMES 0.32 vs beta-VAE
-    0.03 / 0.05 / 0.26; 2,000 steps (defaults): MIG 0.19, DCI-D 0.26, OMES 0.31, i.e. the last
-    third of the steps bought nothing measurable. Anchors are reused ``variants_per_anchor``
-    times, which multiplies pairs without multiplying the images to embed. All images go through
-    the feature cache, so a rerun with the same data settings only renders (seconds).
-
-    ``k`` is the number of factors changed per pair; ``None`` draws it from 1..K-1 per pair (the
-    paper's k=rand setting). Ada-GVAE does not need to know it either way.
-    """
-
-    method: str = "ada-gvae"
-    steps: int = 2000
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    beta: float = 1.0
-    k: int | None = 1
-    latent_dim: int = 10
-    hidden_dims: tuple[int, ...] = (512, 256)
-    seed: int = 0
-    n_anchors: int = 2000
-    variants_per_anchor: int = 2
-    n_eval: int = 1000
-    n_omes_pairs_per_factor: int = 100
-    # Texture-dSprites settings as DSpritesConfig.to_dict(); None = the renderer's defaults (all
-    # seven factors at full cardinality: the source should cover as many ways of varying as the
-    # renderer offers, and cardinalities cost nothing - only the number of images does).
-    dsprites: dict | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
-        if self.method not in METHODS:
-            raise DrlError(f"unknown training method {self.method!r}; choose one of {METHODS}")
-        for name in ("steps", "batch_size", "latent_dim", "n_anchors", "variants_per_anchor",
-                     "n_eval", "n_omes_pairs_per_factor"):
-            if int(getattr(self, name)) < 1:
-                raise DrlError(f"SourceTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.k is not None and int(self.k) < 1:
-            raise DrlError(f"SourceTrainConfig.k must be >= 1 or None (random), got {self.k}")
-        if self.lr <= 0 or self.beta < 0:
-            raise DrlError("SourceTrainConfig: lr must be > 0 and beta >= 0")
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["hidden_dims"] = list(self.hidden_dims)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SourceTrainConfig:
-        return _from_dict(cls, d)
 
 
 @dataclass(frozen=True)
@@ -314,162 +247,6 @@ def evaluate_disentanglement(model: FeatureVAE, eval_features: np.ndarray,
         "n_eval": int(codes.shape[0]),
         "n_omes_pairs": int(z1.shape[0]),
     }
-
-
-def _headline(ev: dict) -> dict:
-    """The few numbers a person compares at a glance."""
-    return {"mig": ev["mig"], "dci_disentanglement": ev["dci"].get("disentanglement"),
-            "dci_completeness": ev["dci"].get("completeness"),
-            "dci_informativeness": ev["dci"].get("informativeness"),
-            "omes": ev["omes"].get("omes"), "active_dims": len(ev["dim_factor"])
-            - len(ev["inactive_dims"])}
-
-
-# -- source training ------------------------------------------------------------------------------
-
-
-def _embed_factor_rows(ds, backbone, rows: np.ndarray, cache, reporter: Reporter, stage: str,
-                       chunk: int = 256) -> np.ndarray:
-    """Render and embed each factor row; in chunks, so memory stays at one chunk of images."""
-    from .features import embed_arrays
-
-    out = np.empty((rows.shape[0], backbone.spec.feature_dim), dtype=np.float32)
-    with reporter.stage(stage, total=rows.shape[0], unit="img") as bar:
-        for start in range(0, rows.shape[0], chunk):
-            part = rows[start:start + chunk]
-            out[start:start + len(part)] = embed_arrays(backbone, ds.render(part), cache, None)
-            bar.update(len(part))
-    return out
-
-
-def _embed_unique(ds, backbone, rows: np.ndarray, cache, reporter: Reporter,
-                  stage: str) -> np.ndarray:
-    """Features for every row of ``rows``, rendering and embedding each distinct row once."""
-    unique, inverse = np.unique(rows, axis=0, return_inverse=True)
-    return _embed_factor_rows(ds, backbone, unique, cache, reporter, stage)[inverse.reshape(-1)]
-
-
-def _backbone_meta(backbone) -> dict:
-    spec = backbone.spec
-    return {"name": spec.name, "timm_name": spec.timm_name, "weights_hash": backbone.weights_hash,
-            "feature_dim": int(spec.feature_dim), "dtype": getattr(backbone, "dtype", None)}
-
-
-def train_source(out_dir: str | Path, backbone, config: SourceTrainConfig = SourceTrainConfig(),
-                 reporter: Reporter | None = None, cache=None,
-                 compare_baseline: bool = False) -> dict:
-    """Train a source model on rendered Texture-dSprites and save it to ``out_dir``.
-
-    Returns the metrics written to ``metrics.json``. With ``compare_baseline`` a beta-VAE is
-    trained on the same training images with the same number of steps and images per step, and
-    evaluated on the same held-out data; its scores are recorded beside the model's.
-    """
-    from .artifacts import save_model
-    from .dsprites import (DSpritesConfig, TextureDSprites, sample_one_factor_pairs,
-                           sample_weak_pairs)
-
-    reporter = reporter or NullReporter()
-    started = time.perf_counter()
-    ds_config = DSpritesConfig.from_dict(config.dsprites) if config.dsprites else DSpritesConfig()
-    if ds_config.image_size != backbone.spec.input_size:
-        ds_config = dataclasses.replace(ds_config, image_size=backbone.spec.input_size)
-    ds = TextureDSprites(ds_config)
-    factor_names = list(ds.factor_names)
-    rng = np.random.default_rng(config.seed)
-
-    # Training pairs, then fresh held-out data drawn after them from the same stream: held-out
-    # images may coincide with training ones by chance (the factor space has ~10^8 points), but
-    # they are sampled independently of the training set.
-    f1, f2, changed = sample_weak_pairs(ds, config.n_anchors, config.k,
-                                        config.variants_per_anchor, rng)
-    eval_factors = ds.sample_factors(config.n_eval, rng)
-    p1, p2, pair_factor = sample_one_factor_pairs(ds, config.n_omes_pairs_per_factor, rng)
-
-    n_pairs = f1.shape[0]
-    train_feats = _embed_unique(ds, backbone, np.concatenate([f1, f2]), cache, reporter,
-                                "rendering + embedding training pairs")
-    x1, x2 = train_feats[:n_pairs], train_feats[n_pairs:]
-    eval_feats = _embed_unique(ds, backbone, np.concatenate([eval_factors, p1, p2]), cache,
-                               reporter, "rendering + embedding held-out images")
-    n_pp = p1.shape[0]
-    x_eval = eval_feats[:config.n_eval]
-    pair_feats = (eval_feats[config.n_eval:config.n_eval + n_pp], eval_feats[config.n_eval + n_pp:])
-    embed_seconds = time.perf_counter() - started
-
-    common = dict(latent_dim=config.latent_dim, hidden_dims=config.hidden_dims,
-                  steps=config.steps, lr=config.lr, weight_decay=config.weight_decay,
-                  beta=config.beta, seed=config.seed, reporter=reporter)
-    results: dict[str, TrainResult] = {}
-    if config.method == "ada-gvae":
-        results["ada-gvae"] = train_weakly(x1, x2, batch_size=config.batch_size, **common)
-    if config.method == "beta-vae" or compare_baseline:
-        # Same budget: as many steps, and as many images per step (a pair is two images).
-        unpaired = np.concatenate([x1, x2])
-        results["beta-vae"] = train_unsupervised(unpaired, batch_size=2 * config.batch_size,
-                                                 **common)
-
-    reporter.message("evaluating on held-out renders (MIG, DCI, OMES)")
-    evaluations = {name: evaluate_disentanglement(r.model, x_eval, eval_factors, pair_feats,
-                                                  pair_factor, factor_names, seed=config.seed)
-                   for name, r in results.items()}
-    chosen = evaluations[config.method]
-    model = results[config.method].model
-
-    metrics: dict[str, Any] = {
-        "method": config.method,
-        "headline": _headline(chosen),
-        "evaluation": chosen,
-        "training_curve": results[config.method].curve,
-        "timing_seconds": {"render_and_embed": round(embed_seconds, 2),
-                           **{f"train_{n}": round(r.seconds, 2) for n, r in results.items()},
-                           "total": round(time.perf_counter() - started, 2)},
-        "data": {"n_pairs": int(n_pairs), "n_train_images": int(len(np.unique(
-            np.concatenate([f1, f2]), axis=0))), "changed_factors_per_pair_mean":
-            float(np.asarray(changed).sum(axis=1).mean()), "factor_names": factor_names},
-    }
-    if compare_baseline:
-        metrics["comparison"] = {name: _headline(ev) for name, ev in evaluations.items()}
-        metrics["baseline"] = {"method": "beta-vae", "evaluation": evaluations["beta-vae"],
-                               "training_curve": results["beta-vae"].curve}
-
-    training = {"method": config.method, "objective": "ada-gvae" if config.method == "ada-gvae"
-                else "beta-vae", "config": config.to_dict(), "dsprites": ds_config.to_dict(),
-                "optimizer": "AdamW", "compare_baseline": compare_baseline}
-    digest = save_model(out_dir, model, {
-        "backbone": _backbone_meta(backbone),
-        "dim_names": chosen["dim_names"],
-        "dim_factor": chosen["dim_factor"],
-        "inactive_dims": chosen["inactive_dims"],
-        "training": training,
-        "metrics": metrics,
-    })
-    h = metrics["headline"]
-    reporter.message(f"source model {digest[:12]} -> {out_dir}: MIG {h['mig']:.3f}, "
-                     f"DCI-D {h['dci_disentanglement']:.3f}, OMES {h['omes']:.3f}, "
-                     f"{h['active_dims']} active dims")
-    metrics["model_hash"] = digest
-    return metrics
-
-
-def train_source_cli(out_dir: str | Path, backbone_name: str, weights: str | None = None,
-                     config: SourceTrainConfig = SourceTrainConfig(), cache_dir: str | None = None,
-                     compare_baseline: bool = False, reporter: Reporter | None = None) -> dict:
-    """``drl train-source``: load the backbone and the feature cache, then ``train_source``."""
-    from .backbones import load_backbone
-    from .cache import FeatureCache, cache_key, feature_cache_dir
-    from .features import preprocessing_of
-
-    backbone = load_backbone(backbone_name, weights=weights)
-    # Rendered sprites are made square at the backbone's input size: no padding, 8-bit.
-    preprocessing = {**preprocessing_of(backbone, pad_to_square=False, intensity_range=None),
-                     "source": "texture-dsprites"}
-    root = feature_cache_dir(cache_dir)
-    cache = FeatureCache(root, cache_key(backbone.spec.name, backbone.weights_hash, backbone.dtype,
-                                         preprocessing),
-                         info={"backbone": backbone.spec.name, "weights_hash": backbone.weights_hash,
-                               "dtype": backbone.dtype, "preprocessing": preprocessing})
-    return train_source(out_dir, backbone, config, reporter=reporter, cache=cache,
-                        compare_baseline=compare_baseline)
 
 
 # -- transfer -------------------------------------------------------------------------------------

@@ -341,3 +341,58 @@ def test_a_one_factor_pair_changes_the_image(cells):
     assert differs.all()
     unique, (i1, i2) = unique_factor_rows(f1, f2)
     np.testing.assert_array_equal(unique[i1], f1)
+
+
+# ---- as a training source -----------------------------------------------------------------------
+
+
+def test_source_config_names_the_source():
+    from drlcore.source import SourceTrainConfig
+
+    assert SourceTrainConfig().source == "dsprites"  # the default source is not this module's call
+    cfg = SourceTrainConfig(source="cells", cells={"factor_sizes": {"size": 3}})
+    assert SourceTrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(DrlError, match="unknown source 'cell'"):
+        SourceTrainConfig(source="cell")
+    with pytest.raises(DrlError, match="dsprites settings given"):
+        SourceTrainConfig(source="cells", dsprites={"image_size": 64})
+
+
+@pytest.mark.slow
+def test_train_source_on_cells_with_the_tiny_backbone(tmp_path):
+    from drlcore.artifacts import load_model, read_metrics
+    from drlcore.backbones import load_backbone
+    from drlcore.cache import FeatureCache
+    from drlcore.source import SourceTrainConfig, train_source
+
+    backbone = load_backbone("test-tiny", pretrained=False)
+    sizes = {"appearance": 3, "size": 4, "hue": 3, "elongation": 3}
+    cfg = SourceTrainConfig(source="cells", cells={"factor_sizes": sizes, "canvas_size": 48},
+                            steps=40, batch_size=32, n_anchors=40, variants_per_anchor=2,
+                            n_eval=100, n_omes_pairs_per_factor=5, latent_dim=4, hidden_dims=(32,))
+    metrics = train_source(tmp_path / "m", backbone, cfg, cache=FeatureCache(tmp_path / "c", "k"),
+                           compare_baseline=True)
+    _, meta = load_model(tmp_path / "m", expected_backbone="test-tiny")
+    assert meta["training"]["source"] == "cells" and "dsprites" not in meta["training"]
+    rebuilt = CellsConfig.from_dict(meta["training"]["cells"])
+    assert rebuilt.image_size == backbone.spec.input_size and rebuilt.canvas_size == 48
+    saved = read_metrics(tmp_path / "m")
+    assert saved["data"]["factor_names"] == list(sizes)
+    assert saved["evaluation"]["n_omes_pairs"] == 5 * len(sizes)
+    assert set(saved["comparison"]) == {"ada-gvae", "beta-vae"}
+    assert metrics["source"] == "cells"
+    assert all(n.split(": ")[1] in (*sizes, "unassigned", "inactive") or "+" in n
+               for n in meta["dim_names"])
+
+
+def test_source_model_shorthand_resolves_to_the_shipped_folders(tmp_path):
+    from drlcore.pipeline import ASSETS_DIR, resolve_source_model, shipped_source_model
+
+    assert resolve_source_model(None, "effnet-lite0") == shipped_source_model("effnet-lite0")
+    assert resolve_source_model("dsprites", "effnet-lite0") == ASSETS_DIR / "source-effnet-lite0"
+    cells_dir = resolve_source_model("cells", "effnet-lite0")
+    assert cells_dir == ASSETS_DIR / "source-cells-effnet-lite0"
+    assert (cells_dir / "config.json").is_file()
+    assert resolve_source_model(str(tmp_path), "effnet-lite0") == tmp_path
+    with pytest.raises(DrlError, match="no shipped cells source model for backbone 'test-tiny'"):
+        resolve_source_model("cells", "test-tiny")

@@ -12,8 +12,9 @@ import torch
 from drlcore.artifacts import load_model, read_metrics, save_model
 from drlcore.errors import DrlError
 from drlcore.metrics import compute_mig
-from drlcore.train import (SourceTrainConfig, TransferConfig, encode_means, train_unsupervised,
-                           train_weakly, transfer)
+from drlcore.source import SourceTrainConfig
+from drlcore.train import (TransferConfig, encode_means, train_unsupervised, train_weakly,
+                           transfer)
 
 N_FACTORS, FEATURE_DIM, LEVELS = 4, 24, 10
 
@@ -176,7 +177,7 @@ def test_train_source_end_to_end_with_the_tiny_backbone(tmp_path):
                             n_eval=120, n_omes_pairs_per_factor=6, latent_dim=5,
                             hidden_dims=(32,))
     cache = FeatureCache(tmp_path / "cache", "k")
-    from drlcore.train import train_source
+    from drlcore.source import train_source
 
     metrics = train_source(tmp_path / "m", backbone, cfg, cache=cache, compare_baseline=True)
     model, meta = load_model(tmp_path / "m", expected_backbone="test-tiny",
