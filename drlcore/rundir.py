@@ -41,7 +41,7 @@ from drlcore.io import atomic_write_json, read_json
 
 __all__ = [
     "SCHEMA_VERSION", "STAGES", "MANIFEST", "OBJECTS", "FEATURES", "IMAGES", "SKIPPED", "THUMBS",
-    "MODEL", "CORRELATIONS", "ANALYSIS", "MODEL_CONFIG", "MODEL_METRICS",
+    "MODEL", "CORRELATIONS", "ANALYSIS", "JOB", "MODEL_CONFIG", "MODEL_METRICS",
     "default_runs_dir", "read_manifest", "upgrade_manifest", "record_stage", "stage_entry",
     "is_run_dir", "is_complete_run", "FeaturesInfo", "features_info", "load_features_dir",
     "latent_columns", "zscore_columns", "latent_index", "latent_column", "dim_names",
@@ -60,6 +60,7 @@ THUMBS = "thumbs"
 MODEL = "model"
 CORRELATIONS = "correlations.parquet"
 ANALYSIS = "analysis.json"
+JOB = "job.json"  # written by drlcore.jobs while a background job builds the folder
 # Inside MODEL (written by drlcore.artifacts; read here for the app and the analysis).
 MODEL_CONFIG = "config.json"
 MODEL_METRICS = "metrics.json"
@@ -184,10 +185,18 @@ def is_run_dir(path: str | os.PathLike) -> bool:
 
 
 def is_complete_run(path: str | os.PathLike) -> bool:
-    """A run the explorer can open: it has been encoded (``objects.parquet``) and is not a
-    folder still being built."""
+    """A run the explorer can open: encoded and analysed, and not a folder still being built
+    (named ``*.partial``, or with a background job's ``job.json`` that does not say "done")."""
     path = Path(path)
-    return (path / OBJECTS).is_file() and not path.name.endswith(".partial")
+    if path.name.endswith(".partial") or not (path / OBJECTS).is_file():
+        return False
+    job = path / JOB
+    if job.is_file():
+        try:
+            return read_json(job).get("state") == "done"
+        except (OSError, ValueError, AttributeError):
+            return False
+    return (path / ANALYSIS).is_file()
 
 
 # --------------------------------------------------------------------------- typed readers

@@ -1,9 +1,16 @@
 """What the browser tests share: starting the app on a free port and launching Debian's Chromium
-(never a downloaded browser)."""
+(never a downloaded browser), and the bookkeeping that proves no test leaves a process behind.
+
+Every process the tests start carries ``DRL_TEST_MARK=<this session>`` in its environment
+(conftest sets it in the test process, children inherit it, also detached job workers that a
+server starts). ``leftover_processes`` finds those still alive at the end of the session.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -19,6 +26,66 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
+MARK_ENV = "DRL_TEST_MARK"
+STARTED: list[int] = []  # pids of servers started through spawn()
+
+
+def spawn(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """Popen in its own process group, remembered for the session-end check."""
+    proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+    STARTED.append(proc.pid)
+    return proc
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL to the whole group if it is still there after ``timeout`` s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever the server left in its group
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is already dead
+    except (OSError, IndexError):
+        return False
+
+
+def leftover_processes(mark: str) -> list[tuple[int, str]]:
+    """Live processes (other than this one) whose environment carries ``mark``, or that were
+    started by spawn() and are still alive: (pid, command line)."""
+    needle = f"{MARK_ENV}={mark}".encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and _alive(int(entry.name)):
+            found[int(entry.name)] = None
+    for pid in STARTED:
+        if _alive(pid):
+            found[pid] = None
+    out = []
+    for pid in sorted(found):
+        try:
+            cmd = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            cmd = "?"
+        out.append((pid, cmd.strip()))
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -31,7 +98,7 @@ def serve(cmd: list[str], port: int, log_path: Path, cwd: Path, env: dict,
     """Run ``cmd`` (a Streamlit server on ``port``) until its health check answers; yield its URL."""
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "w+") as log:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = spawn(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -46,11 +113,7 @@ def serve(cmd: list[str], port: int, log_path: Path, cwd: Path, env: dict,
                     time.sleep(0.5)
             yield url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
 
 
 @contextlib.contextmanager

@@ -3,10 +3,17 @@ cleanly when it is absent so the suite runs anywhere."""
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import browser_support  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (PROJECT_ROOT.parent / "shared" / "data").resolve()
@@ -22,3 +29,33 @@ def shared_data() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+_MARK = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def pytest_configure(config):
+    # Inherited by every process the tests start (servers, job workers, browsers).
+    os.environ[browser_support.MARK_ENV] = _MARK
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if any process the tests started is still alive; kill it."""
+    import time
+
+    deadline = time.monotonic() + 5  # a server stopped a moment ago may still be exiting
+    left = browser_support.leftover_processes(_MARK)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = browser_support.leftover_processes(_MARK)
+    if not left:
+        return
+    for pid, _ in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    lines = "\n".join(f"  pid {pid}: {cmd[:200]}" for pid, cmd in left)
+    print(f"\nERROR: the tests left {len(left)} process(es) running (now killed):\n{lines}",
+          file=sys.stderr)
+    session.exitstatus = 1
