@@ -7,8 +7,10 @@ One stage per module:
 - ``cache``       content-hash feature cache
 - ``features``    the ``drl features`` stage (ingest -> cache -> backbone -> files)
 - ``dsprites``    Texture-dSprites renderer and weak-supervision pair sampling
+- ``cells``       synthetic-cell renderer (size, shape, nucleus, stain, texture... factors)
 - ``vae``         the VAE over backbone features and its losses (Ada-GVAE, beta-VAE)
-- ``train``       source training (``drl train-source``) and transfer (``drl transfer``)
+- ``train``       the training loops and evaluation shared by source training and transfer
+- ``source``      source training on either renderer (``drl train-source``)
 - ``artifacts``   model directories: safetensors + config.json + metrics.json
 - ``encode``      ``drl encode``: model + dataset -> objects.parquet
 - ``metrics``     MIG, DCI, OMES (pure functions over arrays)
