@@ -17,7 +17,9 @@ try:
 except ImportError:  # running from a source checkout that was not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from explorer.access import parse_serving_args, require_token  # noqa: E402
 from explorer.data import is_demo, is_run_dir, list_runs, parse_app_args, resolve_runs_dir  # noqa: E402
+from explorer.jobs import show_jobs  # noqa: E402
 from explorer.ui import init_state, keep_state  # noqa: E402
 
 PAGES_DIR = Path(__file__).resolve().parent / "views"  # not pages/: Streamlit would also serve that folder as legacy pages
@@ -33,6 +35,10 @@ def _startup() -> None:
     st.session_state["app.runs_dir"] = str(runs_dir)
     st.session_state["app.extra_runs"] = extra
     st.session_state["app.pipeline_settings_file"] = args.pipeline_config
+    serving = parse_serving_args(sys.argv[1:])
+    st.session_state["app.data_roots"] = [str(Path(r).expanduser().resolve()) for r in serving.data_root]
+    st.session_state["app.min_free_mb"] = serving.min_free_mb
+    st.session_state["app.max_upload_mb"] = serving.max_upload_mb
     init_state()
     if st.session_state["app.run"] is None:
         # Named runs first; else the demo (list_runs puts it first), else the newest run.
@@ -72,6 +78,7 @@ def sidebar(pages: dict) -> None:
         else:
             st.info("No runs yet.")
         st.page_link(pages["datasets"], label="Add data", icon=":material/add_circle:")
+        show_jobs(runs_dir, compact=True)  # a running job shows on every page
         st.divider()
         st.session_state["ui.image_format_picker"] = st.session_state["ui.image_format"]
         st.radio("Chart download format", ["svg", "png"], key="ui.image_format_picker", horizontal=True,
@@ -93,6 +100,7 @@ def main() -> None:
     st.set_page_config(page_title="drl explorer", page_icon=":material/biotech:", layout="wide")
     st.html(_CSS)
     st.logo(str(Path(__file__).resolve().parent / "static" / "logo.svg"), size="large")
+    require_token()
     _startup()
     keep_state()
     pages = {

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ from streamlit.testing.v1 import AppTest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from app_fixtures import make_run, make_source_model, make_zip  # noqa: E402
+
+from explorer.data import list_runs as list_runs_  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[1] / "explorer" / "app.py")
 PAGES = ["datasets", "traversals", "correlations", "class_map", "anomalies", "source_model"]
@@ -70,13 +74,13 @@ def test_every_page_renders_without_error(runs_dir, page):
 
 
 def test_pages_without_a_run_point_to_datasets(tmp_path, monkeypatch):
-    import drlcore.demo
+    import drlcore.jobs
     from drlcore.errors import DrlError
 
-    def no_demo(*args, **kwargs):  # first launch would build the demo; here it cannot
+    def no_demo(*args, **kwargs):  # first launch would start the demo job; here it cannot
         raise DrlError("demo unavailable in this test")
 
-    monkeypatch.setattr(drlcore.demo, "build_demo", no_demo)
+    monkeypatch.setattr(drlcore.jobs, "start_job", no_demo)
     monkeypatch.setenv("DRL_RUNS_DIR", str(tmp_path / "empty"))
     at = _app("class_map")
     assert any("No run is open" in i.value for i in at.info)
@@ -208,7 +212,8 @@ def test_source_model_shows_metrics_and_factor_heatmap(runs_dir):
     assert heat["data"][0]["x"] == ["size", "elongation", "brightness"]
 
 
-def test_add_data_from_missing_folder_fails_cleanly_and_keeps_runs(runs_dir):
+def test_add_data_from_missing_folder_fails_cleanly_and_keeps_runs(runs_dir, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["app.py", "--data-root", str(runs_dir)])
     before = sorted(p.name for p in runs_dir.iterdir())
     at = _app()
     at.radio(key="data.source").set_value("Folder on the server").run()
@@ -220,19 +225,31 @@ def test_add_data_from_missing_folder_fails_cleanly_and_keeps_runs(runs_dir):
     assert at.session_state["app.run"] == str(runs_dir / "cells")
 
 
-def test_add_data_without_images_shows_engine_error(runs_dir, tmp_path):
-    pytest.importorskip("drlcore.pipeline")
+def test_add_data_without_images_shows_engine_error(runs_dir, tmp_path, monkeypatch):
+    """The job runs in a worker process; its failure reaches the page that started it."""
+    from drlcore import jobs
+
     junk = tmp_path / "notes"
     junk.mkdir()
     (junk / "readme.txt").write_text("no images here")
+    monkeypatch.setattr(sys, "argv", ["app.py", "--data-root", str(tmp_path)])
     before = sorted(p.name for p in runs_dir.iterdir())
     at = _app()
     at.radio(key="data.source").set_value("Folder on the server").run()
     at.text_input(key="data.folder").input(str(junk)).run()
     at.button(key="data.start").click().run()
+    assert not at.exception and not at.error
+    target = runs_dir / "notes"
+    deadline = time.monotonic() + 120
+    while jobs.read_job(target) is None or jobs.read_job(target).running:
+        assert time.monotonic() < deadline, "the job did not end"
+        time.sleep(0.3)
+    at.run()
     assert not at.exception
-    assert at.error, "a bad folder must show what was wrong"
-    assert sorted(p.name for p in runs_dir.iterdir()) == before
+    assert any("image" in e.value.lower() for e in at.error), "a bad folder must show what was wrong"
+    # The failed job's folder is not a run: the picker and the open run are unchanged.
+    assert [p.name for p in list_runs_(runs_dir)] == [p for p in before if (runs_dir / p).is_dir()]
+    assert at.session_state["app.run"] == str(runs_dir / "cells")
 
 
 def test_args_after_double_dash_are_parsed(tmp_path):
@@ -287,13 +304,13 @@ def test_pipeline_settings_reject_unknown_keys():
 
 
 def test_build_demo_failure_is_shown_not_raised(tmp_path, monkeypatch):
-    import drlcore.demo
+    import drlcore.jobs
     from drlcore.errors import DrlError
 
     def no_source_model(*args, **kwargs):
         raise DrlError("no shipped source model for backbone 'effnet-lite0'")
 
-    monkeypatch.setattr(drlcore.demo, "build_demo", no_source_model)
+    monkeypatch.setattr(drlcore.jobs, "start_job", no_source_model)
     monkeypatch.setenv("DRL_RUNS_DIR", str(tmp_path / "runs"))
     at = _app()
     at.button(key="data.build_demo").click().run()
@@ -301,26 +318,148 @@ def test_build_demo_failure_is_shown_not_raised(tmp_path, monkeypatch):
     assert any("no shipped source model" in e.value for e in at.error)
 
 
+@pytest.mark.slow
 def test_first_launch_builds_the_demo_and_opens_it(tmp_path, monkeypatch):
-    """No run anywhere: the Datasets page builds the demo by itself (the engine's build_demo)."""
+    """No run anywhere: the Datasets page starts the demo job by itself; a second session
+    attaches to it instead of starting another; when it is done, the run opens."""
     import drlcore.demo
+    from drlcore import jobs
 
     runs = tmp_path / "fresh"
     monkeypatch.setenv("DRL_RUNS_DIR", str(runs))
-    calls = []
-
-    def fake_build_demo(runs_dir, reporter=None, **kwargs):
-        calls.append(Path(runs_dir))
-        path = make_run(Path(runs_dir), drlcore.demo.DEMO_NAME, n=40)
-        (path / "demo.json").write_text(json.dumps({"version": drlcore.demo.DEMO_VERSION}))
-        return path
-
-    monkeypatch.setattr(drlcore.demo, "build_demo", fake_build_demo)
+    monkeypatch.setenv("DRL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(drlcore.demo, "DEMO_IMAGES", 24)  # the worker builds a small demo
+    target = runs / drlcore.demo.DEMO_NAME
     at = _app()
-    assert calls == [runs]
-    assert at.session_state["app.run"] == str(runs / drlcore.demo.DEMO_NAME)
-    at.run()  # later reruns do not build again
-    assert calls == [runs]
+    assert jobs.read_job(target).running
+    assert any("Building the demo" in str(p.proto) for p in at.get("progress")) or at.caption
+    second = _app()  # another tab while it builds
+    assert jobs.log_path(target).read_text().count("job started") == 1
+    deadline = time.monotonic() + 300
+    while jobs.read_job(target).running:
+        assert time.monotonic() < deadline, jobs.log_path(target).read_text()
+        time.sleep(0.5)
+    assert jobs.read_job(target).state == "done", jobs.read_job(target).error
+    for session in (at, second):
+        session.run()  # the live fragment's next tick: the watched job is done, the run opens
+        session.run()
+        assert not session.exception
+        assert session.session_state["app.run"] == str(target)
+    assert jobs.log_path(target).read_text().count("job started") == 1
+
+
+def test_a_job_that_died_shows_as_failed_and_is_not_listed(runs_dir):
+    half = make_run(runs_dir, "half-built", n=20)
+    (half / "job.json").write_text(json.dumps({"state": "running", "kind": "run", "pid": None,
+                                               "message": "[3/4] encode"}))
+    at = _app()
+    assert not at.exception
+    picker = at.sidebar.selectbox(key="app.run_picker")
+    assert "half-built" not in picker.options and "cells" in picker.options
+    at.session_state["app.jobs_watched"] = [str(half)]
+    at.run()
+    assert any("stopped unexpectedly" in e.value and "[3/4] encode" in e.value for e in at.error)
+
+
+def test_a_running_job_shows_its_progress_on_every_page(runs_dir):
+    from drlcore import jobs
+
+    target = runs_dir / "growing"
+    target.mkdir()
+    (target / "job.json").write_text(json.dumps({"state": "running", "kind": "run", "pid": os.getpid(),
+                                                 "message": "embedding: 30/90", "fraction": 1 / 3}))
+    fd = jobs._try_lock(target)  # stands for the worker holding its lock
+    try:
+        for page in (None, "traversals"):
+            at = _app(page)
+            bars = at.sidebar.get("progress")
+            assert bars and "embedding: 30/90" in str(bars[0].proto), page
+    finally:
+        os.close(fd)
+
+
+def test_token_is_required_when_the_server_has_one(runs_dir, monkeypatch):
+    monkeypatch.setenv("DRL_EXPLORE_TOKEN", "s3cret-token")
+    at = _app()
+    assert any("token printed in the terminal" in w.value for w in at.warning)
+    assert not at.get("selectbox") and not at.metric  # nothing of the runs is shown
+    at.query_params["token"] = "wrong"
+    at.run()
+    assert any("not this server" in e.value for e in at.error) and not at.metric
+    at.query_params["token"] = "s3cret-token"
+    at.run()
+    assert at.metric and not at.warning
+    at.query_params.clear()
+    at.run()  # remembered for the session
+    assert at.metric
+
+
+def test_token_comparison():
+    from explorer.access import expected_token, token_matches
+
+    assert token_matches("abc", "abc") and not token_matches("abd", "abc")
+    assert not token_matches("", "abc") and not token_matches(None, "abc")
+    assert expected_token({}) is None and expected_token({"DRL_EXPLORE_TOKEN": "x"}) == "x"
+
+
+def test_server_folder_refused_without_data_root_or_outside_it(runs_dir, tmp_path, monkeypatch):
+    before = sorted(p.name for p in runs_dir.iterdir())
+    at = _app()
+    at.radio(key="data.source").set_value("Folder on the server").run()
+    at.text_input(key="data.folder").input(str(tmp_path)).run()
+    at.button(key="data.start").click().run()
+    assert any("without --data-root" in e.value for e in at.error)
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "link").symlink_to(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["app.py", "--data-root", str(allowed)])
+    at = _app()
+    at.radio(key="data.source").set_value("Folder on the server").run()
+    at.text_input(key="data.folder").input(str(allowed / "link")).run()
+    at.button(key="data.start").click().run()
+    assert any("outside the folders" in e.value for e in at.error)
+    assert sorted(p.name for p in runs_dir.iterdir()) == before
+
+
+def test_run_refused_when_the_runs_folder_is_short_of_space(runs_dir, tmp_path, monkeypatch):
+    data = tmp_path / "data" / "cells"
+    data.mkdir(parents=True)
+    monkeypatch.setattr(sys, "argv", ["app.py", "--data-root", str(tmp_path / "data"),
+                                      "--min-free-mb", str(2 ** 40)])
+    before = sorted(p.name for p in runs_dir.iterdir())
+    at = _app()
+    at.radio(key="data.source").set_value("Folder on the server").run()
+    at.text_input(key="data.folder").input(str(data)).run()
+    at.button(key="data.start").click().run()
+    assert any("not enough free disk space" in e.value for e in at.error)
+    assert sorted(p.name for p in runs_dir.iterdir()) == before
+
+
+def test_two_sessions_adding_data_at_once_get_their_own_runs(runs_dir, tmp_path, monkeypatch):
+    from drlcore import jobs
+
+    data = tmp_path / "data" / "notes"
+    data.mkdir(parents=True)
+    (data / "readme.txt").write_text("no images: the jobs fail fast")
+    monkeypatch.setattr(sys, "argv", ["app.py", "--data-root", str(tmp_path / "data")])
+    sessions = []
+    for _ in range(2):
+        at = _app()
+        at.radio(key="data.source").set_value("Folder on the server").run()
+        at.text_input(key="data.folder").input(str(data)).run()
+        at.text_input(key="data.name").input("same-name").run()
+        sessions.append(at)
+    for at in sessions:
+        at.button(key="data.start").click().run()
+        assert not at.exception
+    targets = [runs_dir / "same-name", runs_dir / "same-name-2"]
+    assert [at.session_state["data.started"] for at in sessions] == [t.name for t in targets]
+    for target in targets:
+        deadline = time.monotonic() + 120
+        while jobs.read_job(target).running:
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        assert jobs.log_path(target).read_text().count("job started") == 1
 
 
 def test_class_map_places_a_run_of_the_same_model_and_refuses_another(runs_dir, tmp_path,

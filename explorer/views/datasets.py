@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -14,14 +11,11 @@ import streamlit as st
 from drlcore.errors import DrlError
 from explorer.data import (Run, backbone_summary, is_demo, list_runs, pipeline_config, pipeline_notes,
                            read_pipeline_settings)
+from explorer import jobs as app_jobs
 from explorer.ui import csv_download, current_run
 
 st.title("Datasets")
 runs_dir = Path(st.session_state["app.runs_dir"])
-
-
-def _open(path: str) -> None:
-    st.session_state["app.request_run"] = path
 
 
 def _summary(run: Run) -> None:
@@ -78,27 +72,27 @@ if runs:
                      for p in runs],
     })
     st.dataframe(table, hide_index=True, width="stretch")
+app_jobs.show_jobs(runs_dir)  # live progress of running jobs; a watched one opens when done
 if not any(is_demo(p) for p in runs):
-    autobuild = st.session_state.pop("app.autobuild_demo", False)
-    if st.button("Build the demo (Texture-dSprites, about a minute)", key="data.build_demo",
-                 icon=":material/play_circle:") or autobuild:
-        demo_error = None
-        with st.status("Building the demo run…", expanded=True) as status:
-            try:
-                from drlcore.demo import build_demo
-                from explorer.progress_ui import StreamlitReporter
+    from drlcore import jobs
 
-                path = build_demo(runs_dir, reporter=StreamlitReporter())
+    from explorer.data import DEMO_RUN_NAME
+
+    demo_job = jobs.read_job(runs_dir / DEMO_RUN_NAME)
+    autobuild = st.session_state.pop("app.autobuild_demo", False)
+    if demo_job is not None and demo_job.running:
+        app_jobs.watch(demo_job.target)  # another tab started it: wait for the same build
+    else:
+        if demo_job is not None and demo_job.state == "failed" and not autobuild:
+            st.error(f"The demo could not be built: {demo_job.error}", icon=":material/error:")
+        if st.button("Build the demo (Texture-dSprites, about a minute)", key="data.build_demo",
+                     icon=":material/play_circle:") or autobuild:
+            try:
+                app_jobs.start_demo(runs_dir)
             except DrlError as exc:
-                status.update(label="The demo could not be built", state="error", expanded=False)
-                demo_error = str(exc)
+                st.error(str(exc), icon=":material/error:")
             else:
-                status.update(label="Demo ready", state="complete")
-                _open(str(path))
-        if demo_error:
-            st.error(demo_error, icon=":material/error:")
-        else:
-            st.rerun()
+                st.rerun()
 
 st.subheader("Add data")
 st.markdown("Images in one folder per class (or a flat folder, or a CSV listing them). "
@@ -133,62 +127,61 @@ with st.expander("Advanced: backbone and source model"):
                "computer. The source model must have been trained on the same backbone.")
 
 
-def _safe_name(name: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name.strip()).strip(".-")
-    return name or "run"
+def _settings_for_job(base: dict) -> dict:
+    """The page's choices over the settings file, as the JSON the worker rebuilds its config from."""
+    settings = dict(base)
+    features = dict(settings.pop("features", {}) or {})
+    if st.session_state.get("data.backbone"):
+        features["backbone"] = st.session_state["data.backbone"]
+    if st.session_state.get("data.source_model"):
+        settings["source_model"] = st.session_state["data.source_model"]
+    settings["features"] = features
+    pipeline_config(settings)  # unknown keys and bad values fail here, before any job starts
+    return settings
 
 
-def _fresh_dir(name: str) -> Path:
-    """A run folder name not used yet; an earlier run is never overwritten."""
-    base = _safe_name(name)
-    candidate, i = runs_dir / base, 2
-    while candidate.exists() or candidate.with_name(candidate.name + ".partial").exists():
-        candidate, i = runs_dir / f"{base}-{i}", i + 1
-    return candidate
+def _start_analysis() -> None:
+    """Check the request, reserve a fresh run folder, hand the work to a background job."""
+    from drlcore import jobs
+
+    job_settings = _settings_for_job(settings)
+    upload_bytes = 0
+    data = None
+    if upload is not None:
+        upload_bytes = upload.size
+        limit_mb = float(st.session_state.get("app.max_upload_mb") or 0)
+        if limit_mb and upload_bytes > limit_mb * 2**20:
+            raise DrlError(f"the upload is {upload_bytes / 2**20:,.0f} MiB, over this server's limit of "
+                           f"{limit_mb:,.0f} MiB (`drl explore --max-upload-mb`)")
+    else:
+        data = jobs.resolve_data_folder(folder, st.session_state.get("app.data_roots") or [])
+    # Features, thumbnails and the model come to well under twice the upload; a folder is read in place.
+    needed = float(st.session_state.get("app.min_free_mb") or 0) * 2**20 + 2 * upload_bytes
+    jobs.check_free_space(runs_dir, int(needed))
+    target = jobs.reserve_run_dir(runs_dir, run_name or default_name)
+    cleanup = None
+    if upload is not None:
+        cleanup = runs_dir / ".uploads" / target.name
+        cleanup.mkdir(parents=True, exist_ok=True)
+        data = cleanup / jobs.safe_run_name(Path(upload.name).name)
+        data.write_bytes(upload.getvalue())
+    app_jobs.start_run(target, data, job_settings, cleanup=cleanup)
+    st.session_state["data.started"] = target.name
 
 
+roots = st.session_state.get("app.data_roots") or []
+if source_kind == "Folder on the server":
+    if roots:
+        st.caption("Folders under " + ", ".join(f"`{r}`" for r in roots) + " can be read.")
+    else:
+        st.caption("This server reads no folders (started without `--data-root`): upload a zip instead.")
 if st.button("Analyse", key="data.start", type="primary", icon=":material/rocket_launch:",
              disabled=(upload is None and not folder)):
-    final = _fresh_dir(run_name or default_name)
-    partial = final.with_name(final.name + ".partial")
-    workdir = Path(tempfile.mkdtemp(prefix="drl-upload-"))
-    failure = None
-    with st.status(f"Analysing into {final.name}…", expanded=True) as status:
-        try:
-            if upload is not None:
-                data = workdir / _safe_name(Path(upload.name).name)
-                data.write_bytes(upload.getvalue())
-            else:
-                data = Path(folder).expanduser()
-                if not data.exists():
-                    raise DrlError(f"folder {data} does not exist on the server")
-            from drlcore.pipeline import run_pipeline
-            from explorer.progress_ui import StreamlitReporter
-
-            runs_dir.mkdir(parents=True, exist_ok=True)
-            # Built under <name>.partial and renamed when complete, so the run list never shows
-            # half a run, and a failure leaves every earlier run untouched.
-            config = pipeline_config(settings, st.session_state.get("data.backbone"),
-                                     st.session_state.get("data.source_model") or None)
-            run_pipeline(data, partial, config, StreamlitReporter())
-            partial.rename(final)
-        except DrlError as exc:
-            status.update(label="The data could not be analysed", state="error", expanded=False)
-            failure = str(exc)
-            shutil.rmtree(partial, ignore_errors=True)
-        except Exception as exc:  # noqa: BLE001 - show the user something actionable, keep the app alive
-            status.update(label="Unexpected error", state="error", expanded=False)
-            failure = f"Unexpected error while analysing: {type(exc).__name__}: {exc}"
-            shutil.rmtree(partial, ignore_errors=True)
-        else:
-            status.update(label=f"Done: {final.name}", state="complete")
-            _open(str(final))
-            st.session_state["data.just_added"] = final.name
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if failure is not None:
-        st.error(f"{failure}\n\nNo run was changed.", icon=":material/error:")
-    elif st.session_state.get("data.just_added") == final.name:
+    try:
+        _start_analysis()
+    except DrlError as exc:
+        st.error(f"{exc}\n\nNo run was changed.", icon=":material/error:")
+    else:
         st.rerun()
 
 if st.session_state.get("data.just_added") and run is not None and run.name == st.session_state["data.just_added"]:
