@@ -1,0 +1,427 @@
+"""Reading and decoding: the bytes of one image, as uint8 RGB pixels.
+
+Decoding
+--------
+PNG, JPEG, BMP and GIF go through Pillow, TIFF through tifffile (16-bit, float and multi-page
+files are what microscopes write; Pillow is the fallback for TIFF compressions tifffile cannot read
+without imagecodecs). Multi-page TIFFs and animated GIFs contribute their first page/frame, and
+``note`` says so. Grayscale is replicated to RGB. Alpha is dropped rather than composited: in
+microscopy exports alpha is nearly always fully opaque (dropping it is then exact), and where it is
+not, the recorded pixel values are the data, whereas compositing would paint a background that
+the network sees as signal; ``note`` records that transparency was present.
+
+Intensity scaling of >8-bit data
+--------------------------------
+16-bit (and 32-bit or float) images are mapped to 8 bits with ONE range for the whole dataset,
+the ``percentile_low``/``percentile_high`` (0.5/99.5) percentiles of pixel values sampled across up
+to ``sample`` images (:func:`intensity_range`), shared by all channels. Scaling each image by its
+own range would stretch a dim cell and a bright cell to the same brightness and erase exactly the
+intensity differences a biologist may care about. When :func:`decode` is given no range it falls
+back to the image's own percentiles and says so in ``note``. 8-bit images are never rescaled.
+
+Safety: every decode is fully forced (``Image.load``) so truncated files are caught, never padded
+(``ImageFile.LOAD_TRUNCATED_IMAGES`` is left False), and the pixel count declared in the header
+is checked against ``max_image_pixels`` before any pixel is decoded. Problems with one image raise
+:class:`SkipImage` with a short, stable reason; problems with the whole input raise
+:class:`DrlError`.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import tifffile
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .discover import Dataset, ImageRecord, IngestConfig, open_zip, split_zip_source
+from .errors import SkipImage
+
+__all__ = ["DecodedImage", "read_bytes", "decode", "intensity_range"]
+
+_PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF")
+# Pixels per image pooled for the dataset-wide percentiles: plenty for a 0.5 % tail, bounded memory.
+_PIXELS_PER_IMAGE_FOR_RANGE = 50_000
+
+# Reasons are part of the output (skipped.csv); keep them stable.
+R_EMPTY = "empty file (0 bytes)"
+R_NOT_IMAGE = "not an image"
+R_CORRUPT = "corrupt or truncated image"
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    rgb: np.ndarray  # uint8 (height, width, 3)
+    width: int
+    height: int
+    mode: str  # what the file held, e.g. "RGB 8-bit", "gray 16-bit"
+    note: str | None
+
+
+# --------------------------------------------------------------------------------------------
+# Reading bytes
+# --------------------------------------------------------------------------------------------
+
+def read_bytes(record: ImageRecord) -> bytes:
+    """The file's bytes. Raises SkipImage when the file vanished or cannot be read."""
+    source = record.source
+    try:
+        if source.startswith("zip:"):
+            zip_path, entry = split_zip_source(source)
+            zf = open_zip(zip_path)
+            try:
+                info = zf.getinfo(entry)
+                # ZipExtFile stops at the declared size, which discover() already capped.
+                with zf.open(info) as fh:
+                    return fh.read()
+            except KeyError:
+                raise SkipImage("file not found in zip") from None
+            except zipfile.BadZipFile as exc:
+                raise SkipImage(f"corrupt zip entry ({exc})") from None
+            except NotImplementedError as exc:
+                raise SkipImage(f"unsupported zip compression ({exc})") from None
+            except (zlib.error, EOFError):
+                raise SkipImage("corrupt zip entry") from None
+        with open(source, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise SkipImage("file not found") from None
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise SkipImage(f"cannot read file ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def _read_head(record: ImageRecord, n: int) -> bytes:
+    if record.source.startswith("zip:"):
+        zip_path, entry = split_zip_source(record.source)
+        with open_zip(zip_path).open(entry) as fh:
+            return fh.read(n)
+    with open(record.source, "rb") as fh:
+        return fh.read(n)
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------------
+
+
+def _is_tiff(data: bytes) -> bool:
+    return data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+@dataclass
+class _Raw:
+    """Pixels as stored: (H, W, C) with C in 1..4 (gray, gray+alpha, RGB, RGBA), native dtype."""
+
+    pixels: np.ndarray
+    mode: str
+    notes: list[str]
+
+
+def _bomb_reason(n_pixels: int) -> str:
+    return f"image too large (decompression bomb guard: {n_pixels} pixels)"
+
+
+def _check_pixels(n_pixels: int, config: IngestConfig) -> None:
+    if n_pixels > config.max_image_pixels:
+        raise SkipImage(_bomb_reason(n_pixels))
+
+
+def _mode_name(channels: int, dtype: np.dtype) -> str:
+    kind = {1: "gray", 2: "gray+alpha", 3: "RGB", 4: "RGBA"}[channels]
+    if dtype == np.bool_:
+        return "bilevel"
+    bits = dtype.itemsize * 8
+    suffix = " float" if dtype.kind == "f" else (" signed" if dtype.kind == "i" else "")
+    return f"{kind} {bits}-bit{suffix}"
+
+
+def _decode_raw(data: bytes, config: IngestConfig) -> _Raw:
+    if not data:
+        raise SkipImage(R_EMPTY)
+    if _is_tiff(data):
+        try:
+            raw = _decode_tiff(data, config)
+        except SkipImage:
+            raise
+        except Exception:  # noqa: BLE001 - tifffile raises many types; Pillow gets a second try
+            raw = None  # e.g. LZW or JPEG compression, which tifffile needs imagecodecs for
+        if raw is not None:
+            return raw
+        try:
+            return _decode_pillow(data, config)
+        except SkipImage as exc:
+            if exc.reason == R_NOT_IMAGE:
+                raise SkipImage(R_CORRUPT) from None
+            raise
+    return _decode_pillow(data, config)
+
+
+def _decode_tiff(data: bytes, config: IngestConfig) -> _Raw | None:
+    """First page of a TIFF, or None when Pillow is better placed (CMYK, YCbCr, Lab)."""
+    with tifffile.TiffFile(io.BytesIO(data)) as tf:
+        page = tf.pages.first
+        n_pages = len(tf.pages)
+        _check_pixels(int(page.imagewidth) * int(page.imagelength) * max(int(page.imagedepth), 1),
+                      config)
+        photometric = int(page.photometric)
+        if photometric not in (0, 1, 2, 3):  # MINISWHITE, MINISBLACK, RGB, PALETTE
+            return None
+        dtype = np.dtype(page.dtype) if page.dtype is not None else None
+        if dtype is None or dtype.kind not in "buif":
+            raise SkipImage(f"unsupported image mode: {dtype} TIFF")
+        if int(page.imagedepth) > 1:
+            raise SkipImage("unsupported image mode: volumetric TIFF page")
+        arr = page.asarray()
+        axes = page.axes
+        bits = int(page.bitspersample)
+        colormap = page.colormap if photometric == 3 else None
+
+    if "S" in axes and axes.index("S") < axes.index("Y"):  # planar configuration
+        arr = np.moveaxis(arr, axes.index("S"), -1)
+    arr = np.squeeze(arr) if arr.ndim > 3 else arr
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
+        channels = arr.shape[2] if arr.ndim == 3 else "?"
+        raise SkipImage(f"unsupported image mode: {channels} samples per pixel")
+    notes = []
+    if n_pages > 1:
+        notes.append(f"multi-page TIFF: first of {n_pages} pages used")
+    if photometric == 0:  # MINISWHITE: 0 is white; flip so that bright means bright everywhere
+        arr = arr.copy()
+        grey = arr[..., :1] if arr.shape[2] in (1, 2) else arr
+        if arr.dtype == np.bool_:
+            grey[...] = ~grey
+        elif arr.dtype.kind == "f":
+            grey[...] = grey.max() - grey
+        else:
+            grey[...] = min(2**bits - 1, np.iinfo(arr.dtype).max) - grey
+    if colormap is not None and arr.shape[2] == 1:
+        cmap = np.asarray(colormap)
+        scale = 257 if cmap.max() > 255 else 1
+        lut = (cmap.T // scale).astype(np.uint8)
+        arr = lut[np.clip(arr[..., 0].astype(np.int64), 0, len(lut) - 1)]
+        return _Raw(arr, "palette 8-bit", notes)
+    mode = _mode_name(arr.shape[2], arr.dtype)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    return _Raw(arr, mode, notes)
+
+
+_PIL_MODE_NAMES = {"1": "bilevel", "L": "gray 8-bit", "LA": "gray+alpha 8-bit",
+                   "P": "palette 8-bit", "PA": "palette+alpha 8-bit", "RGB": "RGB 8-bit",
+                   "RGBA": "RGBA 8-bit", "RGBX": "RGB 8-bit", "CMYK": "CMYK 8-bit",
+                   "YCbCr": "YCbCr 8-bit", "La": "gray+alpha 8-bit", "RGBa": "RGBA 8-bit",
+                   "I;16": "gray 16-bit", "I;16L": "gray 16-bit", "I;16B": "gray 16-bit",
+                   "I;16N": "gray 16-bit", "I": "gray 32-bit signed", "F": "gray 32-bit float"}
+
+
+def _header_pixels(data: bytes) -> int | None:
+    """Pixel count declared by a PNG/GIF/BMP/JPEG header, read without Pillow.
+
+    Lets the per-call limit act before Pillow's module-global guard, which would otherwise warn
+    (DecompressionBombWarning) on its own for images our limit is about to refuse anyway.
+    """
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+            width, height = struct.unpack(">II", data[16:24])
+        elif data[:6] in (b"GIF87a", b"GIF89a"):
+            width, height = struct.unpack("<HH", data[6:10])
+        elif data[:2] == b"BM":
+            if struct.unpack("<I", data[14:18])[0] == 12:  # OS/2 core header
+                width, height = struct.unpack("<HH", data[18:22])
+            else:
+                width, height = struct.unpack("<ii", data[18:26])
+        elif data[:2] == b"\xff\xd8":
+            width = height = None
+            i = 2
+            while i + 9 < len(data):
+                if data[i] != 0xFF:
+                    return None
+                marker = data[i + 1]
+                if marker == 0xFF:  # fill byte
+                    i += 1
+                    continue
+                if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+                    i += 2
+                    continue
+                if marker == 0xDA:  # start of scan: no frame header before it
+                    return None
+                if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                    height, width = struct.unpack(">HH", data[i + 5:i + 9])
+                    break
+                i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+            if width is None:
+                return None
+        else:
+            return None
+    except struct.error:
+        return None
+    return abs(int(width)) * abs(int(height))
+
+
+def _decode_pillow(data: bytes, config: IngestConfig) -> _Raw:
+    declared = _header_pixels(data)
+    if declared is not None:
+        _check_pixels(declared, config)
+    try:
+        im = Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS)
+    except UnidentifiedImageError:
+        raise SkipImage(R_NOT_IMAGE) from None
+    except Image.DecompressionBombError as exc:
+        raise SkipImage(_pillow_bomb_reason(exc)) from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error):
+        raise SkipImage(R_CORRUPT) from None
+    with im:
+        # Our own guard, from the header, before a single pixel is decoded.
+        _check_pixels(im.width * im.height, config)
+        notes = []
+        n_frames = getattr(im, "n_frames", 1) if im.format == "GIF" else 1
+        if n_frames > 1:
+            notes.append(f"animated GIF: first of {n_frames} frames used")
+            im.seek(0)
+        elif im.format == "TIFF" and getattr(im, "n_frames", 1) > 1:
+            notes.append(f"multi-page TIFF: first of {im.n_frames} pages used")
+            im.seek(0)
+        try:
+            im.load()
+        except Image.DecompressionBombError as exc:
+            raise SkipImage(_pillow_bomb_reason(exc)) from None
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError):
+            raise SkipImage(R_CORRUPT) from None
+        mode = im.mode
+        if mode not in _PIL_MODE_NAMES:
+            raise SkipImage(f"unsupported image mode: {mode}")
+        if im.format == "PNG" and data[24] == 16 and data[25] in (2, 6):
+            # Pillow keeps only the high byte of 16-bit colour PNGs (a fixed, dataset-wide map).
+            notes.append("16-bit colour PNG reduced to 8 bits by its high byte")
+        orientation = im.getexif().get(0x0112, 1) if im.format == "JPEG" else 1
+        if orientation not in (1, None):
+            im = ImageOps.exif_transpose(im)
+            notes.append("rotated as its EXIF orientation says")
+        if mode.startswith("I;16"):
+            arr = np.asarray(im).astype(np.uint16, copy=False)[:, :, None]
+        elif mode in ("I", "F"):
+            arr = np.asarray(im)[:, :, None]
+        elif mode == "1":
+            arr = np.asarray(im.convert("L"))[:, :, None]
+        elif mode in ("L", "RGB"):
+            arr = np.asarray(im)
+        elif mode in ("LA", "La", "PA"):
+            arr = np.asarray(im.convert("LA"))
+        elif mode == "P":
+            has_alpha = "transparency" in im.info
+            arr = np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
+        elif mode in ("RGBA", "RGBa"):
+            arr = np.asarray(im.convert("RGBA"))
+        else:  # RGBX, CMYK, YCbCr
+            if mode == "CMYK":
+                notes.append("CMYK converted to RGB (approximate colours)")
+            arr = np.asarray(im.convert("RGB"))
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        return _Raw(arr, _PIL_MODE_NAMES[mode], notes)
+
+
+def _pillow_bomb_reason(exc: Exception) -> str:
+    """Pillow's own guard (2 x Image.MAX_IMAGE_PIXELS) fired first; its message has the size."""
+    match = re.search(r"\((\d+) pixels\)", str(exc))
+    return _bomb_reason(int(match.group(1))) if match else _bomb_reason(-1)
+
+
+def _rescale(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    if not high > low:
+        high = low + 1.0
+    scaled = (values.astype(np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
+    if values.dtype.kind == "f":
+        scaled = np.nan_to_num(scaled, nan=0.0)
+    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+
+
+def decode(data: bytes, config: IngestConfig = IngestConfig(),
+           intensity_range: tuple[float, float] | None = None) -> DecodedImage:
+    """Decode one image file to uint8 RGB. Raises SkipImage(reason) when it cannot be used.
+
+    ``intensity_range`` (from :func:`intensity_range`) maps >8-bit data to 8 bits; without it
+    such data is scaled by its own percentiles and ``note`` says so.
+    """
+    raw = _decode_raw(data, config)
+    arr, notes = raw.pixels, raw.notes
+    channels = arr.shape[2]
+    if channels in (2, 4):
+        alpha = arr[..., -1]
+        opaque = np.iinfo(alpha.dtype).max if alpha.dtype.kind in "ui" else 1.0
+        if alpha.min() < opaque:
+            notes.append("transparency dropped (alpha channel ignored)")
+        arr = arr[..., :-1]
+    if arr.dtype != np.uint8:
+        if intensity_range is None:
+            low, high = _percentiles(arr, config)
+            notes.append(f"{raw.mode} image scaled by its own {config.percentile_low:g}-"
+                         f"{config.percentile_high:g} percentile range (no dataset-wide range)")
+        else:
+            low, high = intensity_range
+        arr = _rescale(arr, low, high)
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    arr = np.ascontiguousarray(arr)
+    height, width = arr.shape[:2]
+    return DecodedImage(rgb=arr, width=int(width), height=int(height), mode=raw.mode,
+                        note="; ".join(notes) or None)
+
+
+def _percentiles(values: np.ndarray, config: IngestConfig) -> tuple[float, float]:
+    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values.ravel()
+    if finite.size == 0:
+        return 0.0, 1.0
+    low, high = np.percentile(finite, [config.percentile_low, config.percentile_high])
+    return float(low), float(high)
+
+
+def _may_be_high_bit_depth(head: bytes) -> bool:
+    """Cheap look at the header: JPEG/GIF/BMP are 8-bit in Pillow; PNG says its bit depth."""
+    if _is_tiff(head):
+        return True
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) > 24:
+        return head[24] == 16
+    return False
+
+
+def intensity_range(dataset: Dataset, config: IngestConfig = IngestConfig(),
+                    sample: int = 256) -> tuple[float, float] | None:
+    """Dataset-wide (low, high) percentiles of >8-bit pixel values; None if all data is 8-bit.
+
+    Up to ``sample`` images, evenly spaced over the sorted records (so every class is seen), are
+    inspected; alpha channels are left out. Unreadable images are passed over here; decode() will
+    report them.
+    """
+    records = dataset.records
+    if not records or sample <= 0:
+        return None
+    picks = np.unique(np.linspace(0, len(records) - 1, min(sample, len(records))).round()
+                      .astype(int))
+    pooled: list[np.ndarray] = []
+    for i in picks:
+        record = records[int(i)]
+        try:
+            if not _may_be_high_bit_depth(_read_head(record, 32)):
+                continue
+            raw = _decode_raw(read_bytes(record), config)
+        except (SkipImage, OSError, KeyError, zipfile.BadZipFile):
+            continue
+        pixels = raw.pixels
+        if pixels.dtype == np.uint8:
+            continue
+        if pixels.shape[2] in (2, 4):
+            pixels = pixels[..., :-1]
+        flat = pixels.ravel()
+        step = max(1, flat.size // _PIXELS_PER_IMAGE_FOR_RANGE)
+        pooled.append(flat[::step].astype(np.float64))
+    if not pooled:
+        return None
+    return _percentiles(np.concatenate(pooled), config)
