@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "for a shipped one (default: the shipped default for the backbone)")
     p.add_argument("--known-classes", nargs="*", default=None, metavar="CLASS",
                    help="classes treated as known for open-set anomaly scores (default: all)")
-    p.add_argument("--epochs", type=int, default=None, help="transfer epochs (default 20)")
+    _add_transfer_options(p)
     _add_backbone_options(p)
     _add_ingest_options(p)
 
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir")
     p.add_argument("data", help="image folder/.zip, or a folder written by `drl features`")
     p.add_argument("--out", required=True, help="model folder to write")
-    p.add_argument("--epochs", type=int, default=None)
+    _add_transfer_options(p)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--beta", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -105,6 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where runs added from the app are kept (default: your user data folder)")
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--headless", action="store_true", help="do not open a browser window")
+    p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
+                   help="address to listen on (default 127.0.0.1: this computer only). Any other "
+                        "address, e.g. 0.0.0.0, exposes the app and then requires a token")
+    p.add_argument("--token", default=None,
+                   help="the token browsers must show (default with --host: a new random one)")
+    p.add_argument("--no-token", action="store_true",
+                   help="serve without a token even on an exposed address (anyone who can reach it "
+                        "can use it)")
+    p.add_argument("--data-root", action="append", default=[], metavar="DIR",
+                   help="a folder whose subfolders 'Add data' may read on the server (repeatable; "
+                        "default: none, so only uploads)")
+    p.add_argument("--max-upload-mb", type=int, default=4096, metavar="MB",
+                   help="largest zip a browser may upload (default 4096)")
+    p.add_argument("--min-free-mb", type=int, default=1024, metavar="MB",
+                   help="free space the runs folder must have before a new run starts (default 1024)")
 
     p = sub.add_parser("demo", help="build (or find) the built-in Texture-dSprites demo run")
     p.add_argument("--runs-dir", default=None)
@@ -190,17 +205,35 @@ def _cmd_train_source(args) -> None:
                      compare_baseline=args.compare_baseline, reporter=_reporter())
 
 
+def _add_transfer_options(p) -> None:
+    p.add_argument("--epochs", type=int, default=None,
+                   help="most transfer epochs (default 200; early stopping on the validation "
+                        "loss decides, see metrics.json)")
+    p.add_argument("--latent-dim", type=int, default=None,
+                   help="latent axes after transfer (default: the source model's, 10); another "
+                        "size gives the model a new head and no source names")
+    p.add_argument("--anchor", default=None, metavar="FEATURES",
+                   help="tie morphology features to the first axes, e.g. area,eccentricity,hue "
+                        "(weak supervision; r is reported on held-out images)")
+
+
 def _cmd_transfer(args) -> None:
     from drlcore.artifacts import read_model_config
-    from drlcore.train import TransferConfig, transfer
+    from drlcore.transfer import TransferConfig, anchor_names, measure_anchor_values, transfer
 
     model_cfg = read_model_config(args.model_dir)
     out = Path(args.out)
     features_dir = _features_for(args, args.data, out / "features",
                                  model_backbone=model_cfg["backbone"]["name"])
+    anchors = anchor_names(args.anchor) if args.anchor else ()
     overrides = {k: v for k, v in dict(epochs=args.epochs, lr=args.lr, beta=args.beta,
-                                       seed=args.seed).items() if v is not None}
-    transfer(args.model_dir, features_dir, out, TransferConfig(**overrides), reporter=_reporter())
+                                       seed=args.seed, latent_dim=args.latent_dim).items()
+                 if v is not None}
+    config = TransferConfig(**overrides, anchors=anchors)
+    values = (measure_anchor_values(features_dir, anchors, args.cache_dir,
+                                    _reporter()) if anchors else None)
+    transfer(args.model_dir, features_dir, out, config, reporter=_reporter(),
+             anchor_values=values)
     print(f"transferred model -> {out}")
 
 
@@ -234,12 +267,15 @@ def _print_summary(summary: dict) -> None:
 
 def _cmd_run(args) -> None:
     from drlcore.pipeline import PipelineConfig, run_pipeline
+    from drlcore.transfer import anchor_names
 
     config = PipelineConfig(
         features=_feature_config(args),
         source_model=args.source_model,
         known_classes=tuple(args.known_classes) if args.known_classes else None,
         transfer_epochs=args.epochs,
+        latent_dim=args.latent_dim,
+        anchors=anchor_names(args.anchor) if args.anchor else (),
     )
     out = run_pipeline(args.data, Path(args.out), config, reporter=_reporter())
     from drlcore.io import read_json
@@ -248,27 +284,82 @@ def _cmd_run(args) -> None:
     print(f"run written to {out}  (open it with: drl explore {out})")
 
 
-def _cmd_explore(args) -> None:
-    import subprocess
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _explore_plan(args) -> tuple[list[str], str, dict]:
+    """The Streamlit command line, the URL to print and the environment for ``drl explore``."""
+    import os
+    import secrets
 
     app = Path(__file__).resolve().parents[1] / "explorer" / "app.py"
     if not app.is_file():
         raise DrlError(f"the explorer app was not found at {app}")
+    if args.token is not None and args.no_token:
+        raise DrlError("--token and --no-token contradict each other; give one")
+    if args.token is not None and not args.token.strip():
+        raise DrlError("--token must not be empty (use --no-token to serve without one)")
+    for name in ("max_upload_mb", "min_free_mb"):
+        if getattr(args, name) < (1 if name == "max_upload_mb" else 0):
+            raise DrlError(f"--{name.replace('_', '-')} must be a positive number of MB")
+    roots = []
+    for root in args.data_root:
+        path = Path(root).expanduser().resolve()
+        if not path.is_dir():
+            raise DrlError(f"--data-root {root}: no such folder")
+        roots.append(str(path))
+    token = args.token
+    if token is None and not args.no_token and not _is_loopback(args.host):
+        token = secrets.token_urlsafe(24)
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+           "--server.address", args.host,
            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
            # Streamlit's first-run email prompt would block the command on a fresh desktop.
            "--server.showEmailPrompt", "false",
-           # Lab datasets as zips are often larger than Streamlit's 200 MB default.
-           "--server.maxUploadSize", "4096"]
+           "--server.maxUploadSize", str(args.max_upload_mb)]
     if args.headless:
         cmd += ["--server.headless", "true"]
-    cmd += ["--"]
+    cmd += ["--", "--min-free-mb", str(args.min_free_mb), "--max-upload-mb", str(args.max_upload_mb)]
+    for root in roots:
+        cmd += ["--data-root", root]
     if args.runs_dir:
         cmd += ["--runs-dir", args.runs_dir]
     for run in args.runs:
         cmd += ["--run", str(Path(run).resolve())]
-    print(f"explorer: http://localhost:{args.port}  (Ctrl+C to stop)")
-    raise SystemExit(subprocess.call(cmd))
+    env = dict(os.environ)
+    env.pop("DRL_EXPLORE_TOKEN", None)
+    shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    if ":" in shown_host:
+        shown_host = f"[{shown_host}]"
+    url = f"http://{shown_host}:{args.port}/"
+    if token:
+        # In the environment, not on the command line, where any account could read it with ps.
+        env["DRL_EXPLORE_TOKEN"] = token
+        url += f"?token={token}"
+    return cmd, url, env
+
+
+def _cmd_explore(args) -> None:
+    import os
+
+    cmd, url, env = _explore_plan(args)
+    if not _is_loopback(args.host):
+        note = ("anyone who can reach it can use it" if args.no_token
+                else "share the address with its token only with people who may use it")
+        print(f"listening on {args.host}: {note}")
+    print(f"explorer: {url}  (Ctrl+C to stop)", flush=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Become Streamlit (no parent left to forward signals): SIGTERM or Ctrl+C stops the server itself.
+    os.execve(sys.executable, cmd, env)
 
 
 def _cmd_demo(args) -> None:

@@ -42,15 +42,18 @@ def test_dino_offline_without_weights_names_the_three_ways(tmp_path, monkeypatch
 
 
 def test_explore_starts_streamlit_without_prompts(monkeypatch, tmp_path):
+    import os
+
     calls = []
-    monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
-    with pytest.raises(SystemExit):
-        main(["explore", str(tmp_path), "--port", "8600", "--headless"])
+    # drl explore becomes Streamlit (exec), so a signal to it reaches the server itself.
+    monkeypatch.setattr(os, "execve", lambda path, cmd, env: calls.append(cmd))
+    main(["explore", str(tmp_path), "--port", "8600", "--headless"])
     cmd = calls[0]
     assert cmd[:3] == [sys.executable, "-m", "streamlit"] and cmd[4].endswith("explorer/app.py")
     assert cmd[cmd.index("--server.showEmailPrompt") + 1] == "false"
     assert cmd[cmd.index("--server.port") + 1] == "8600"
-    assert cmd[cmd.index("--") + 1:] == ["--run", str(tmp_path.resolve())]
+    assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--") + 1:][-2:] == ["--run", str(tmp_path.resolve())]
 
 
 def test_parser_rejects_unknown_options():
