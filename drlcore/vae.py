@@ -24,7 +24,7 @@ Losses (all return per-batch means; parts are returned for logging):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -85,11 +85,9 @@ class VAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> VAEConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DrlError(f"VAEConfig: unknown keys {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
+        from drlcore.config import from_dict
+
+        return from_dict(cls, d)
 
 
 def _mlp(dims: list[int], activation: str, dropout: float) -> nn.Sequential:
@@ -128,7 +126,12 @@ class FeatureVAE(nn.Module):
     # -- standardisation ------------------------------------------------------------------------
 
     @torch.no_grad()
-    def fit_standardisation(self, features: np.ndarray | torch.Tensor) -> None:
+    def fit_standardisation(self, features: np.ndarray | torch.Tensor,
+                            min_relative_std: float = 0.0) -> None:
+        """Fit the per-dimension mean and std. ``min_relative_std`` floors each std at that
+        fraction of the median std: backbone features include nearly dead units (non-zero on a
+        handful of images), which plain standardisation turns into spikes of |z| ~ sqrt(n) that
+        then dominate the squared-error likelihood (see drlcore.transfer)."""
         x = torch.as_tensor(features, dtype=torch.float64)
         if x.ndim != 2 or x.shape[1] != self.config.input_dim:
             raise DrlError(f"cannot fit standardisation: expected features of shape (n, "
@@ -140,6 +143,8 @@ class FeatureVAE(nn.Module):
         mean = x.mean(0)
         std = x.std(0)
         std = torch.where(std < _MIN_FEATURE_STD, torch.ones_like(std), std)
+        if min_relative_std > 0:
+            std = std.clamp(min=float(min_relative_std) * float(std.median()))
         self.feature_mean.copy_(mean.to(self.feature_mean.dtype))
         self.feature_std.copy_(std.to(self.feature_std.dtype))
         self.standardisation_fitted.fill_(True)
@@ -239,15 +244,23 @@ def _check_finite(loss: torch.Tensor, what: str) -> None:
 
 
 def beta_vae_loss(model: FeatureVAE, x: torch.Tensor, beta: float,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-    """Negative ELBO with a beta-weighted KL, averaged over the batch of raw features ``x``."""
+                  generator: torch.Generator | None = None, capacity: float | None = None,
+                  return_mu: bool = False):
+    """Negative ELBO with a beta-weighted KL, averaged over the batch of raw features ``x``.
+
+    ``capacity`` C (nats): the KL term becomes ``beta * |KL - C|`` (Burgess et al. 2018,
+    "Understanding disentangling in beta-VAE"): the code is pushed towards carrying C nats, not
+    towards zero, so raising C during training lets information in gradually. ``return_mu``
+    also returns the posterior means (for terms added on top, such as anchored axes).
+    """
     mu, logvar = model.encode(x)
     z = _reparameterise(mu, logvar, generator)
     recon = gaussian_nll(model.decode(z), model.standardise(x)).mean()
     kl = kl_per_dim(mu, logvar).sum(dim=1).mean()
-    loss = recon + beta * kl
+    loss = recon + beta * (kl if capacity is None else (kl - capacity).abs())
     _check_finite(loss, "the beta-VAE loss")
-    return loss, {"loss": loss.item(), "recon": recon.item(), "kl": kl.item()}
+    parts = {"loss": loss.item(), "recon": recon.item(), "kl": kl.item()}
+    return (loss, parts, mu) if return_mu else (loss, parts)
 
 
 def ada_gvae_loss(model: FeatureVAE, x1: torch.Tensor, x2: torch.Tensor, beta: float,
