@@ -27,6 +27,12 @@ def _add_backbone_options(p: argparse.ArgumentParser, default: str | None = "eff
                         "$DRL_CACHE_DIR, else your user cache folder)")
 
 
+def _add_force_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="write into --out even if it holds other files and is not a drl run "
+                        "folder (they may be overwritten)")
+
+
 def _add_ingest_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pad", action="store_true",
                    help="stretch images to a square instead of padding them (changes what "
@@ -53,12 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_transfer_options(p)
     _add_backbone_options(p)
     _add_ingest_options(p)
+    _add_force_option(p)
 
     p = sub.add_parser("features", help="embed a folder of images with a pretrained backbone")
     p.add_argument("data", help="image folder or .zip")
     p.add_argument("--out", required=True, help="output folder")
     _add_backbone_options(p)
     _add_ingest_options(p)
+    _add_force_option(p)
 
     p = sub.add_parser("train-source",
                        help="train the disentangling VAE on a rendered source (weakly supervised)")
@@ -90,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir")
     p.add_argument("data", help="image folder/.zip, or a folder written by `drl features`")
     p.add_argument("--out", required=True, help="run folder to write")
+    _add_force_option(p)
     _add_backbone_options(p, default=None)
     _add_ingest_options(p)
 
@@ -165,6 +174,14 @@ def _feature_config(args, **overrides):
     return FeatureConfig(**kwargs)
 
 
+def _prepare_out(args, data: str | None) -> Path:
+    """Every command that writes a run folder checks its --out (and --cache-dir) here first."""
+    from drlcore.outdir import check_cache_dir, prepare_output_dir
+
+    check_cache_dir(args.cache_dir)
+    return prepare_output_dir(args.out, data, force=getattr(args, "force", False))
+
+
 def _features_for(args, data: str, out_dir: Path, model_backbone: str | None = None) -> Path:
     """Accept either an image source or a folder `drl features` already wrote."""
     data_path = Path(data)
@@ -181,7 +198,7 @@ def _features_for(args, data: str, out_dir: Path, model_backbone: str | None = N
 def _cmd_features(args) -> None:
     from drlcore.features import extract_features
 
-    out = Path(args.out)
+    out = _prepare_out(args, args.data)
     result = extract_features(args.data, out, _feature_config(args), reporter=_reporter())
     m = result.manifest
     print(f"backbone: {m['backbone']} (weights {m['weights_hash'][:12]}, {m['dtype']})")
@@ -242,7 +259,7 @@ def _cmd_encode(args) -> None:
     from drlcore.encode import encode_run
 
     model_cfg = read_model_config(args.model_dir)
-    out = Path(args.out)
+    out = _prepare_out(args, args.data)
     features_dir = _features_for(args, args.data, out,
                                  model_backbone=model_cfg["backbone"]["name"])
     path = encode_run(args.model_dir, features_dir, out, reporter=_reporter())
@@ -277,7 +294,7 @@ def _cmd_run(args) -> None:
         latent_dim=args.latent_dim,
         anchors=anchor_names(args.anchor) if args.anchor else (),
     )
-    out = run_pipeline(args.data, Path(args.out), config, reporter=_reporter())
+    out = run_pipeline(args.data, _prepare_out(args, args.data), config, reporter=_reporter())
     from drlcore.io import read_json
 
     _print_summary(read_json(out / "analysis.json").get("summary", {}))
@@ -422,6 +439,12 @@ def main(argv: list[str] | None = None) -> int:
         COMMANDS[args.command](args)
     except DrlError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        # Disk full, permission denied, a path that is a file: the system's words, one line.
+        what = err.strerror or str(err) or type(err).__name__
+        where = f": {err.filename}" if err.filename else ""
+        print(f"error: {what}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: what was finished is kept; run the same command again to resume.",

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from drlcore.errors import DrlError
-from drlcore.io import fingerprint, read_json, sha256_file, update_json
+from drlcore import rundir
+from drlcore.io import fingerprint, read_json, sha256_file
 from drlcore.progress import NullReporter, Reporter
 
 __all__ = ["PipelineConfig", "run_pipeline", "shipped_source_model", "resolve_source_model", "ASSETS_DIR"]
@@ -49,10 +50,24 @@ class PipelineConfig:
     features: object = field(default_factory=_default_feature_config)  # drlcore.features.FeatureConfig
     source_model: str | None = None  # default: the shipped model for the backbone
     transfer: bool = True  # False: encode with the source model as is (the demo does this)
-    transfer_epochs: int | None = None
+    transfer_epochs: int | None = None  # a ceiling: early stopping decides (TransferConfig)
+    latent_dim: int | None = None  # None: the source model's (10); see TransferConfig.latent_dim
+    anchors: tuple[str, ...] = ()  # morphology features tied to the first axes (e.g. morph_area)
     known_classes: tuple[str, ...] | None = None
     umap: bool = True
     extra_columns: str | None = None  # a Parquet file with columns joined onto objects by "path"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PipelineConfig:
+        """Settings as JSON (``drl explore --pipeline-config FILE``): ``PipelineConfig`` fields,
+        with ``"features"`` holding ``FeatureConfig`` fields. Unknown keys are an error."""
+        from drlcore.config import from_dict
+        from drlcore.features import FeatureConfig
+
+        values = dict(d) if isinstance(d, dict) else d
+        if isinstance(values, dict) and "features" in values:
+            values["features"] = FeatureConfig.from_dict(values["features"] or {})
+        return from_dict(cls, values, "pipeline")
 
 
 # Shipped source models by the rendered source they were trained on: folder name per backbone.
@@ -83,32 +98,41 @@ def resolve_source_model(source_model: str | None, backbone: str) -> Path:
 
 
 def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporter: Reporter) -> Path:
-    from drlcore.cache import cache_root
-    from drlcore.train import TransferConfig, transfer
+    from drlcore.cache import ContentStore, cache_root
+    from drlcore.transfer import TransferConfig, anchor_names, measure_anchor_values, transfer
 
-    model_dir = run_dir / "model"
-    tconfig = TransferConfig() if config.transfer_epochs is None else TransferConfig(
-        epochs=config.transfer_epochs)
+    model_dir = run_dir / rundir.MODEL
+    settings = {"latent_dim": config.latent_dim, "anchors": anchor_names(config.anchors)}
+    if config.transfer_epochs is not None:
+        settings["epochs"] = config.transfer_epochs
+    tconfig = TransferConfig(**settings)
     key = fingerprint(["transfer", PIPELINE_VERSION, sha256_file(source / "model.safetensors"),
-                       sha256_file(run_dir / "features.npy"), dataclasses.asdict(tconfig)])
+                       sha256_file(run_dir / rundir.FEATURES), dataclasses.asdict(tconfig)])
     if (model_dir / "config.json").is_file() and _stage_key(model_dir) == key:
         reporter.message("transfer: up to date, reusing the run's model")
         return model_dir
 
-    cached = cache_root(config.features.cache_dir) / "models" / key
-    if (cached / "model.safetensors").is_file() and _stage_key(cached) == key:
+    store = ContentStore(cache_root(config.features.cache_dir) / "models")
+    cached = store.get(key)
+    if cached is not None and (cached / "model.safetensors").is_file():
         reporter.message("transfer: served from the model cache")
         _replace_dir(cached, model_dir, copy=True)
+        _write_stage_key(model_dir, key)
         return model_dir
 
     partial = run_dir / "model.partial"
     if partial.exists():
         shutil.rmtree(partial)
-    transfer(source, run_dir, partial, tconfig, reporter=reporter)
+    values = None
+    if tconfig.anchors:  # morphology before transfer (the analysis reuses it from the cache)
+        reporter.message(f"transfer: measuring {', '.join(tconfig.anchors)} to anchor axes")
+        values = measure_anchor_values(run_dir, tconfig.anchors, config.features.cache_dir,
+                                       reporter)
+    transfer(source, run_dir, partial, tconfig, reporter=reporter, anchor_values=values)
     _write_stage_key(partial, key)
     _replace_dir(partial, model_dir)
     try:
-        _replace_dir(model_dir, cached, copy=True)
+        store.put(key, lambda folder: shutil.copytree(model_dir, folder, dirs_exist_ok=True))
     except OSError as err:  # a read-only cache must not fail the run
         reporter.message(f"note: could not store the model in the cache ({err})")
     return model_dir
@@ -146,7 +170,7 @@ def _replace_dir(src: Path, dst: Path, copy: bool = False) -> None:
 
 
 def _copy_source_model(source: Path, run_dir: Path) -> Path:
-    model_dir = run_dir / "model"
+    model_dir = run_dir / rundir.MODEL
     key = fingerprint(["source-as-is", sha256_file(source / "model.safetensors")])
     if (model_dir / "config.json").is_file() and _stage_key(model_dir) == key:
         return model_dir
@@ -170,7 +194,9 @@ def run_pipeline(data: str | Path, out_dir: str | Path, config: PipelineConfig |
     source = resolve_source_model(config.source_model, backbone)
     if not (source / "config.json").is_file():
         raise DrlError(f"source model folder {source} has no config.json")
-    model_backbone = read_json(source / "config.json").get("backbone", {}).get("name")
+    from drlcore.artifacts import read_model_config
+
+    model_backbone = read_model_config(source)["backbone"]["name"]  # strict: a clear DrlError
     if model_backbone and model_backbone != backbone:
         raise DrlError(f"the source model {source} was trained on backbone {model_backbone!r} "
                        f"but features are requested with {backbone!r}; pass --backbone "
@@ -178,7 +204,7 @@ def run_pipeline(data: str | Path, out_dir: str | Path, config: PipelineConfig |
 
     reporter.message(f"[1/4] features ({backbone})")
     extract_features(data, out_dir, config.features, reporter=reporter)
-    features = np.load(out_dir / "features.npy", mmap_mode="r")
+    features = np.load(out_dir / rundir.FEATURES, mmap_mode="r")
     notes: list[str] = []
     finite = np.isfinite(features).all(axis=1)
     if config.transfer and finite.sum() < MIN_IMAGES_FOR_TRANSFER:
@@ -194,10 +220,10 @@ def run_pipeline(data: str | Path, out_dir: str | Path, config: PipelineConfig |
 
     reporter.message("[3/4] encode")
     encode_run(model_dir, out_dir, out_dir, reporter=reporter)
-    # After encode (which rewrites the manifest's model entries), so the analysis sees the notes.
-    update_json(out_dir / "manifest.json", {"pipeline": {
+    # Before the analysis, which carries these notes into analysis.json.
+    rundir.record_stage(out_dir, "pipeline", {
         "version": PIPELINE_VERSION, "notes": notes,
-        "transferred": config.transfer and not notes}})
+        "transferred": config.transfer and not notes})
     if config.extra_columns:
         _join_extra_columns(out_dir, Path(config.extra_columns))
 
@@ -212,11 +238,11 @@ def _join_extra_columns(run_dir: Path, extra: Path) -> None:
 
     from drlcore.io import atomic_write_parquet
 
-    objects = pd.read_parquet(run_dir / "objects.parquet")
+    objects = pd.read_parquet(run_dir / rundir.OBJECTS)
     table = pd.read_parquet(extra)
     new_cols = [c for c in table.columns if c != "path" and c not in objects.columns]
     if not new_cols:
         return
     merged = objects.merge(table[["path", *new_cols]], on="path", how="left")
     assert len(merged) == len(objects), "extra columns must have one row per path"
-    atomic_write_parquet(run_dir / "objects.parquet", merged)
+    atomic_write_parquet(run_dir / rundir.OBJECTS, merged)

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from skimage.draw import ellipse
 
+from drlcore import rundir
 from drlcore.analyze import AnalyzeConfig, analyze_run
 from drlcore.artifacts import save_model
 from drlcore.errors import DrlError
@@ -98,8 +99,9 @@ def test_run_writes_a_complete_run_folder(tmp_path, dataset, source_model):
     assert set(corr["method"]) == {"pearson", "spearman", "mi"}
     assert (run / "model" / "model.safetensors").is_file()
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["backbone"] == "test-tiny" and "encode" in manifest and "analyze" in manifest
-    assert manifest["pipeline"]["transferred"] is True
+    assert manifest["schema_version"] == 2 and set(manifest["stages"]) == set(rundir.STAGES)
+    assert manifest["stages"]["features"]["backbone"] == "test-tiny"
+    assert manifest["stages"]["pipeline"]["transferred"] is True
     assert not list(run.glob("*.partial"))
 
 
@@ -108,13 +110,13 @@ def test_second_run_is_served_from_caches(tmp_path, dataset, source_model, monke
     first = run_pipeline(dataset, tmp_path / "run1", config)
 
     import drlcore.backbones as backbones
-    import drlcore.train as train
+    import drlcore.transfer as transfer
 
     def forbidden(*args, **kwargs):
         raise AssertionError("should have been served from the cache")
 
     monkeypatch.setattr(backbones.Backbone, "embed", forbidden)
-    monkeypatch.setattr(train, "transfer", forbidden)
+    monkeypatch.setattr(transfer, "transfer", forbidden)
     second = run_pipeline(dataset, tmp_path / "run2", config)
     a = pd.read_parquet(first / "objects.parquet")
     b = pd.read_parquet(second / "objects.parquet")

@@ -209,3 +209,34 @@ def test_anchored_mode_refuses_missing_or_constant_values(source_model):
         fine_tune(load_model(model_dir)[0], x, cfg, None)
     with pytest.raises(DrlError, match="constant"):
         fine_tune(load_model(model_dir)[0], x, cfg, {"morph_area": np.ones(100)})
+
+
+@pytest.mark.slow
+def test_anchored_drl_run_measures_morphology_first_and_records_the_anchor(tmp_path):
+    """``drl run --anchor area``: morphology is measured before transfer (on the run's images)
+    and the anchored axis is reported on held-out images; the default run stays unanchored."""
+    import test_pipeline as tp
+
+    from drlcore.backbones import load_backbone
+    from drlcore.features import FeatureConfig
+    from drlcore.pipeline import PipelineConfig, run_pipeline
+    from drlcore.vae import FeatureVAE, VAEConfig
+
+    backbone = load_backbone("test-tiny", pretrained=False)
+    torch.manual_seed(0)
+    model = FeatureVAE(VAEConfig(input_dim=64, latent_dim=4, hidden_dims=(32,)))
+    model.fit_standardisation(np.random.default_rng(0).normal(size=(64, 64)))
+    source = tmp_path / "source"
+    save_model(source, model, {"backbone": {"name": "test-tiny", "timm_name":
+                                            backbone.spec.timm_name, "weights_hash":
+                                            backbone.weights_hash, "feature_dim": 64}})
+    tp.make_dataset(tmp_path / "cells")
+    features = FeatureConfig(backbone="test-tiny", pretrained=False,
+                             cache_dir=str(tmp_path / "cache"), batch_size=8)
+    run = run_pipeline(tmp_path / "cells", tmp_path / "run",
+                       PipelineConfig(features=features, source_model=str(source),
+                                      transfer_epochs=5, anchors=("area",), umap=False))
+    metrics = read_metrics(run / "model")
+    assert metrics["anchors"]["morph_area"]["axis"] == 0
+    assert metrics["anchors"]["morph_area"]["n_heldout"] == round(0.2 * 36)
+    assert load_model(run / "model")[1]["dim_factor"][0] == "anchor:area"
