@@ -9,8 +9,10 @@ file's sha256, which is also the model's identity (``model_hash``) in run manife
 
 The loader rebuilds the model from the config, then loads the weights strictly. It refuses, with a
 ``DrlError`` that says what to do, anything it cannot trust: missing files, a schema version it does
-not know, damaged files, or a backbone that does not match the features it is about to encode.
-Nothing is ever unpickled.
+not know, damaged files, a config entry that is missing, null or of the wrong type (every reader
+goes through :func:`read_model_config`, which checks them all), weights holding NaN or infinite
+values (a diverged training run: every latent would be NaN), or a backbone that does not match
+the features it is about to encode. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -177,6 +179,13 @@ def load_model(model_dir: str | Path, expected_backbone: str | None = None,
         state = _st_load(data)
     except Exception as exc:  # safetensors raises its own error types for truncated headers etc.
         raise DrlError(f"{weights_path} is damaged and cannot be read ({exc})") from None
+    not_finite = sorted(name for name, tensor in state.items()
+                        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()))
+    if not_finite:
+        shown = ", ".join(not_finite[:3]) + (", ..." if len(not_finite) > 3 else "")
+        raise DrlError(f"{weights_path} holds NaN or infinite weights ({shown}): the model is "
+                       f"broken (its training diverged) and would give NaN for every image. "
+                       f"Re-train it, or use another model")
 
     model = FeatureVAE(vae_config)
     try:
@@ -224,4 +233,52 @@ def read_model_config(model_dir: str | Path) -> dict:
         raise DrlError(f"{model_dir / CONFIG_FILE} has schema_version {version!r}, but this drlcore "
                        f"({__version__}) knows only {list(KNOWN_SCHEMA_VERSIONS)}. The model was "
                        "written by a different drlcore version; upgrade drlcore or re-train.")
+    _check_config(model_dir / CONFIG_FILE, config)
     return config
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# Entry -> (what it must be, test). Anything else in config.json is free-form.
+_REQUIRED = {
+    "weights_sha256": ("a sha256 hex string", lambda v: isinstance(v, str) and len(v) == 64),
+    "backbone": ("an object with name, timm_name, weights_hash and feature_dim",
+                 lambda v: isinstance(v, dict)),
+    "architecture": ("an object (the VAE settings)", lambda v: isinstance(v, dict)),
+}
+_BACKBONE_TYPES = {
+    "name": ("a non-empty string", lambda v: isinstance(v, str) and bool(v)),
+    "timm_name": ("a string", lambda v: isinstance(v, str)),
+    "weights_hash": ("a string", lambda v: isinstance(v, str)),
+    "feature_dim": ("a positive integer", lambda v: _is_int(v) and v > 0),
+}
+_OPTIONAL_LISTS = ("dim_names", "dim_factor", "inactive_dims")
+
+
+def _check_config(path: Path, config: dict) -> None:
+    """Every entry a reader relies on is present and of the right type: a hand-edited or
+    damaged config.json gets one clear message here, never a KeyError or TypeError later."""
+    advice = "the file is incomplete or was edited; re-create the model or copy the folder again"
+    for key, (kind, ok) in _REQUIRED.items():
+        if config.get(key) is None:
+            raise DrlError(f"{path}: {key!r} is missing or null (it must be {kind}); {advice}")
+        if not ok(config[key]):
+            raise DrlError(f"{path}: {key!r} must be {kind}, not {config[key]!r}; {advice}")
+    for key, (kind, ok) in _BACKBONE_TYPES.items():
+        value = config["backbone"].get(key)
+        if not ok(value):
+            state = "missing or null" if value is None else f"{value!r}"
+            raise DrlError(f"{path}: backbone {key!r} must be {kind}, not {state}; {advice}")
+    try:
+        vae_config = VAEConfig.from_dict(config["architecture"])
+    except DrlError as exc:
+        raise DrlError(f"{path}: architecture: {exc}; {advice}") from None
+    for key in _OPTIONAL_LISTS:
+        if config.get(key) is not None and not isinstance(config[key], list):
+            raise DrlError(f"{path}: {key!r} must be a list, not {config[key]!r}; {advice}")
+    names = config.get("dim_names")
+    if names is not None and len(names) != vae_config.latent_dim:
+        raise DrlError(f"{path}: {len(names)} dim_names for a {vae_config.latent_dim}-d model; "
+                       f"{advice}")

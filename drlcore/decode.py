@@ -39,7 +39,15 @@ import numpy as np
 import tifffile
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .discover import Dataset, ImageRecord, IngestConfig, open_zip, split_zip_source
+from .discover import (
+    Dataset,
+    ImageRecord,
+    IngestConfig,
+    open_zip,
+    read_regular_file,
+    read_zip_member,
+    split_zip_source,
+)
 from .errors import SkipImage
 
 __all__ = ["DecodedImage", "read_bytes", "decode", "intensity_range"]
@@ -67,18 +75,17 @@ class DecodedImage:
 # Reading bytes
 # --------------------------------------------------------------------------------------------
 
-def read_bytes(record: ImageRecord) -> bytes:
-    """The file's bytes. Raises SkipImage when the file vanished or cannot be read."""
+def read_bytes(record: ImageRecord, max_bytes: int = IngestConfig.max_file_bytes) -> bytes:
+    """The file's bytes, at most ``max_bytes`` (regular files only, zip entries streamed with
+    the same cap; see :mod:`drlcore.discover`). Raises SkipImage when the file vanished, is not
+    a regular file, is too large or cannot be read."""
     source = record.source
     try:
         if source.startswith("zip:"):
             zip_path, entry = split_zip_source(source)
             zf = open_zip(zip_path)
             try:
-                info = zf.getinfo(entry)
-                # ZipExtFile stops at the declared size, which discover() already capped.
-                with zf.open(info) as fh:
-                    return fh.read()
+                return read_zip_member(zf, zf.getinfo(entry), max_bytes)
             except KeyError:
                 raise SkipImage("file not found in zip") from None
             except zipfile.BadZipFile as exc:
@@ -87,8 +94,7 @@ def read_bytes(record: ImageRecord) -> bytes:
                 raise SkipImage(f"unsupported zip compression ({exc})") from None
             except (zlib.error, EOFError):
                 raise SkipImage("corrupt zip entry") from None
-        with open(source, "rb") as fh:
-            return fh.read()
+        return read_regular_file(source, max_bytes)
     except FileNotFoundError:
         raise SkipImage("file not found") from None
     except (OSError, zipfile.BadZipFile) as exc:
@@ -98,10 +104,12 @@ def read_bytes(record: ImageRecord) -> bytes:
 def _read_head(record: ImageRecord, n: int) -> bytes:
     if record.source.startswith("zip:"):
         zip_path, entry = split_zip_source(record.source)
-        with open_zip(zip_path).open(entry) as fh:
+        zf = open_zip(zip_path)
+        if zf.getinfo(entry).flag_bits & 0x1:
+            raise SkipImage("encrypted zip entry")
+        with zf.open(entry) as fh:
             return fh.read(n)
-    with open(record.source, "rb") as fh:
-        return fh.read(n)
+    return read_regular_file(record.source, IngestConfig.max_file_bytes, head=n)
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,7 +22,21 @@ Layouts :func:`discover` understands (the same rules apply inside a ``.zip``)
     single top-level folder, that folder is the root. Entries whose path escapes the root
     (``..``, absolute paths, drive letters) are refused ("unsafe path in zip"). The declared
     uncompressed size of all entries is checked against ``max_zip_uncompressed_bytes`` before
-    anything is read, and single entries with a deflate ratio no image has are refused.
+    anything is read; single entries declared larger than ``max_file_bytes``, or with a deflate
+    ratio no image has, are skipped; entries are read in chunks that stop at the smaller of the
+    declared size and the cap (so the archive total stays under its cap even when a declared
+    size lies). An encrypted zip is refused ("encrypted zip: not supported, unzip it first"). An
+    entry name flagged UTF-8 that is not valid UTF-8 is read as cp437, as unzip and 7-Zip do,
+    instead of making the whole archive unreadable.
+
+Only regular files are read: named pipes, sockets, devices and symbolic links to them (or broken
+links) are skipped with a reason, without ever being opened (so a pipe cannot block the run and
+``/dev/zero`` cannot fill memory), and so are files larger than ``max_file_bytes``. A file whose
+name is not valid UTF-8 is skipped with a reason (its name could not be stored in the tables);
+the path shown for it escapes the bad bytes (``\\xe9``). Folders that are drl run folders (they
+hold a manifest drl wrote), and the folders given as ``exclude`` (the output folder of the run
+being made), are not searched for images: a run written inside its input must not read its own
+thumbnails next time.
 
 Records are sorted by their relative path, so every run sees the same order. Hidden files and OS
 junk (``__MACOSX``, ``.DS_Store``, ``Thumbs.db``, ``desktop.ini``, ``._*``) are ignored silently;
@@ -32,11 +46,14 @@ other non-image files are listed in ``Dataset.skipped`` ("not an image file exte
 
 from __future__ import annotations
 
+import bisect
 import csv
 import dataclasses
 import io
 import os
 import re
+import stat
+import struct
 import threading
 import zipfile
 from collections import OrderedDict
@@ -54,6 +71,8 @@ __all__ = [
     "discover",
     "open_zip",
     "split_zip_source",
+    "read_regular_file",
+    "read_zip_member",
 ]
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff")
@@ -70,6 +89,10 @@ R_EXTENSION = "not an image file extension"
 R_CSV_MISSING = "listed in CSV but missing"
 R_CSV_UNLISTED = "not listed in CSV"
 R_UNSAFE_ZIP = "unsafe path in zip"
+R_NOT_UTF8 = "file name is not valid UTF-8 (rename it to read it)"
+R_RUN_FOLDER = "a drl run folder (output, not input)"
+R_ENCRYPTED = "encrypted zip entry"
+R_CSV_ROW = "CSV row skipped"
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,12 +105,16 @@ class IngestConfig:
     pad_to_square: bool = True
     max_image_pixels: int = 80_000_000
     max_zip_uncompressed_bytes: int = 8 * 2**30
+    # Per file, on disk or inflated from a zip: an 80-megapixel 16-bit RGB TIFF is ~0.5 GiB.
+    max_file_bytes: int = 2**30
     percentile_low: float = 0.5
     percentile_high: float = 99.5
 
     def __post_init__(self) -> None:
         if int(self.max_image_pixels) <= 0:
             raise DrlError(f"max_image_pixels must be positive, got {self.max_image_pixels}")
+        if int(self.max_file_bytes) <= 0:
+            raise DrlError(f"max_file_bytes must be positive, got {self.max_file_bytes}")
         if int(self.max_zip_uncompressed_bytes) <= 0:
             raise DrlError("max_zip_uncompressed_bytes must be positive, "
                            f"got {self.max_zip_uncompressed_bytes}")
@@ -152,27 +179,43 @@ def _sort_key(rel: str) -> tuple[str, ...]:
     return tuple(rel.split("/"))
 
 
-def discover(data: str | os.PathLike, config: IngestConfig = IngestConfig()) -> Dataset:
+def discover(data: str | os.PathLike, config: IngestConfig = IngestConfig(),
+             exclude: tuple[str | os.PathLike, ...] = ()) -> Dataset:
     """Find the images under ``data`` (folder or ``.zip``) and their labels; see module docstring.
 
-    Raises DrlError when ``data`` does not exist, is an unreadable/oversized zip, or holds no
-    image at all.
+    ``exclude``: folders inside ``data`` to leave out (the output folder of this run).
+    Raises DrlError when ``data`` does not exist, is not a folder or a regular file, is an
+    unreadable, encrypted or oversized zip, or holds no image at all.
     """
     path = Path(data).expanduser().absolute()
-    if not path.exists():
-        raise DrlError(f"{path} does not exist; give a folder of images or a .zip of one")
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise DrlError(f"{path} does not exist; give a folder of images or a .zip of one") from None
+    except OSError as exc:
+        raise DrlError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if _display(str(path)) != str(path):
+        raise DrlError(f"the path {_display(str(path))} is not valid UTF-8 (\\x.. marks the bad "
+                       f"bytes); rename the folder so its name can be stored with the results")
     skipped: list[tuple[str, str]] = []
-    if path.is_dir():
-        entries = _walk_folder(path, skipped)
-        reader = _FolderReader(path)
-    elif zipfile.is_zipfile(path) or path.suffix.lower() == ".zip":
+    if stat.S_ISDIR(st.st_mode):
+        excluded = {os.path.realpath(p) for p in exclude}
+        entries = _walk_folder(path, skipped, config, excluded)
+        reader = _FolderReader(path, config)
+    elif not stat.S_ISREG(st.st_mode):
+        raise DrlError(f"{path} is a {_kind(st.st_mode)}, not a folder or a .zip; give the "
+                       f"folder holding the images (or a .zip of it)")
+    elif path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
         entries, prefix = _zip_entries(path, config, skipped)
-        reader = _ZipReader(path, prefix)
+        reader = _ZipReader(path, prefix, config)
     else:
         raise DrlError(f"{path} is a file, not a folder or a .zip; give the folder holding the "
                        f"images (or a .zip of it)")
 
     layout, records = _assign_labels(entries, reader, skipped)
+    if not records and any(reason == R_ENCRYPTED for _, reason in skipped):
+        raise DrlError(f"{path}: encrypted zip: not supported, unzip it first (with its "
+                       f"password) and give the folder")
     if not records:
         supported = ", ".join(IMAGE_EXTENSIONS)
         seen = [p for p, reason in skipped if reason == R_EXTENSION]
@@ -181,15 +224,50 @@ def discover(data: str | os.PathLike, config: IngestConfig = IngestConfig()) -> 
             raise DrlError(f"no images found in {path}: none of the files listed in the CSV "
                            f"exist{extra}; filenames must be relative to the folder")
         raise DrlError(f"no images found in {path}{extra}; supported: {supported}")
-    if path.is_file():
+    if stat.S_ISREG(st.st_mode):
         layout = f"zip:{layout}"
     skipped.sort(key=lambda item: _sort_key(item[0]))
     return Dataset(root=str(path), layout=layout, records=records, skipped=skipped)
 
 
-def _walk_folder(root: Path, skipped: list[tuple[str, str]]) -> list[_Entry]:
-    """All non-junk files below ``root``, following folder symlinks once (biologists link class
-    folders in from elsewhere) without looping."""
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISDIR, "folder")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def _not_regular(mode: int) -> str:
+    return f"not a regular file ({_kind(mode)})"
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"file too large ({_human_bytes(size)}; limit {_human_bytes(limit)}, max_file_bytes)"
+
+
+def _display(name: str) -> str:
+    """``name`` as UTF-8 text; bytes that are not UTF-8 (kept by the OS as surrogate escapes)
+    are shown as ``\\xNN``."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _is_run_folder(path: str) -> bool:
+    from drlcore import rundir
+
+    return rundir.is_run_dir(path)
+
+
+def _walk_folder(root: Path, skipped: list[tuple[str, str]], config: IngestConfig,
+                 excluded: set[str] = frozenset()) -> list[_Entry]:
+    """All non-junk regular files below ``root``, following folder symlinks once (biologists
+    link class folders in from elsewhere) without looping. Nothing is opened here: what is not
+    a regular file, or is too large, is skipped from its ``stat``."""
     entries: list[_Entry] = []
     seen_dirs: set[tuple[int, int]] = set()
     stack = [(root, "")]
@@ -205,15 +283,30 @@ def _walk_folder(root: Path, skipped: list[tuple[str, str]]) -> list[_Entry]:
             skipped.append((rel_folder or ".", f"cannot read folder: {exc.strerror or exc}"))
             continue
         for child in children:
-            rel = f"{rel_folder}/{child.name}" if rel_folder else child.name
+            rel = f"{rel_folder}/{_display(child.name)}" if rel_folder else _display(child.name)
             if _is_junk(child.name):
                 continue
             try:
-                is_dir = child.is_dir()  # follows symlinks
-            except OSError:
-                is_dir = False
-            if is_dir:
+                st = child.stat()  # follows symlinks
+            except FileNotFoundError:
+                skipped.append((rel, "broken symbolic link"))
+                continue
+            except OSError as exc:
+                skipped.append((rel, f"cannot read: {exc.strerror or exc}"))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if os.path.realpath(child.path) in excluded:
+                    continue  # this run's own output folder
+                if _is_run_folder(child.path):
+                    skipped.append((rel, R_RUN_FOLDER))
+                    continue
                 stack.append((Path(child.path), rel))
+            elif _display(child.path) != child.path:
+                skipped.append((rel, R_NOT_UTF8))
+            elif not stat.S_ISREG(st.st_mode):
+                skipped.append((rel, _not_regular(st.st_mode)))
+            elif st.st_size > config.max_file_bytes:
+                skipped.append((rel, _too_large(st.st_size, config.max_file_bytes)))
             else:
                 entries.append(_Entry(rel, str(Path(child.path))))
     entries.sort(key=lambda e: _sort_key(e.rel))
@@ -230,9 +323,13 @@ def _zip_name_is_unsafe(name: str) -> bool:
 def _zip_entries(path: Path, config: IngestConfig,
                  skipped: list[tuple[str, str]]) -> tuple[list[_Entry], str]:
     try:
-        with zipfile.ZipFile(path) as zf:
+        zf = _open_zipfile(str(path))
+        try:
             infos = zf.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+        finally:
+            _close_zip(zf)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
+            struct.error) as exc:
         raise DrlError(f"{path} is not a readable zip file ({exc}); re-create the archive or "
                        f"give the folder instead") from None
 
@@ -270,7 +367,10 @@ def _zip_entries(path: Path, config: IngestConfig,
             continue
         seen.add(rel)
         if info.flag_bits & 0x1:
-            skipped.append((rel, "encrypted zip entry"))
+            skipped.append((rel, R_ENCRYPTED))
+            continue
+        if info.file_size > config.max_file_bytes:
+            skipped.append((rel, _too_large(info.file_size, config.max_file_bytes)))
             continue
         if (info.file_size > _ZIP_RATIO_MIN_BYTES
                 and info.file_size > _ZIP_MAX_RATIO * max(info.compress_size, 1)):
@@ -283,20 +383,20 @@ def _zip_entries(path: Path, config: IngestConfig,
 
 
 class _FolderReader:
-    def __init__(self, root: Path):
-        self.root = root
+    def __init__(self, root: Path, config: IngestConfig):
+        self.root, self.config = root, config
 
     def read(self, rel: str) -> bytes:
-        return (self.root / rel).read_bytes()
+        return read_regular_file(str(self.root / rel), self.config.max_file_bytes)
 
 
 class _ZipReader:
-    def __init__(self, path: Path, prefix: str):
-        self.path, self.prefix = path, prefix
+    def __init__(self, path: Path, prefix: str, config: IngestConfig):
+        self.path, self.prefix, self.config = path, prefix, config
 
     def read(self, rel: str) -> bytes:
-        with open_zip(str(self.path)).open(self.prefix + rel) as fh:
-            return fh.read()
+        zf = open_zip(str(self.path))
+        return read_zip_member(zf, zf.getinfo(self.prefix + rel), self.config.max_file_bytes)
 
 
 def _assign_labels(entries: list[_Entry], reader, skipped: list[tuple[str, str]]
@@ -365,7 +465,18 @@ def _read_label_csv(entry: _Entry, reader, skipped: list[tuple[str, str]]
         delimiter = dialect.delimiter
     except csv.Error:
         delimiter = ","
-    rows = list(csv.reader(io.StringIO(text), delimiter=delimiter))
+    rows = []
+    reader_ = csv.reader(io.StringIO(text), delimiter=delimiter)
+    while True:
+        try:
+            row = next(reader_)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            # e.g. a field over csv.field_size_limit() (128 KiB): that row only, not the table.
+            skipped.append((entry.rel, f"{R_CSV_ROW} (line {reader_.line_num}: {exc})"))
+            continue
+        rows.append(row)
     if not rows:
         skipped.append((entry.rel, "not used as label table: empty CSV"))
         return None
@@ -420,6 +531,127 @@ _ZIP_CACHE_LOCK = threading.Lock()
 _ZIP_CACHE_SIZE = 4
 
 
+def _bad_utf8_flag_offsets(fh) -> list[int]:
+    """File offsets of the flag byte holding the "name is UTF-8" bit (general purpose bit 11),
+    in the central directory and the local header, of every entry whose name carries that bit
+    but is not valid UTF-8. Clearing the bit there makes zipfile read the name as cp437."""
+    fh.seek(0, 2)
+    size = fh.tell()
+    tail_len = min(size, 22 + 0xFFFF + 20)
+    fh.seek(size - tail_len)
+    tail = fh.read(tail_len)
+    i = tail.rfind(b"PK\x05\x06")
+    if i < 0 or i + 22 > len(tail):
+        return []
+    end = size - tail_len + i
+    n_entries, cd_size, cd_offset = struct.unpack("<HII", tail[i + 10:i + 20])
+    if 0xFFFFFFFF in (cd_size, cd_offset) or n_entries == 0xFFFF:
+        locator = tail[i - 20:i] if i >= 20 else b""
+        if locator[:4] == b"PK\x06\x07":
+            end = struct.unpack("<Q", locator[8:16])[0]
+            fh.seek(end)
+            record = fh.read(56)
+            if record[:4] == b"PK\x06\x06":
+                cd_size, cd_offset = struct.unpack("<QQ", record[40:56])
+    concat = end - cd_size - cd_offset  # bytes before the archive (self-extractors)
+    fh.seek(cd_offset + concat)
+    cd = fh.read(cd_size)
+    offsets, p = [], 0
+    while p + 46 <= len(cd) and cd[p:p + 4] == b"PK\x01\x02":
+        flags = struct.unpack("<H", cd[p + 8:p + 10])[0]
+        csize, usize = struct.unpack("<II", cd[p + 20:p + 28])
+        n_name, n_extra, n_comment = struct.unpack("<HHH", cd[p + 28:p + 34])
+        local = struct.unpack("<I", cd[p + 42:p + 46])[0]
+        name = cd[p + 46:p + 46 + n_name]
+        if flags & 0x800:
+            try:
+                name.decode("utf-8")
+            except UnicodeDecodeError:
+                if local == 0xFFFFFFFF:
+                    local = _zip64_local_offset(cd[p + 46 + n_name:p + 46 + n_name + n_extra],
+                                                usize == 0xFFFFFFFF, csize == 0xFFFFFFFF)
+                offsets.append(cd_offset + concat + p + 9)
+                if local is not None:
+                    offsets.append(local + concat + 7)
+        p += 46 + n_name + n_extra + n_comment
+    return sorted(offsets)
+
+
+def _zip64_local_offset(extra: bytes, has_usize: bool, has_csize: bool) -> int | None:
+    q = 0
+    while q + 4 <= len(extra):
+        tag, length = struct.unpack("<HH", extra[q:q + 4])
+        if tag == 0x0001:
+            skip = 8 * (has_usize + has_csize)
+            if length >= skip + 8:
+                return struct.unpack("<Q", extra[q + 4 + skip:q + 12 + skip])[0]
+            return None
+        q += 4 + length
+    return None
+
+
+class _Cp437Names:
+    """A read-only zip file that reads with the UTF-8 name bit cleared at given offsets."""
+
+    def __init__(self, path: str):
+        self.name = path
+        self._fh = open(path, "rb")
+        try:
+            self._offsets = _bad_utf8_flag_offsets(self._fh)
+        except BaseException:
+            self._fh.close()
+            raise
+        self._fh.seek(0)
+
+    def read(self, n: int = -1) -> bytes:
+        start = self._fh.tell()
+        data = self._fh.read(n)
+        lo = bisect.bisect_left(self._offsets, start)
+        hi = bisect.bisect_left(self._offsets, start + len(data))
+        if lo == hi:
+            return data
+        patched = bytearray(data)
+        for offset in self._offsets[lo:hi]:
+            patched[offset - start] &= 0xFF ^ 0x08  # bit 11 of the little-endian flags
+        return bytes(patched)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def _open_zipfile(path: str) -> zipfile.ZipFile:
+    """``ZipFile(path)``, but an entry name flagged UTF-8 that is not valid UTF-8 is read as
+    cp437 (what unzip and 7-Zip do) instead of making the whole archive unreadable."""
+    try:
+        return zipfile.ZipFile(path)
+    except UnicodeDecodeError:
+        pass
+    fh = _Cp437Names(path)
+    try:
+        zf = zipfile.ZipFile(fh)
+    except BaseException:
+        fh.close()
+        raise
+    zf._drl_file = fh  # closed with the archive by _close_zip
+    return zf
+
+
+def _close_zip(zf: zipfile.ZipFile) -> None:
+    zf.close()
+    fh = getattr(zf, "_drl_file", None)
+    if fh is not None:
+        fh.close()
+
+
 def open_zip(zip_path: str) -> zipfile.ZipFile:
     """Keep a few zips open: parsing the central directory per image would dominate for
     thousands of small entries. ZipFile serialises reads of its shared handle itself."""
@@ -430,11 +662,11 @@ def open_zip(zip_path: str) -> zipfile.ZipFile:
         if zf is not None:
             _ZIP_CACHE.move_to_end(key)
             return zf
-        zf = zipfile.ZipFile(zip_path)
+        zf = _open_zipfile(zip_path)
         _ZIP_CACHE[key] = zf
         while len(_ZIP_CACHE) > _ZIP_CACHE_SIZE:
             _, old = _ZIP_CACHE.popitem(last=False)
-            old.close()
+            _close_zip(old)
         return zf
 
 
@@ -443,3 +675,55 @@ def split_zip_source(source: str) -> tuple[str, str]:
     if not sep:
         raise ValueError(f"malformed zip source: {source!r}")
     return zip_path, entry
+
+
+# --------------------------------------------------------------------------------------------
+# Reading safely
+# --------------------------------------------------------------------------------------------
+
+
+def read_regular_file(path: str, max_bytes: int, head: int | None = None) -> bytes:
+    """The bytes of the regular file ``path`` (symlinks followed), at most ``max_bytes``; only
+    the first ``head`` bytes when given.
+
+    Checked with ``stat`` before opening, so a named pipe or device is never opened (opening a
+    pipe blocks until a writer comes); opened with ``O_NONBLOCK`` and checked again with
+    ``fstat`` in case the file was swapped in between; read with a bound, in case it grew.
+    Raises SkipImage with the reason; OSError for other read failures.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise SkipImage("file not found") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SkipImage(_not_regular(st.st_mode))
+    if st.st_size > max_bytes:
+        raise SkipImage(_too_large(st.st_size, max_bytes))
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise SkipImage(_not_regular(st.st_mode))
+        data = fh.read(max_bytes + 1 if head is None else min(head, max_bytes))
+    if len(data) > max_bytes:
+        raise SkipImage(_too_large(len(data), max_bytes))
+    return data
+
+
+def read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int) -> bytes:
+    """The inflated bytes of one zip entry, streamed in chunks and never more than the smaller
+    of its declared size and ``max_bytes``: a declared size that lies cannot inflate past what
+    discovery accepted (zipfile itself also stops at the declared size and checks the CRC)."""
+    if info.flag_bits & 0x1:
+        raise SkipImage(R_ENCRYPTED)
+    if info.file_size > max_bytes:
+        raise SkipImage(_too_large(info.file_size, max_bytes))
+    limit = info.file_size
+    chunks, total = [], 0
+    with zf.open(info) as fh:
+        while chunk := fh.read(min(1 << 20, limit - total + 1)):
+            total += len(chunk)
+            if total > limit:
+                raise SkipImage("zip entry inflates past its declared size")
+            chunks.append(chunk)
+    return b"".join(chunks)

@@ -7,8 +7,8 @@
 Steps: discover the images; read and sha256-hash every file; look the hashes up in the feature
 cache; decode, square and embed only the misses, batch by batch, writing a cache shard per batch
 (so an interrupted run resumes where it stopped and a second run does no forward pass at all);
-write ``features.npy``, ``images.parquet``, ``skipped.csv`` and ``manifest.json`` atomically at
-the end, plus one thumbnail per image under ``thumbs/``.
+write ``features.npy``, ``images.parquet``, ``skipped.csv`` and the manifest's ``features`` entry
+(:mod:`drlcore.rundir`) atomically at the end, plus one thumbnail per image under ``thumbs/``.
 
 Decoding runs in a small thread pool a few batches ahead of the model (PIL and the JPEG decoder
 release the GIL), so the CPU decodes the next batch while the network runs on this one.
@@ -33,9 +33,10 @@ import pandas as pd
 from drlcore.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from drlcore.cache import CACHE_VERSION, FeatureCache, cache_key, feature_cache_dir
 from drlcore.errors import DrlError, SkipImage
-from drlcore.io import (atomic_save_npy, atomic_write_bytes, atomic_write_csv, atomic_write_json,
+from drlcore.io import (atomic_save_npy, atomic_write_bytes, atomic_write_csv,
                         atomic_write_parquet, fingerprint, sha256_bytes)
 from drlcore.progress import NullReporter, Reporter
+from drlcore import rundir
 
 __all__ = ["FeatureConfig", "FeatureResult", "extract_features", "embed_arrays",
            "preprocessing_of", "TABLE_COLUMNS"]
@@ -61,11 +62,9 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> FeatureConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise DrlError(f"unknown feature setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        from drlcore.config import from_dict
+
+        return from_dict(cls, values, "feature")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -116,7 +115,8 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
     reporter = reporter or NullReporter()
     out_dir = Path(out_dir)
     ingest_config = ingest.IngestConfig(pad_to_square=config.pad_to_square)
-    dataset = ingest.discover(data, ingest_config)
+    # A run written inside its input folder must not read its own files as images.
+    dataset = ingest.discover(data, ingest_config, exclude=(out_dir,))
     if backbone is None:
         backbone = load_backbone(config.backbone, config.weights, config.pretrained,
                                  batch_size=config.batch_size)
@@ -124,7 +124,7 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
     irange = ingest.intensity_range(dataset, ingest_config)
     preprocessing = preprocessing_of(backbone, config.pad_to_square, irange)
     cache = _open_cache(backbone, preprocessing, config.cache_dir)
-    thumbs = out_dir / "thumbs"
+    thumbs = out_dir / rundir.THUMBS
     thumbs.mkdir(parents=True, exist_ok=True)
     # The model is the bottleneck (decode + square + thumbnail of a 360 px JPEG: ~4 ms of CPU,
     # EfficientNet-Lite0: ~30 ms). Decode threads also wait on file I/O, so even on 2 cores two
@@ -148,7 +148,8 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
         if digest is None or digest in seen:
             continue
         seen.add(digest)
-        if digest not in vectors or digest not in meta or not (thumbs / f"{digest}.jpg").exists():
+        if (digest not in vectors or digest not in meta
+                or not rundir.thumb_path(out_dir, digest).exists()):
             todo.append(i)
     decode_failed: dict[str, str] = {}
     n_misses = sum(1 for i in todo if digests[i] not in vectors)
@@ -167,7 +168,7 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
             return i, None, None, exc.reason
         except OSError as exc:
             return i, None, None, f"cannot read: {exc}"
-        thumb = thumbs / f"{digest}.jpg"
+        thumb = rundir.thumb_path(out_dir, digest)
         if not thumb.exists():
             atomic_write_bytes(thumb, ingest.thumbnail(image.rgb))
         info = {"width": int(image.width), "height": int(image.height), "mode": image.mode,
@@ -239,10 +240,11 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
     skipped_df = pd.DataFrame(skipped, columns=["path", "reason"]).astype(
         {"path": "string", "reason": "string"})
     manifest = _manifest(dataset, backbone, preprocessing, table, skipped_df, cache)
-    atomic_save_npy(out_dir / "features.npy", features)
-    atomic_write_parquet(out_dir / "images.parquet", table)
-    atomic_write_csv(out_dir / "skipped.csv", skipped_df)
-    atomic_write_json(out_dir / "manifest.json", manifest)
+    atomic_save_npy(out_dir / rundir.FEATURES, features)
+    atomic_write_parquet(out_dir / rundir.IMAGES, table)
+    atomic_write_csv(out_dir / rundir.SKIPPED, skipped_df)
+    # Only this stage's entry: a rerun into a run folder keeps what the later stages recorded.
+    rundir.record_stage(out_dir, "features", manifest)
     return FeatureResult(features=features, table=table, skipped=skipped_df, manifest=manifest)
 
 
@@ -291,7 +293,6 @@ def _manifest(dataset, backbone: Backbone, preprocessing: dict, table: pd.DataFr
     import drlcore
 
     return {
-        "stage": "features",
         "backbone": backbone.spec.name,
         "timm_name": backbone.spec.timm_name,
         "weights_hash": backbone.weights_hash,
