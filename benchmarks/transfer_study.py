@@ -10,7 +10,8 @@ and reconstruction on the validation split, active dimensions (``train.latent_ac
 epoch chosen by early stopping.
 
     DRL_CACHE_DIR=/tmp/drl-cache .venv/bin/python benchmarks/transfer_study.py \\
-        /tmp/warm/blood-cells-pbc /tmp/warm/plankton-ndsb [--variants a,b,...] [--classes half]
+        /tmp/warm/blood-cells-pbc /tmp/warm/plankton-ndsb [--variants a,b,...] [--classes half] \
+        [--anchor area,hue]
 
 ``--classes first-half`` / ``second-half`` keep only half of the classes (sorted by name), so
 settings chosen on one half can be confirmed on the other.
@@ -118,6 +119,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--classes", choices=("all", "first-half", "second-half"), default="all")
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--anchor", default=None, help="also run the default settings anchored to "
+                    "these morphology features (r on held-out images; cache: DRL_CACHE_DIR)")
     args = ap.parse_args(argv)
     model_dir = shipped_source_model("effnet-lite0")
     rows = []
@@ -146,6 +149,24 @@ def main(argv=None) -> int:
             extra = " ".join(f"{k}={v}" for k, v in out.items())
             print(f"  {name:18s} MLP {lat['mlp']:.3f} ({row['ratio_mlp']:.2f})  logreg "
                   f"{lat['logreg']:.3f} ({row['ratio_logreg']:.2f})  {extra}", flush=True)
+        if args.anchor and args.classes == "all":
+            import os
+
+            from drlcore.transfer import anchor_names, anchor_report, measure_anchor_values
+
+            names = anchor_names(args.anchor)
+            values = measure_anchor_values(ds, names, os.environ.get("DRL_CACHE_DIR"))
+            cfg = TransferConfig(anchors=names)
+            model, info = fine_tune(load_model(model_dir)[0], feats, cfg, values)
+            codes = encode_means(model, feats)
+            rep = anchor_report(codes, values, names, info["split"]["heldout"],
+                                info["split"]["train"])
+            lat = readout(codes, y, split)
+            print(f"  anchored {args.anchor}: MLP {lat['mlp']:.3f} "
+                  f"({lat['mlp'] / raw['mlp']:.2f}) logreg {lat['logreg']:.3f} "
+                  f"({lat['logreg'] / raw['logreg']:.2f}); " + ", ".join(
+                      f"{k}: axis {v['axis']} r_heldout {v['r_heldout']:.2f} (train "
+                      f"{v['r_train']:.2f})" for k, v in rep.items()), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

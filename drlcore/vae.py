@@ -144,7 +144,7 @@ class FeatureVAE(nn.Module):
         std = x.std(0)
         std = torch.where(std < _MIN_FEATURE_STD, torch.ones_like(std), std)
         if min_relative_std > 0:
-            std = std.clamp(min=float(min_relative_std) * float(std.median()))
+            std = std.clamp(min=float(min_relative_std) * float(torch.quantile(std, 0.5)))
         self.feature_mean.copy_(mean.to(self.feature_mean.dtype))
         self.feature_std.copy_(std.to(self.feature_std.dtype))
         self.standardisation_fitted.fill_(True)

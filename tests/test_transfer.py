@@ -240,3 +240,21 @@ def test_anchored_drl_run_measures_morphology_first_and_records_the_anchor(tmp_p
     assert metrics["anchors"]["morph_area"]["axis"] == 0
     assert metrics["anchors"]["morph_area"]["n_heldout"] == round(0.2 * 36)
     assert load_model(run / "model")[1]["dim_factor"][0] == "anchor:area"
+
+
+def test_std_floor_tames_nearly_dead_feature_units():
+    from drlcore.vae import FeatureVAE, VAEConfig
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 8))
+    x[:, 3] = 0.0
+    x[7, 3] = 1.0  # a unit that fires on one image: plain standardisation makes it |z| = 20
+    model = FeatureVAE(VAEConfig(input_dim=8, latent_dim=2, hidden_dims=(4,)))
+    model.fit_standardisation(x)
+    z = model.standardise(torch.from_numpy(x).float())
+    assert abs(float(z[7, 3])) > 19  # ~sqrt(n)
+    model.fit_standardisation(x, min_relative_std=0.3)
+    median = float(np.median(x.std(0, ddof=1)))
+    assert float(model.feature_std[3]) == pytest.approx(0.3 * median, rel=1e-4)
+    np.testing.assert_allclose(model.feature_std.numpy()[[0, 1, 2]], x.std(0, ddof=1)[:3],
+                               rtol=1e-5)  # ordinary dimensions keep their own std
