@@ -57,6 +57,13 @@ class PipelineConfig:
     umap: bool = True
     extra_columns: str | None = None  # a Parquet file with columns joined onto objects by "path"
 
+    def __post_init__(self) -> None:
+        # Checked here, not at the transfer stage: a misspelt anchor fails before any embedding.
+        if self.anchors:
+            from drlcore.transfer import anchor_names
+
+            object.__setattr__(self, "anchors", anchor_names(self.anchors))
+
     @classmethod
     def from_dict(cls, d: dict) -> PipelineConfig:
         """Settings as JSON (``drl explore --pipeline-config FILE``): ``PipelineConfig`` fields,

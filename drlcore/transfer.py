@@ -54,7 +54,7 @@ from .errors import DrlError
 from .io import sha256_bytes
 from .progress import NullReporter, Reporter
 from .train import _as_features, _from_dict, _optimise, encode_means, latent_activity
-from .vae import FeatureVAE, VAEConfig, beta_vae_loss
+from .vae import FeatureVAE, beta_vae_loss
 
 __all__ = ["TransferConfig", "FREEZE", "transfer", "fine_tune", "split_rows", "anchor_report",
            "anchor_names", "measure_anchor_values"]
