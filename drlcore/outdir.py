@@ -68,6 +68,8 @@ def prepare_output_dir(out: str | os.PathLike, data: str | os.PathLike | None = 
                        f"(it is created if missing)")
     if data is not None:
         source = Path(data).expanduser()
+        if not os.path.lexists(source):  # before anything is created for a run that cannot be
+            raise DrlError(f"{source} does not exist; give a folder of images or a .zip of one")
         if (source.is_dir() and out.exists() and os.path.samefile(source, out)
                 and not _is_run_folder(source)):
             raise DrlError(f"{what} {out} is the input folder itself: the run's files would lie "

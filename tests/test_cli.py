@@ -25,6 +25,7 @@ def test_a_user_error_is_one_clear_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: ") and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing created for a run that cannot start
 
 
 def test_dino_offline_without_weights_names_the_three_ways(tmp_path, monkeypatch, capsys):
