@@ -268,7 +268,8 @@ def fine_tune(model: FeatureVAE, features, config: TransferConfig = TransferConf
             ok = np.isfinite(tv)
             if ok.sum() < 3 or np.std(tv[ok]) == 0:
                 raise DrlError(f"anchor {name!r}: fewer than 3 measured training images, or the "
-                               f"feature is constant; it cannot anchor an axis")
+                               f"feature is constant (hue or saturation of grayscale images, for "
+                               f"example); it cannot anchor an axis - choose another feature")
             mean, std = float(tv[ok].mean()), float(tv[ok].std())
             anchor_stats[name] = {"mean": mean, "std": std, "n_train": int(ok.sum())}
             cols.append(np.where(ok, (tv - mean) / std, 0.0))
