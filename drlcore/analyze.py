@@ -27,17 +27,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from drlcore.cache import cache_root
+from drlcore import rundir
+from drlcore.cache import ContentStore, cache_root
 from drlcore.errors import DrlError
-from drlcore.io import (atomic_write_json, atomic_write_parquet, fingerprint, read_json,
-                        sha256_bytes, update_json)
+from drlcore.io import atomic_write_json, atomic_write_parquet, fingerprint, read_json, sha256_bytes
 from drlcore.progress import NullReporter, Reporter
 
 __all__ = ["AnalyzeConfig", "analyze_run", "project_onto", "ANALYSIS_VERSION",
            "MIN_OBJECTS_FOR_MAPS"]
 
-ANALYSIS_VERSION = 1
-MORPHOLOGY_CACHE_VERSION = 2
+ANALYSIS_VERSION = 2  # 2: data-derived axis names (drlcore.naming)
+MORPHOLOGY_CACHE_VERSION = 3  # 3: one ContentStore entry per measured batch
 MIN_OBJECTS_FOR_MAPS = 5
 # umap-learn needs a handful of neighbours; below this a map says nothing anyway.
 MIN_OBJECTS_FOR_UMAP = 16
@@ -59,27 +59,9 @@ class AnalyzeConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> AnalyzeConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise DrlError(f"unknown analysis settings: {sorted(unknown)}")
-        d = dict(d)
-        if d.get("known_classes") is not None:
-            d["known_classes"] = tuple(d["known_classes"])
-        return cls(**d)
+        from drlcore.config import from_dict
 
-
-def _latent_columns(objects: pd.DataFrame) -> list[str]:
-    cols = [c for c in objects.columns if c.startswith("z_mean_")]
-    return sorted(cols, key=lambda c: int(c.rsplit("_", 1)[1]))
-
-
-def _dim_names(run_dir: Path, n_dims: int) -> list[str]:
-    config = run_dir / "model" / "config.json"
-    names = read_json(config).get("dim_names") if config.is_file() else None
-    if not names or len(names) != n_dims:
-        names = [f"z{j}" for j in range(n_dims)]
-    return list(names)
+        return from_dict(cls, d, "analysis")
 
 
 # --------------------------------------------------------------------------- morphology
@@ -90,9 +72,10 @@ def _morphology(objects: pd.DataFrame, run_dir: Path, config: AnalyzeConfig,
     """Morphology per object, served per image from a content-addressed cache when possible."""
     from drlcore import morphology
 
-    cache_dir = cache_root(config.cache_dir) / "morphology" / f"v{MORPHOLOGY_CACHE_VERSION}"
+    store = ContentStore(cache_root(config.cache_dir) / "morphology"
+                         / f"v{MORPHOLOGY_CACHE_VERSION}")
     use_cache = config.mask_dir is None  # masks change the answer for the same image
-    cached = _read_morph_cache(cache_dir) if use_cache else pd.DataFrame()
+    cached = _read_morph_cache(store) if use_cache else pd.DataFrame()
     hashes = objects["sha256"].astype(str)
     todo = [i for i, h in enumerate(hashes) if h not in cached.index]
 
@@ -106,7 +89,7 @@ def _morphology(objects: pd.DataFrame, run_dir: Path, config: AnalyzeConfig,
             n_jobs=config.n_jobs, masks_expected=masks is not None)
         measured.index = hashes.iloc[todo].to_numpy()
         if use_cache:
-            _write_morph_cache(cache_dir, measured)
+            _write_morph_cache(store, measured)
         cached = pd.concat([cached, measured[~measured.index.duplicated()]])
         cached = cached[~cached.index.duplicated(keep="last")]
     result = cached.loc[hashes.to_numpy()].reset_index(drop=True)
@@ -125,13 +108,8 @@ def _images_for(objects, rows, run_dir, masks, notes):
     """Yield (rgb, mask) for the given rows, decoded exactly as the features stage did."""
     from drlcore import ingest
 
-    manifest = run_dir / "manifest.json"
-    prep = {}
-    if manifest.is_file():
-        m = read_json(manifest)
-        prep = (m.get("features") or m).get("preprocessing", {})
-    irange = prep.get("intensity_range")
-    irange = tuple(irange) if irange else None
+    info = rundir.features_info(run_dir)
+    irange = info.intensity_range if info is not None else None
     cfg = ingest.IngestConfig()
 
     class _Images:
@@ -153,12 +131,15 @@ def _images_for(objects, rows, run_dir, masks, notes):
     return _Images()
 
 
-def _read_morph_cache(cache_dir: Path) -> pd.DataFrame:
+_MORPH_TABLE = "morphology.parquet"
+
+
+def _read_morph_cache(store: ContentStore) -> pd.DataFrame:
     frames = []
-    for shard in sorted(cache_dir.glob("shard-*.parquet")):
+    for key in store.keys():
         try:
-            frames.append(pd.read_parquet(shard).set_index("sha256"))
-        except Exception:  # a damaged or old-format shard only costs a re-measure
+            frames.append(pd.read_parquet(store.path(key) / _MORPH_TABLE).set_index("sha256"))
+        except Exception:  # a damaged or old-format entry only costs a re-measure
             continue
     if not frames:
         return pd.DataFrame()
@@ -166,13 +147,15 @@ def _read_morph_cache(cache_dir: Path) -> pd.DataFrame:
     return table[~table.index.duplicated(keep="last")]
 
 
-def _write_morph_cache(cache_dir: Path, measured: pd.DataFrame) -> None:
+def _write_morph_cache(store: ContentStore, measured: pd.DataFrame) -> None:
+    key = sha256_bytes("".join(measured.index).encode())[:16]
+    if store.get(key) is not None:
+        return
+    # The image hash goes in a column: tables are written without their index.
+    table = measured.reset_index(names="sha256")
     try:
-        key = sha256_bytes("".join(measured.index).encode())[:16]
-        # The key goes in a column: tables are written without their index.
-        atomic_write_parquet(cache_dir / f"shard-{key}.parquet",
-                             measured.reset_index(names="sha256"))
-    except OSError:
+        store.put(key, lambda folder: table.to_parquet(folder / _MORPH_TABLE, index=False))
+    except OSError:  # a read-only cache only costs a re-measure next time
         pass
 
 
@@ -269,23 +252,20 @@ def project_onto(reference_dir: str | Path, other_dir: str | Path, name: str = "
     else is refused with what to do instead. Rows with non-finite codes get NaN.
     """
     reference_dir, other_dir = Path(reference_dir), Path(other_dir)
-    hashes = []
-    for run in (reference_dir, other_dir):
-        manifest = read_json(run / "manifest.json") if (run / "manifest.json").is_file() else {}
-        hashes.append((manifest.get("model") or {}).get("model_hash"))
+    hashes = [rundir.model_hash(run) for run in (reference_dir, other_dir)]
     if not hashes[0] or hashes[0] != hashes[1]:
         raise DrlError(
             f"{other_dir.name} was encoded by another model than {reference_dir.name} "
             f"({str(hashes[1])[:12]} vs {str(hashes[0])[:12]}), so its latent axes are different "
             f"axes and it cannot be placed on this map. Encode the new images with the reference "
-            f"model: drl encode {reference_dir / 'model'} NEW_IMAGES --out NEW_RUN")
-    analysis = read_json(reference_dir / "analysis.json")
+            f"model: drl encode {reference_dir / rundir.MODEL} NEW_IMAGES --out NEW_RUN")
+    analysis = read_json(reference_dir / rundir.ANALYSIS)
     config = AnalyzeConfig.from_dict(analysis.get("config", {}))
-    ref = pd.read_parquet(reference_dir / "objects.parquet")
-    other = pd.read_parquet(other_dir / "objects.parquet")
-    Z_ref = ref[_latent_columns(ref)].to_numpy(np.float64)
-    Z_other = other[_latent_columns(other)].to_numpy(np.float64)
-    X_ref = np.load(reference_dir / "features.npy")
+    ref = pd.read_parquet(reference_dir / rundir.OBJECTS)
+    other = pd.read_parquet(other_dir / rundir.OBJECTS)
+    Z_ref = ref[rundir.latent_columns(ref.columns)].to_numpy(np.float64)
+    Z_other = other[rundir.latent_columns(other.columns)].to_numpy(np.float64)
+    X_ref = np.load(reference_dir / rundir.FEATURES)
     Z_ref = Z_ref[_finite_rows(Z_ref, X_ref)]
     from drlcore import projection
 
@@ -349,13 +329,13 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
                 reporter: Reporter | None = None) -> dict:
     """Analyse an encoded run in place; returns the ``summary`` part of ``analysis.json``.
 
-    Notes left by earlier stages in ``manifest.json["pipeline"]`` (e.g. "too few images to
+    Notes left by earlier stages in the manifest's ``pipeline`` entry (e.g. "too few images to
     fine-tune") are carried into the analysis notes.
     """
     run_dir = Path(run_dir)
     config = config or AnalyzeConfig()
     reporter = reporter or NullReporter()
-    objects_path = run_dir / "objects.parquet"
+    objects_path = run_dir / rundir.OBJECTS
     if not objects_path.is_file():
         raise DrlError(f"{run_dir} has no objects.parquet: encode the data first "
                        f"(`drl encode MODEL_DIR DATA --out {run_dir}` or `drl run`)")
@@ -363,25 +343,27 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
     # Columns from a previous analysis are recomputed, never mixed with the new ones.
     base = objects[[c for c in objects.columns if not c.startswith(
         ("morph_", "pca_", "umap_", "anomaly_", "z_score_"))]].copy()
-    zcols = _latent_columns(base)
+    zcols = rundir.latent_columns(base.columns)
     if not zcols:
         raise DrlError(f"{objects_path} has no latent columns (z_mean_*): re-encode the run")
     Z = base[zcols].to_numpy(np.float64)
-    X = np.load(run_dir / "features.npy") if (run_dir / "features.npy").is_file() \
-        else np.zeros((len(base), 0))
+    features_path = run_dir / rundir.FEATURES
+    X = np.load(features_path) if features_path.is_file() else np.zeros((len(base), 0))
     if len(X) != len(base):
         raise DrlError(f"features.npy has {len(X)} rows but objects.parquet has {len(base)}: "
                        f"the run folder is inconsistent; rerun `drl run`")
 
-    manifest_path = run_dir / "manifest.json"
-    manifest = read_json(manifest_path) if manifest_path.is_file() else {}
-    extra_notes = list((manifest.get("pipeline") or {}).get("notes", []))
+    extra_notes = rundir.pipeline_notes(run_dir)
     key = _analysis_key(run_dir, base, Z, X, config, extra_notes)
-    previous = run_dir / "analysis.json"
+    stage = {"key": key, "version": ANALYSIS_VERSION}
+    previous = run_dir / rundir.ANALYSIS
     if previous.is_file():
         old = read_json(previous)
         if old.get("key") == key:
             reporter.message("analysis: up to date")
+            # Recorded even so: a rerun whose earlier stages rewrote the manifest keeps it.
+            if rundir.stage_entry(run_dir, "analyze") != stage:
+                rundir.record_stage(run_dir, "analyze", stage)
             return old.get("summary", {})
 
     t0 = time.perf_counter()
@@ -396,7 +378,7 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
         notes.append("some images have no label: analysing as unlabelled")
     split = base["split"].to_numpy(object) if "split" in base and base["split"].notna().all() \
         else None
-    dim_names = _dim_names(run_dir, len(zcols))
+    dim_names = rundir.dim_names(run_dir, len(zcols))
     if len(base) < 2:
         notes.append("only one image: nothing to compare it with, so no correlations, maps, "
                      "classification or anomaly scores")
@@ -416,16 +398,22 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
         proj_cols, proj_summary = _projections(Z, finite, config, notes)
         bar.update(1)
 
+    source_dim_names = dim_names
+    axes, dim_names = _name_axes(run_dir, corr, source_dim_names)
+    if len(corr):
+        corr["dim_name"] = [dim_names[int(d)] for d in corr["dim"]]
     new_cols = pd.concat([morph, pd.DataFrame({**proj_cols, **anomaly_cols},
                                               index=morph.index)], axis=1)
     result = pd.concat([base.reset_index(drop=True), new_cols], axis=1)
-    summary = _summary(classification, anomaly_summary, proj_summary, corr, dim_names, notes)
+    summary = _summary(classification, anomaly_summary, proj_summary, corr, axes, notes)
     analysis = {
         "schema_version": 1,
         "key": key,
         "config": dataclasses.asdict(config),
         "n_objects": len(base),
         "dim_names": dim_names,
+        "source_dim_names": source_dim_names,
+        "axes": axes,
         "classification": classification,
         "anomaly": anomaly_summary,
         "projections": proj_summary,
@@ -433,15 +421,26 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
         "summary": summary,
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    atomic_write_parquet(run_dir / "correlations.parquet", corr)
+    atomic_write_parquet(run_dir / rundir.CORRELATIONS, corr)
     atomic_write_parquet(objects_path, result)
     atomic_write_json(previous, analysis)
-    update_json(manifest_path, {"analyze": {"stage": "analyze", "key": key,
-                                            "version": ANALYSIS_VERSION}})
+    rundir.record_stage(run_dir, "analyze", stage)
     return summary
 
 
-def _summary(classification, anomaly_summary, proj_summary, corr, dim_names, notes) -> dict:
+def _name_axes(run_dir: Path, corr: pd.DataFrame, source_names: list[str]):
+    """Per-axis naming records and display names from the run's own correlations
+    (:mod:`drlcore.naming`); the model's source names stay as provenance."""
+    from drlcore.naming import name_axes
+
+    model = rundir.model_config(run_dir)
+    factors = model.get("dim_factor")
+    axes = name_axes(corr, source_names, inactive=model.get("inactive_dims") or [],
+                     source_factors=factors if isinstance(factors, list) else None)
+    return axes, [a["name"] for a in axes]
+
+
+def _summary(classification, anomaly_summary, proj_summary, corr, axes, notes) -> dict:
     """The few numbers a person reads first, as printed by the CLI."""
     lines = []
     for rep, what in (("latent", "latent means"), ("features", "raw features")):
@@ -455,16 +454,19 @@ def _summary(classification, anomaly_summary, proj_summary, corr, dim_names, not
     if hold and "mean_auroc" in hold:
         lines.append(f"open-set AUROC, each class held out: mean {hold['mean_auroc']:.3f}, "
                      f"worst {hold['worst_auroc']:.3f} ({hold.get('worst_class')})")
-    best = {}
-    if len(corr):
-        pear = corr[(corr["method"] == "pearson") & corr["value"].notna()]
-        for feature in ("morph_area", "morph_mean_r", "morph_hue", "morph_intensity_mean"):
-            rows = pear[pear["feature"] == feature]
-            if len(rows):
-                top = rows.loc[rows["value"].abs().idxmax()]
-                best[feature] = {"dim": top["dim_name"], "r": float(top["value"])}
-                lines.append(f"best |r| with {feature[6:]}: {abs(top['value']):.2f} "
-                             f"({top['dim_name']})")
+    from drlcore.naming import best_family_axes
+
+    names = [a["name"] for a in axes]
+    named = sum(a["status"] == "named" for a in axes)
+    if axes:
+        lines.append(f"axes named from this data: {named} of {len(axes)} "
+                     f"({', '.join(names)})")
+    best = best_family_axes(corr, axes, families=("size", "colour", "intensity"))
+    for family, top in best.items():
+        ci = (f" [{top['ci_low']:.2f}, {top['ci_high']:.2f}]"
+              if top["ci_low"] is not None and top["ci_high"] is not None else "")
+        lines.append(f"best {family} axis: {top['name']}, {top['feature'][6:].replace('_', ' ')} "
+                     f"Spearman r={top['r']:.2f}{ci}")
     for name, res in proj_summary.items():
         lines.append(f"{name.upper()} map trustworthiness: {res['trustworthiness']:.3f}")
     return {"headline": lines, "best_correlations": best, "notes": notes}

@@ -23,7 +23,7 @@ MISSING_LABEL = "(no label)"
 
 __all__ = [
     "OKABE_ITO", "FONT_SIZE", "plot_config", "style", "class_colours", "feature_label",
-    "correlation_heatmap", "pair_scatter", "latent_map", "anomaly_histogram", "effect_size_chart",
+    "correlation_heatmap", "heatmap_order", "pair_scatter", "latent_map", "anomaly_histogram", "effect_size_chart",
     "metric_bars", "factor_heatmap", "empty_figure",
 ]
 
@@ -78,9 +78,81 @@ def class_colours(classes: Sequence[str]) -> dict[str, tuple[str, str]]:
     return out
 
 
+def _leaf_order(block: np.ndarray) -> list[int]:
+    """Row order of ``block`` by average-linkage hierarchical clustering (scipy); NaN read as 0."""
+    if len(block) < 3:
+        return list(range(len(block)))
+    from scipy.cluster import hierarchy
+
+    data = np.nan_to_num(np.asarray(block, dtype=float))
+    return [int(i) for i in hierarchy.leaves_list(hierarchy.linkage(data, method="average",
+                                                                    metric="euclidean"))]
+
+
+def heatmap_order(grid: pd.DataFrame, axes: Sequence[dict] | None = None, grouped: bool = True,
+                  cluster: bool = False) -> tuple[list, list, list[tuple[str, int, int]]]:
+    """(row order, column order, family spans) for a dims x features grid.
+
+    Grouped: features by family (size, shape, colour, intensity, texture, then others), each span
+    ``(family, first, last)`` a run of columns; rows by their best family (a named axis's family
+    from ``axes``, else the family of its strongest |value|), strongest first, unnamed and
+    inactive axes last. Cluster: rows and the features within each family in the leaf order of a
+    hierarchical clustering of their profiles instead.
+    """
+    from drlcore.naming import FAMILIES, feature_family
+
+    order = list(FAMILIES) + ["other"]
+    columns = list(grid.columns)
+    fam_of = {c: feature_family(c) or "other" for c in columns}
+    if grouped:
+        columns = sorted(columns, key=lambda c: (order.index(fam_of[c]), c))
+    if cluster and grouped:
+        regrouped = []
+        for fam in order:
+            block = [c for c in columns if fam_of[c] == fam]
+            if block:
+                regrouped += [block[i] for i in _leaf_order(grid[block].to_numpy(float).T)]
+        columns = regrouped
+    elif cluster:
+        columns = [columns[i] for i in _leaf_order(grid[columns].to_numpy(float).T)]
+    spans: list[tuple[str, int, int]] = []
+    if grouped:
+        for i, c in enumerate(columns):
+            if spans and spans[-1][0] == fam_of[c]:
+                spans[-1] = (fam_of[c], spans[-1][1], i)
+            else:
+                spans.append((fam_of[c], i, i))
+
+    rows = list(grid.index)
+    if cluster:
+        rows = [rows[i] for i in _leaf_order(grid.loc[rows, columns].to_numpy(float))]
+    elif grouped:
+        by_dim = {int(a["dim"]): a for a in (axes or [])}
+
+        def key(d):
+            values = grid.loc[d].abs()
+            a = by_dim.get(int(d))
+            if a is not None and a.get("status") == "named" and a.get("family") in order:
+                return (0, order.index(a["family"]), -abs(a.get("r") or 0.0), int(d))
+            if a is not None and a.get("status") in ("unnamed", "inactive"):
+                return (1 if a["status"] == "unnamed" else 2, 0, -float(values.max(skipna=True) or 0), int(d))
+            if values.notna().any():
+                best = values.idxmax()
+                return (0, order.index(fam_of[best]), -float(values[best]), int(d))
+            return (2, 0, 0.0, int(d))
+        rows = sorted(rows, key=key)
+    return rows, columns, spans
+
+
 def correlation_heatmap(corr: pd.DataFrame, method: str, dim_labels: Sequence[str] | None = None,
-                        features: Sequence[str] | None = None) -> go.Figure:
-    """Latent dims (rows) x morphology features (columns) from the long correlations table."""
+                        features: Sequence[str] | None = None, axes: Sequence[dict] | None = None,
+                        grouped: bool = True, cluster: bool = False) -> go.Figure:
+    """Latent dims (rows) x morphology features (columns) from the long correlations table.
+
+    ``grouped`` (default) puts features in families with the family named above its columns and
+    orders rows by their best family (``axes``: the naming records of analysis.json);
+    ``cluster`` orders rows and features within families by hierarchical clustering.
+    """
     sub = corr[corr["method"] == method]
     if sub.empty:
         return empty_figure(f"No {method} correlations in this run")
@@ -88,6 +160,8 @@ def correlation_heatmap(corr: pd.DataFrame, method: str, dim_labels: Sequence[st
     if features is not None:
         grid = grid.reindex(columns=[f for f in features if f in grid.columns])
     grid = grid.sort_index()
+    row_order, col_order, spans = heatmap_order(grid, axes, grouped=grouped, cluster=cluster)
+    grid = grid.loc[row_order, col_order]
     dims = grid.index.to_numpy()
     if dim_labels is not None:
         y_labels = [dim_labels[d] if d < len(dim_labels) else f"z{d}" for d in dims]
@@ -119,9 +193,20 @@ def correlation_heatmap(corr: pd.DataFrame, method: str, dim_labels: Sequence[st
     )
     fig = go.Figure([heat, cells])
     fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(tickangle=-30)
+    fig.update_xaxes(tickangle=-30, categoryorder="array", categoryarray=x_labels)
     fig.update_layout(hoverdistance=-1, clickmode="event+select", dragmode=False)
-    return style(fig, height=max(320, 60 + 42 * len(dims)))
+    # Family labels above their columns, a white rule between families.
+    for fam, first, last in spans:
+        fig.add_annotation(text=f"<b>{fam}</b>", x=(first + last) / 2, xref="x", y=1.0,
+                           yref="paper", yanchor="bottom", showarrow=False,
+                           font={"size": FONT_SIZE - 1})
+        if first > 0:
+            fig.add_shape(type="line", x0=first - 0.5, x1=first - 0.5, xref="x", y0=0, y1=1,
+                          yref="paper", line={"color": "white", "width": 4})
+    fig = style(fig, height=max(320, 90 + 42 * len(dims)))
+    if spans:
+        fig.update_layout(margin={"t": max(fig.layout.margin.t or 20, 50)})
+    return fig
 
 
 def pair_scatter(df: pd.DataFrame, x_col: str, y_col: str, x_label: str, y_label: str,

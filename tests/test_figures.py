@@ -42,7 +42,7 @@ def test_plot_config_downloads_svg_or_png_in_the_browser():
 
 
 def test_correlation_heatmap_is_dims_by_features_with_diverging_scale(corr):
-    fig = figures.correlation_heatmap(corr, "pearson", [f"z{j}" for j in range(6)])
+    fig = figures.correlation_heatmap(corr, "pearson", [f"z{j}" for j in range(6)], grouped=False)
     heat = fig.data[0]
     assert np.asarray(heat.z).shape == (6, 4)
     assert (heat.zmin, heat.zmax, heat.zmid) == (-1, 1, 0)
@@ -59,6 +59,53 @@ def test_correlation_heatmap_is_dims_by_features_with_diverging_scale(corr):
     mi = figures.correlation_heatmap(corr, "mi").data[0]
     assert mi.zmin == 0 and mi.zmid is None
     assert fig.layout.font.size >= 14
+
+
+def _family_table():
+    """Hand-built pearson table: z0 follows hue, z1 area, z2 eccentricity, z3 nothing."""
+    strong = {(0, "morph_hue"): 0.8, (1, "morph_area"): 0.9, (1, "morph_perimeter"): 0.7,
+              (2, "morph_eccentricity"): -0.6, (3, "morph_glcm_contrast"): 0.1}
+    features = ["morph_area", "morph_eccentricity", "morph_glcm_contrast", "morph_hue",
+                "morph_intensity_mean", "morph_perimeter"]
+    rows = [{"dim": d, "dim_name": f"z{d}", "feature": f, "method": "pearson",
+             "value": strong.get((d, f), 0.05 * (d - 1.5)), "ci_low": -1, "ci_high": 1,
+             "p_value": 0.5, "q_value": 0.5, "n": 50} for d in range(4) for f in features]
+    return pd.DataFrame(rows)
+
+
+def test_correlation_heatmap_groups_features_by_family_and_rows_by_best_family():
+    table = _family_table()
+    fig = figures.correlation_heatmap(table, "pearson", [f"z{j}" for j in range(4)])
+    heat = fig.data[0]
+    assert list(heat.x) == ["area", "perimeter", "eccentricity", "hue", "intensity mean",
+                            "glcm contrast"]
+    # rows: size axis, shape axis, colour axis, then the one with no family to speak of
+    assert list(heat.y)[:3] == ["z1", "z2", "z0"]
+    labels = [a.text for a in fig.layout.annotations]
+    assert labels == ["<b>size</b>", "<b>shape</b>", "<b>colour</b>", "<b>intensity</b>",
+                      "<b>texture</b>"]
+    assert fig.layout.annotations[0].x == pytest.approx(0.5)  # centred over area, perimeter
+    assert len(fig.layout.shapes) == 4  # a rule between each pair of families
+    # the click overlay follows the reordering
+    assert list(fig.data[1].customdata[0]) == ["morph_area", "1"]
+    # naming records take precedence: an unnamed axis goes last even if it has a strong cell
+    axes = [{"dim": 0, "status": "unnamed"}, {"dim": 1, "status": "named", "family": "size", "r": 0.9},
+            {"dim": 2, "status": "named", "family": "shape", "r": -0.6},
+            {"dim": 3, "status": "inactive"}]
+    rows, _, _ = figures.heatmap_order(
+        table.pivot_table(index="dim", columns="feature", values="value"), axes)
+    assert rows == [1, 2, 0, 3]
+
+
+def test_correlation_heatmap_cluster_keeps_families_together():
+    table = _family_table()
+    grid = table.pivot_table(index="dim", columns="feature", values="value")
+    rows, cols, spans = figures.heatmap_order(grid, cluster=True)
+    assert sorted(rows) == [0, 1, 2, 3] and sorted(cols) == sorted(grid.columns)
+    assert set(cols[:2]) == {"morph_area", "morph_perimeter"}
+    assert [s[0] for s in spans] == ["size", "shape", "colour", "intensity", "texture"]
+    fig = figures.correlation_heatmap(table, "pearson", cluster=True)
+    assert np.asarray(fig.data[0].z).shape == (4, 6)
 
 
 def test_latent_map_uses_webgl_okabe_ito_and_row_customdata(objects):
