@@ -38,6 +38,12 @@ def _add_ingest_options(p: argparse.ArgumentParser) -> None:
                    help="stretch images to a square instead of padding them (changes what "
                         "'scale' means in the latent axes; see README)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--channels", default=None, metavar="SPEC",
+                   help="display colours of fluorescence channels (2-8 channel TIFFs or "
+                        "per-channel files), which make the composite the network sees: "
+                        "'DNA=blue,actin=green,...' by name, '0=blue,1=green' by index, or "
+                        "'blue,green,...' in order; 'off' leaves a channel out of the composite "
+                        "(default: green/magenta for 2, else blue, green, magenta, grey, cyan...)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,7 +173,8 @@ def _feature_config(args, **overrides):
     from drlcore.features import FeatureConfig
 
     kwargs = dict(batch_size=args.batch_size, pad_to_square=not args.no_pad,
-                  cache_dir=args.cache_dir, weights=args.weights)
+                  cache_dir=args.cache_dir, weights=args.weights,
+                  channels=getattr(args, "channels", None))
     if args.backbone is not None:
         kwargs["backbone"] = args.backbone
     kwargs.update(overrides)

@@ -48,9 +48,11 @@ from .discover import (
     read_zip_member,
     split_zip_source,
 )
+from .channels import MAX_CHANNELS, ChannelMap, channel_map, composite
 from .errors import SkipImage
 
-__all__ = ["DecodedImage", "read_bytes", "decode", "intensity_range"]
+__all__ = ["DecodedImage", "read_bytes", "decode", "intensity_range", "intensity_ranges",
+           "channels_entry"]
 
 _PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF")
 # Pixels per image pooled for the dataset-wide percentiles: plenty for a 0.5 % tail, bounded memory.
@@ -64,11 +66,15 @@ R_CORRUPT = "corrupt or truncated image"
 
 @dataclass(frozen=True)
 class DecodedImage:
-    rgb: np.ndarray  # uint8 (height, width, 3)
+    rgb: np.ndarray  # uint8 (height, width, 3); for multi-channel data the composite
     width: int
     height: int
-    mode: str  # what the file held, e.g. "RGB 8-bit", "gray 16-bit"
+    mode: str  # what the file held, e.g. "RGB 8-bit", "gray 16-bit", "4-channel 16-bit"
     note: str | None
+    # Multi-channel (fluorescence) data only: float32 (height, width, C) scaled to [0, 1] with
+    # the dataset-wide per-channel ranges, and the channel names and colours of the composite.
+    channels: np.ndarray | None = None
+    channel_map: ChannelMap | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,11 +129,13 @@ def _is_tiff(data: bytes) -> bool:
 
 @dataclass
 class _Raw:
-    """Pixels as stored: (H, W, C) with C in 1..4 (gray, gray+alpha, RGB, RGBA), native dtype."""
+    """Pixels as stored: (H, W, C) with C in 1..4 (gray, gray+alpha, RGB, RGBA), native dtype;
+    or, when ``multichannel``, C in 2..8 independent fluorescence channels (no alpha)."""
 
     pixels: np.ndarray
     mode: str
     notes: list[str]
+    multichannel: bool = False
 
 
 def _bomb_reason(n_pixels: int) -> str:
@@ -184,6 +192,10 @@ def _decode_tiff(data: bytes, config: IngestConfig) -> _Raw | None:
             raise SkipImage(f"unsupported image mode: {dtype} TIFF")
         if int(page.imagedepth) > 1:
             raise SkipImage("unsupported image mode: volumetric TIFF page")
+        if photometric == 1:  # MINISBLACK: fluorescence channels, as samples or as pages
+            multi = _tiff_channels(tf, page, config)
+            if multi is not None:
+                return multi
         arr = page.asarray()
         axes = page.axes
         bits = int(page.bitspersample)
@@ -219,6 +231,87 @@ def _decode_tiff(data: bytes, config: IngestConfig) -> _Raw | None:
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     return _Raw(arr, mode, notes)
+
+
+_ALPHA_EXTRASAMPLES = (1, 2)  # associated, unassociated alpha (TIFF ExtraSamples)
+_PAGE_CHANNEL_AXES = "C"  # axes that hold channels by metadata (OME, ImageJ, tifffile 'shaped')
+_UNNAMED_PAGE_AXES = "IQ"  # pages with no metadata: channels when there are 2..8 of them
+
+
+def _multi_mode(n: int, dtype: np.dtype) -> str:
+    bits = dtype.itemsize * 8
+    suffix = " float" if dtype.kind == "f" else (" signed" if dtype.kind == "i" else "")
+    return f"{n}-channel {bits}-bit{suffix}"
+
+
+def _tiff_channels(tf: tifffile.TiffFile, page, config: IngestConfig) -> _Raw | None:
+    """Channels of a MINISBLACK TIFF as (H, W, C), C in 2..8, or None when it holds one channel
+    (or a grey+alpha pair), which the single-image path handles.
+
+    Channels are found (1) as samples of one page (``S`` axis, not marked alpha), or (2) across
+    pages: the series' ``C`` axis (OME-TIFF, ImageJ, tifffile metadata), else a metadata-less
+    page axis (``I``/``Q``) of length 2..8 (longer ones are taken as a stack of images, first
+    page used, as before). Every other axis (Z, T, ...) contributes its first plane; ``note``
+    says so.
+    """
+    notes: list[str] = []
+    samples = int(page.samplesperpixel)
+    extras = tuple(int(e) for e in (page.extrasamples or ()))
+    if samples > 1:
+        if samples == 2 and any(e in _ALPHA_EXTRASAMPLES for e in extras):
+            return None  # grey + alpha
+        if samples > MAX_CHANNELS:
+            raise SkipImage(f"unsupported image mode: {samples} channels (at most "
+                            f"{MAX_CHANNELS})")
+        if any(e in _ALPHA_EXTRASAMPLES for e in extras):
+            notes.append("alpha-marked extra sample read as a channel")
+        arr = page.asarray()
+        axes = page.axes
+        arr = np.moveaxis(arr, axes.index("S"), -1)
+        arr = arr.reshape(arr.shape[-3], arr.shape[-2], arr.shape[-1]) if arr.ndim > 3 else arr
+        if len(tf.pages) > 1:
+            notes.append(f"multi-page TIFF: first of {len(tf.pages)} pages used")
+        return _Raw(np.ascontiguousarray(arr), _multi_mode(samples, arr.dtype), notes, True)
+    if len(tf.pages) < 2 or not tf.series:
+        return None
+    series = tf.series[0]
+    axes, shape = series.axes, tuple(int(n) for n in series.shape)
+    if not axes.endswith("YX") or len(axes) < 3:
+        return None
+    lead_axes, lead_shape = axes[:-2], shape[:-2]
+    chan = None
+    for k, ax in enumerate(lead_axes):
+        if ax in _PAGE_CHANNEL_AXES and lead_shape[k] > 1:
+            chan = k
+            break
+    if chan is None:
+        for k, ax in enumerate(lead_axes):
+            if ax in _UNNAMED_PAGE_AXES and 2 <= lead_shape[k] <= MAX_CHANNELS:
+                chan = k
+                break
+    if chan is None:
+        return None
+    n = lead_shape[chan]
+    if n > MAX_CHANNELS:
+        raise SkipImage(f"unsupported image mode: {n} channels (at most {MAX_CHANNELS})")
+    pages = series.pages
+    if len(pages) != int(np.prod(lead_shape)):
+        return None  # not one page per plane: leave it to the single-page path
+    _check_pixels(int(shape[-1]) * int(shape[-2]) * n, config)
+    for k, ax in enumerate(lead_axes):
+        if k != chan and lead_shape[k] > 1:
+            notes.append(f"{ax} axis: first of {lead_shape[k]} planes used")
+    planes = []
+    for c in range(n):
+        index = [0] * len(lead_shape)
+        index[chan] = c
+        planes.append(pages[int(np.ravel_multi_index(index, lead_shape))].asarray())
+    arr = np.stack(planes, axis=-1)
+    if arr.ndim != 3:
+        return None
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    return _Raw(np.ascontiguousarray(arr), _multi_mode(n, arr.dtype), notes, True)
 
 
 _PIL_MODE_NAMES = {"1": "bilevel", "L": "gray 8-bit", "LA": "gray+alpha 8-bit",
@@ -352,13 +445,19 @@ def _rescale(values: np.ndarray, low: float, high: float) -> np.ndarray:
 
 
 def decode(data: bytes, config: IngestConfig = IngestConfig(),
-           intensity_range: tuple[float, float] | None = None) -> DecodedImage:
+           intensity_range: tuple[float, float] | None = None,
+           channel_ranges: list[tuple[float, float]] | None = None,
+           channel_names: list[str] | None = None) -> DecodedImage:
     """Decode one image file to uint8 RGB. Raises SkipImage(reason) when it cannot be used.
 
     ``intensity_range`` (from :func:`intensity_range`) maps >8-bit data to 8 bits; without it
-    such data is scaled by its own percentiles and ``note`` says so.
+    such data is scaled by its own percentiles and ``note`` says so. Multi-channel data is
+    scaled channel by channel with ``channel_ranges`` (from :func:`intensity_ranges`) and shown
+    as the composite of :mod:`drlcore.channels` (colours from ``config.channels``).
     """
     raw = _decode_raw(data, config)
+    if raw.multichannel:
+        return _decode_multi(raw, config, channel_ranges, channel_names)
     arr, notes = raw.pixels, raw.notes
     channels = arr.shape[2]
     if channels in (2, 4):
@@ -381,6 +480,44 @@ def decode(data: bytes, config: IngestConfig = IngestConfig(),
     height, width = arr.shape[:2]
     return DecodedImage(rgb=arr, width=int(width), height=int(height), mode=raw.mode,
                         note="; ".join(notes) or None)
+
+
+def _to_unit(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    if not high > low:
+        high = low + 1.0
+    out = (values.astype(np.float32) - np.float32(low)) / np.float32(high - low)
+    if values.dtype.kind == "f":
+        out = np.nan_to_num(out, nan=0.0)
+    return np.clip(out, 0.0, 1.0)
+
+
+def _decode_multi(raw: _Raw, config: IngestConfig,
+                  channel_ranges: list[tuple[float, float]] | None,
+                  channel_names: list[str] | None) -> DecodedImage:
+    arr, notes = raw.pixels, list(raw.notes)
+    n = arr.shape[2]
+    if channel_ranges is not None and len(channel_ranges) != n:
+        raise SkipImage(f"{n} channels where the dataset's images have {len(channel_ranges)}")
+    ranges = []
+    own = False
+    for k in range(n):
+        if arr.dtype == np.uint8:
+            ranges.append((0.0, 255.0))  # 8-bit is never rescaled
+        elif channel_ranges is not None and k < len(channel_ranges):
+            ranges.append(tuple(channel_ranges[k]))
+        else:
+            ranges.append(_percentiles(arr[..., k], config))
+            own = True
+    if own:
+        notes.append(f"{raw.mode} image scaled channel by channel by its own "
+                     f"{config.percentile_low:g}-{config.percentile_high:g} percentile ranges "
+                     "(no dataset-wide range)")
+    unit = np.stack([_to_unit(arr[..., k], *ranges[k]) for k in range(n)], axis=-1)
+    cmap = channel_map(n, channel_names, config.channels)
+    rgb = composite(unit, cmap)
+    height, width = rgb.shape[:2]
+    return DecodedImage(rgb=rgb, width=int(width), height=int(height), mode=raw.mode,
+                        note="; ".join(notes) or None, channels=unit, channel_map=cmap)
 
 
 def _percentiles(values: np.ndarray, config: IngestConfig) -> tuple[float, float]:
@@ -406,14 +543,27 @@ def intensity_range(dataset: Dataset, config: IngestConfig = IngestConfig(),
 
     Up to ``sample`` images, evenly spaced over the sorted records (so every class is seen), are
     inspected; alpha channels are left out. Unreadable images are passed over here; decode() will
-    report them.
+    report them. Multi-channel images are left out too: see :func:`intensity_ranges`.
+    """
+    return intensity_ranges(dataset, config, sample)[0]
+
+
+def intensity_ranges(dataset: Dataset, config: IngestConfig = IngestConfig(), sample: int = 256
+                     ) -> tuple[tuple[float, float] | None, list[tuple[float, float]] | None]:
+    """(shared range, per-channel ranges) over the same sample of images.
+
+    The shared range is :func:`intensity_range`'s (grey/RGB data). The per-channel ranges are
+    one dataset-wide (low, high) percentile pair per channel index of >8-bit multi-channel
+    images (None when there are none): channel k of every image is scaled by range k.
     """
     records = dataset.records
     if not records or sample <= 0:
-        return None
+        return None, None
     picks = np.unique(np.linspace(0, len(records) - 1, min(sample, len(records))).round()
                       .astype(int))
     pooled: list[np.ndarray] = []
+    per_channel: list[list[np.ndarray]] = []
+    n_channels = 0
     for i in picks:
         record = records[int(i)]
         try:
@@ -423,13 +573,36 @@ def intensity_range(dataset: Dataset, config: IngestConfig = IngestConfig(),
         except (SkipImage, OSError, KeyError, zipfile.BadZipFile):
             continue
         pixels = raw.pixels
+        if raw.multichannel:
+            n_channels = max(n_channels, pixels.shape[2])
         if pixels.dtype == np.uint8:
+            continue
+        if raw.multichannel:
+            while len(per_channel) < pixels.shape[2]:
+                per_channel.append([])
+            step = max(1, pixels.shape[0] * pixels.shape[1] // _PIXELS_PER_IMAGE_FOR_RANGE)
+            for k in range(pixels.shape[2]):
+                per_channel[k].append(pixels[..., k].ravel()[::step].astype(np.float64))
             continue
         if pixels.shape[2] in (2, 4):
             pixels = pixels[..., :-1]
         flat = pixels.ravel()
         step = max(1, flat.size // _PIXELS_PER_IMAGE_FOR_RANGE)
         pooled.append(flat[::step].astype(np.float64))
-    if not pooled:
+    shared = _percentiles(np.concatenate(pooled), config) if pooled else None
+    ranges = [_percentiles(np.concatenate(p), config) for p in per_channel]
+    if n_channels and len(ranges) < n_channels:  # 8-bit channels are never rescaled
+        ranges += [(0.0, 255.0)] * (n_channels - len(ranges))
+    return shared, (ranges or None)
+
+
+def channels_entry(dataset: Dataset, config: IngestConfig,
+                   channel_ranges: list[tuple[float, float]] | None) -> dict | None:
+    """What the features stage records (and keys its cache on) for multi-channel data: the
+    per-channel ranges, channel names and composite colours; None for grey/RGB data. Raises
+    DrlError when ``config.channels`` does not fit the data."""
+    if not channel_ranges:
         return None
-    return _percentiles(np.concatenate(pooled), config)
+    cmap = channel_map(len(channel_ranges), getattr(dataset, "channel_names", None),
+                       config.channels)
+    return {"ranges": [[float(lo), float(hi)] for lo, hi in channel_ranges], **cmap.to_dict()}

@@ -109,8 +109,13 @@ class IngestConfig:
     max_file_bytes: int = 2**30
     percentile_low: float = 0.5
     percentile_high: float = 99.5
+    # Display colours of fluorescence channels, the ``--channels`` spec (drlcore.channels).
+    channels: str | None = None
 
     def __post_init__(self) -> None:
+        from drlcore.channels import parse_channels
+
+        parse_channels(self.channels)  # a malformed spec is refused before any image is read
         if int(self.max_image_pixels) <= 0:
             raise DrlError(f"max_image_pixels must be positive, got {self.max_image_pixels}")
         if int(self.max_file_bytes) <= 0:

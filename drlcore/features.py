@@ -55,6 +55,7 @@ class FeatureConfig:
     pad_to_square: bool = True
     cache_dir: str | None = None
     pretrained: bool = True
+    channels: str | None = None  # fluorescence channel colours, ``--channels`` (drlcore.channels)
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -79,11 +80,17 @@ class FeatureResult:
 
 
 def preprocessing_of(backbone: Backbone, pad_to_square: bool,
-                     intensity_range: tuple[float, float] | None) -> dict:
+                     intensity_range: tuple[float, float] | None,
+                     channels: dict | None = None) -> dict:
+    """``channels`` (multi-channel data only, so other data keeps its cache key): per-channel
+    ranges, names and composite colours (drlcore.channels)."""
     spec = backbone.spec
-    return {"input_size": spec.input_size, "mean": list(spec.mean), "std": list(spec.std),
-            "interpolation": spec.interpolation, "pad_to_square": pad_to_square,
-            "intensity_range": list(intensity_range) if intensity_range is not None else None}
+    out = {"input_size": spec.input_size, "mean": list(spec.mean), "std": list(spec.std),
+           "interpolation": spec.interpolation, "pad_to_square": pad_to_square,
+           "intensity_range": list(intensity_range) if intensity_range is not None else None}
+    if channels is not None:
+        out["channels"] = channels
+    return out
 
 
 def _open_cache(backbone: Backbone, preprocessing: dict, cache_dir: str | None) -> FeatureCache:
@@ -114,15 +121,17 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
 
     reporter = reporter or NullReporter()
     out_dir = Path(out_dir)
-    ingest_config = ingest.IngestConfig(pad_to_square=config.pad_to_square)
+    ingest_config = ingest.IngestConfig(pad_to_square=config.pad_to_square,
+                                        channels=config.channels)
     # A run written inside its input folder must not read its own files as images.
     dataset = ingest.discover(data, ingest_config, exclude=(out_dir,))
     if backbone is None:
         backbone = load_backbone(config.backbone, config.weights, config.pretrained,
                                  batch_size=config.batch_size)
     spec = backbone.spec
-    irange = ingest.intensity_range(dataset, ingest_config)
-    preprocessing = preprocessing_of(backbone, config.pad_to_square, irange)
+    irange, cranges = ingest.intensity_ranges(dataset, ingest_config)
+    preprocessing = preprocessing_of(backbone, config.pad_to_square, irange,
+                                     ingest.channels_entry(dataset, ingest_config, cranges))
     cache = _open_cache(backbone, preprocessing, config.cache_dir)
     thumbs = out_dir / rundir.THUMBS
     thumbs.mkdir(parents=True, exist_ok=True)
@@ -163,7 +172,7 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
     def prepare(i: int):
         record, digest = records[i], digests[i]
         try:
-            image = ingest.decode(ingest.read_bytes(record), ingest_config, irange)
+            image = ingest.decode(ingest.read_bytes(record), ingest_config, irange, cranges)
         except SkipImage as exc:
             return i, None, None, exc.reason
         except OSError as exc:

@@ -17,8 +17,10 @@ from .decode import (
     R_EMPTY,
     R_NOT_IMAGE,
     DecodedImage,
+    channels_entry,
     decode,
     intensity_range,
+    intensity_ranges,
     read_bytes,
 )
 from .discover import (
@@ -44,6 +46,8 @@ __all__ = [
     "read_bytes",
     "decode",
     "intensity_range",
+    "intensity_ranges",
+    "channels_entry",
     "to_square",
     "thumbnail",
     "R_EMPTY",

@@ -530,9 +530,10 @@ def _bad_corpus() -> dict[str, tuple[bytes, str]]:
                           "image too large (decompression bomb guard: 10000000000 pixels)"),
         "complex.tif": (_tiff(np.ones((8, 8), np.complex64)),
                         "unsupported image mode: complex64 TIFF"),
-        "five_channels.tif": (_tiff(np.zeros((8, 8, 5), np.uint8), photometric="minisblack",
+        # 2-8 channels are fluorescence (tests/test_channels.py); more are refused.
+        "nine_channels.tif": (_tiff(np.zeros((8, 8, 9), np.uint8), photometric="minisblack",
                                     planarconfig="contig"),
-                              "unsupported image mode: 5 samples per pixel"),
+                              "unsupported image mode: 9 channels (at most 8)"),
     }
 
 

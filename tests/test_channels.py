@@ -1,0 +1,165 @@
+"""Multi-channel fluorescence images: decoding 2-8 channel TIFFs without dropping any, the
+per-channel dataset-wide ranges, the documented composite, and one-file-per-channel layouts."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import tifffile
+
+from drlcore import ingest
+from drlcore.channels import channel_map, composite, default_colours, parse_channels
+from drlcore.errors import DrlError, SkipImage
+
+
+def _stack(n: int, seed: int = 0, size=(24, 32), gain=None) -> np.ndarray:
+    """(n, H, W) uint16; channel k has pixels up to ``gain[k]`` (default 1000 * (k + 1))."""
+    rng = np.random.default_rng(seed)
+    gain = gain if gain is not None else [1000 * (k + 1) for k in range(n)]
+    return np.stack([(rng.random(size) * g).astype(np.uint16) for g in gain])
+
+
+def _tiff_bytes(arr: np.ndarray, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr, **kwargs)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("n", [2, 4, 5, 8])
+def test_channels_first_stack_keeps_every_channel(n):
+    arr = _stack(n)
+    data = _tiff_bytes(arr, photometric="minisblack", metadata={"axes": "CYX"})
+    ranges = [(0.0, float(1000 * (k + 1))) for k in range(n)]
+    image = ingest.decode(data, intensity_range=None, channel_ranges=ranges)
+    assert image.channels.shape == (24, 32, n)
+    assert image.mode == f"{n}-channel 16-bit"
+    assert image.rgb.shape == (24, 32, 3) and image.rgb.dtype == np.uint8
+    assert image.note is None  # nothing dropped, dataset-wide ranges used
+    for k in range(n):  # channel k is channel k, scaled by its own range
+        expected = np.clip(arr[k].astype(np.float32) / (1000 * (k + 1)), 0, 1)
+        np.testing.assert_allclose(image.channels[..., k], expected, atol=1e-6)
+
+
+def test_stack_layouts_without_metadata_and_interleaved_and_ome():
+    arr = _stack(4)
+    layouts = {
+        "pages, no metadata": _tiff_bytes(arr, photometric="minisblack", metadata=None),
+        "interleaved samples": _tiff_bytes(np.moveaxis(arr, 0, -1), photometric="minisblack",
+                                           planarconfig="contig"),
+        "planar samples": _tiff_bytes(arr, photometric="minisblack", planarconfig="separate"),
+        "OME-TIFF": _tiff_bytes(arr, photometric="minisblack", ome=True,
+                                metadata={"axes": "CYX"}),
+    }
+    for name, data in layouts.items():
+        image = ingest.decode(data)
+        assert image.channels is not None and image.channels.shape[2] == 4, name
+        # per-image percentiles without a dataset range, and the note says so
+        assert "own" in image.note, name
+        lo, hi = np.percentile(arr[3], [0.5, 99.5])
+        expected = np.clip((arr[3].astype(np.float32) - lo) / (hi - lo), 0, 1)
+        np.testing.assert_allclose(image.channels[..., 3], expected, atol=1e-5, err_msg=name)
+
+
+def test_z_stack_uses_first_plane_and_says_so():
+    arr = np.stack([_stack(3, seed=z) for z in range(2)])  # ZCYX
+    data = _tiff_bytes(arr, photometric="minisblack", metadata={"axes": "ZCYX"})
+    image = ingest.decode(data)
+    assert image.channels.shape[2] == 3
+    assert "Z axis: first of 2 planes used" in image.note
+    lo, hi = np.percentile(arr[0, 1], [0.5, 99.5])
+    np.testing.assert_allclose(image.channels[..., 1],
+                               np.clip((arr[0, 1] - lo) / (hi - lo), 0, 1), atol=1e-5)
+
+
+def test_too_many_channels_is_a_skip_reason():
+    data = _tiff_bytes(_stack(9, gain=[100] * 9), photometric="minisblack",
+                       metadata={"axes": "CYX"})
+    with pytest.raises(SkipImage, match="9 channels"):
+        ingest.decode(data)
+
+
+def test_rgb_tiff_and_png_keep_the_rgb_path():
+    rgb = np.random.default_rng(1).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    image = ingest.decode(_tiff_bytes(rgb, photometric="rgb"))
+    assert image.channels is None
+    np.testing.assert_array_equal(image.rgb, rgb)
+
+
+def test_composite_is_what_the_colour_map_says():
+    cmap = channel_map(4, spec="DNA=blue,actin=green,mito=magenta,er=grey")
+    assert cmap.names == ("DNA", "actin", "mito", "er")
+    unit = np.zeros((2, 3, 4), np.float32)
+    unit[0, 0] = [1, 0, 0, 0]        # DNA only: pure blue
+    unit[0, 1] = [0, 0.5, 0, 0]      # half green
+    unit[0, 2] = [0, 0, 0.4, 0]      # magenta: red + blue
+    unit[1, 0] = [0.2, 0.3, 0, 0]    # blue + green add up
+    unit[1, 1] = [1, 1, 1, 1]        # saturates: clipped to white
+    unit[1, 2] = [0, 0, 0, 0.1]      # grey
+    rgb = composite(unit, cmap)
+    expected = np.array([[[0, 0, 255], [0, 128, 0], [102, 0, 102]],
+                         [[0, 77, 51], [255, 255, 255], [26, 26, 26]]], np.uint8)
+    np.testing.assert_array_equal(rgb, expected)
+
+
+def test_default_colours_and_spec_forms():
+    assert default_colours(2) == ["green", "magenta"]
+    assert default_colours(4) == ["blue", "green", "magenta", "grey"]
+    assert channel_map(3, spec="1=red").colours == ("blue", "red", "magenta")
+    assert channel_map(3, spec="cyan,yellow").colours == ("cyan", "yellow", "magenta")
+    by_name = channel_map(2, names=["DAPI", "GFP"], spec="GFP=#ff8000")
+    assert by_name.colours == ("green", "#ff8000")
+    assert np.allclose(by_name.rgb[1], [1.0, 128 / 255, 0.0])
+    for bad, match in [("DNA=pink", "unknown channel colour"), ("=blue", "no channel name"),
+                       ("a=blue,a=green", "named twice")]:
+        with pytest.raises(DrlError, match=match):
+            parse_channels(bad)
+    with pytest.raises(DrlError, match="no channel called 'RFP'"):
+        channel_map(2, names=["DAPI", "GFP"], spec="RFP=red")
+    with pytest.raises(DrlError, match="channel index 5"):
+        channel_map(3, spec="5=red")
+    with pytest.raises(DrlError, match="unknown channel colour"):
+        ingest.IngestConfig(channels="x=nope")
+
+
+def test_composite_follows_the_channels_option():
+    arr = _stack(2)
+    data = _tiff_bytes(arr, photometric="minisblack", metadata={"axes": "CYX"})
+    ranges = [(0.0, 1000.0), (0.0, 2000.0)]
+    image = ingest.decode(data, ingest.IngestConfig(channels="off,grey"), None, ranges)
+    grey = np.clip(arr[1].astype(np.float32) / 2000.0, 0, 1)
+    np.testing.assert_array_equal(image.rgb[..., 0], (grey * 255 + 0.5).astype(np.uint8))
+    np.testing.assert_array_equal(image.rgb[..., 0], image.rgb[..., 2])
+
+
+def test_per_channel_ranges_are_dataset_wide(tmp_path):
+    # Two images: a dim one and a bright one (x4). Channel 1 is always 10x channel 0.
+    root = tmp_path / "stacks"
+    root.mkdir()
+    for name, scale in (("dim", 1), ("bright", 4)):
+        arr = _stack(3, seed=scale, gain=[500 * scale, 5000 * scale, 100 * scale])
+        tifffile.imwrite(root / f"{name}.tif", arr, photometric="minisblack",
+                         metadata={"axes": "CYX"})
+    dataset = ingest.discover(root)
+    shared, ranges = ingest.intensity_ranges(dataset)
+    assert shared is None and len(ranges) == 3
+    highs = [hi for _, hi in ranges]
+    # One range per channel, pooled over both images: near the bright image's top, per channel.
+    assert highs[1] == pytest.approx(10 * highs[0], rel=0.05)
+    assert 1500 < highs[0] <= 2000 and 200 < highs[2] <= 400
+    dim = ingest.decode((root / "dim.tif").read_bytes(), intensity_range=shared,
+                        channel_ranges=ranges)
+    bright = ingest.decode((root / "bright.tif").read_bytes(), intensity_range=shared,
+                           channel_ranges=ranges)
+    # The dim image stays dim: intensity differences between images survive the scaling.
+    for k in range(3):
+        assert bright.channels[..., k].mean() > 3 * dim.channels[..., k].mean()
+    entry = ingest.channels_entry(dataset, ingest.IngestConfig(), ranges)
+    assert entry["colours"] == ["blue", "green", "magenta"] and len(entry["ranges"]) == 3
+
+
+def test_an_image_with_other_channel_count_is_skipped_with_a_reason():
+    data = _tiff_bytes(_stack(2), photometric="minisblack", metadata={"axes": "CYX"})
+    with pytest.raises(SkipImage, match="2 channels where the dataset's images have 4"):
+        ingest.decode(data, channel_ranges=[(0.0, 1.0)] * 4)
