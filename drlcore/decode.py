@@ -29,6 +29,7 @@ is checked against ``max_image_pixels`` before any pixel is decoded. Problems wi
 from __future__ import annotations
 
 import io
+import json
 import re
 import struct
 import zipfile
@@ -46,6 +47,7 @@ from .discover import (
     open_zip,
     read_regular_file,
     read_zip_member,
+    split_channel_source,
     split_zip_source,
 )
 from .channels import MAX_CHANNELS, ChannelMap, channel_map, composite
@@ -86,6 +88,12 @@ def read_bytes(record: ImageRecord, max_bytes: int = IngestConfig.max_file_bytes
     the same cap; see :mod:`drlcore.discover`). Raises SkipImage when the file vanished, is not
     a regular file, is too large or cannot be read."""
     source = record.source
+    group = split_channel_source(source)
+    if group is not None:
+        names, sources = group
+        parts = [read_bytes(ImageRecord(record.path, record.label, record.split, src), max_bytes)
+                 for src in sources]
+        return _pack_channels(names, parts)
     try:
         if source.startswith("zip:"):
             zip_path, entry = split_zip_source(source)
@@ -107,7 +115,58 @@ def read_bytes(record: ImageRecord, max_bytes: int = IngestConfig.max_file_bytes
         raise SkipImage(f"cannot read file ({getattr(exc, 'strerror', None) or exc})") from None
 
 
+# A channel group's bytes (drlcore.discover: one file per channel): this magic, a 4-byte
+# little-endian header length, a JSON header {"names", "lengths"}, then each file's bytes in
+# channel order. Its hash therefore covers every channel file.
+_GROUP_MAGIC = b"DRLCHAN1"
+
+
+def _pack_channels(names: list[str], parts: list[bytes]) -> bytes:
+    header = json.dumps({"names": names, "lengths": [len(p) for p in parts]}).encode()
+    return b"".join([_GROUP_MAGIC, struct.pack("<I", len(header)), header, *parts])
+
+
+def _unpack_channels(data: bytes) -> tuple[list[str], list[bytes]]:
+    (size,) = struct.unpack("<I", data[8:12])
+    header = json.loads(data[12:12 + size])
+    parts, at = [], 12 + size
+    for length in header["lengths"]:
+        parts.append(data[at:at + length])
+        at += length
+    return list(header["names"]), parts
+
+
+def _decode_group(data: bytes, config: IngestConfig) -> _Raw:
+    names, parts = _unpack_channels(data)
+    planes, modes, notes = [], set(), []
+    for name, part in zip(names, parts):
+        try:
+            raw = _decode_raw(part, config)
+        except SkipImage as exc:
+            raise SkipImage(f"channel {name}: {exc.reason}") from None
+        pixels = raw.pixels
+        if raw.multichannel or pixels.shape[2] not in (1, 3):
+            raise SkipImage(f"channel {name}: not a single-channel image ({raw.mode})")
+        if pixels.shape[2] == 3:
+            if not (np.array_equal(pixels[..., 0], pixels[..., 1])
+                    and np.array_equal(pixels[..., 0], pixels[..., 2])):
+                raise SkipImage(f"channel {name}: a colour image, not a single channel")
+            pixels = pixels[..., :1]
+        planes.append(pixels[..., 0])
+        modes.add(pixels.dtype)
+        notes += [f"channel {name}: {note}" for note in raw.notes]
+    if len({p.shape for p in planes}) > 1:
+        raise SkipImage("channel files differ in size: "
+                        + ", ".join(f"{n} {p.shape[1]}x{p.shape[0]}" for n, p in zip(names, planes)))
+    dtype = np.result_type(*modes)
+    arr = np.stack([p.astype(dtype, copy=False) for p in planes], axis=-1)
+    return _Raw(arr, _multi_mode(len(planes), arr.dtype), notes, True, names)
+
+
 def _read_head(record: ImageRecord, n: int) -> bytes:
+    group = split_channel_source(record.source)
+    if group is not None:  # the first channel file speaks for the group
+        return _read_head(ImageRecord(record.path, None, None, group[1][0]), n)
     if record.source.startswith("zip:"):
         zip_path, entry = split_zip_source(record.source)
         zf = open_zip(zip_path)
@@ -136,6 +195,7 @@ class _Raw:
     mode: str
     notes: list[str]
     multichannel: bool = False
+    names: list[str] | None = None  # channel names of a channel group
 
 
 def _bomb_reason(n_pixels: int) -> str:
@@ -159,6 +219,8 @@ def _mode_name(channels: int, dtype: np.dtype) -> str:
 def _decode_raw(data: bytes, config: IngestConfig) -> _Raw:
     if not data:
         raise SkipImage(R_EMPTY)
+    if data[:8] == _GROUP_MAGIC:
+        return _decode_group(data, config)
     if _is_tiff(data):
         try:
             raw = _decode_tiff(data, config)
@@ -513,7 +575,7 @@ def _decode_multi(raw: _Raw, config: IngestConfig,
                      f"{config.percentile_low:g}-{config.percentile_high:g} percentile ranges "
                      "(no dataset-wide range)")
     unit = np.stack([_to_unit(arr[..., k], *ranges[k]) for k in range(n)], axis=-1)
-    cmap = channel_map(n, channel_names, config.channels)
+    cmap = channel_map(n, raw.names or channel_names, config.channels)
     rgb = composite(unit, cmap)
     height, width = rgb.shape[:2]
     return DecodedImage(rgb=rgb, width=int(width), height=int(height), mode=raw.mode,
@@ -567,7 +629,8 @@ def intensity_ranges(dataset: Dataset, config: IngestConfig = IngestConfig(), sa
     for i in picks:
         record = records[int(i)]
         try:
-            if not _may_be_high_bit_depth(_read_head(record, 32)):
+            if (split_channel_source(record.source) is None
+                    and not _may_be_high_bit_depth(_read_head(record, 32))):
                 continue
             raw = _decode_raw(read_bytes(record), config)
         except (SkipImage, OSError, KeyError, zipfile.BadZipFile):

@@ -50,6 +50,7 @@ import bisect
 import csv
 import dataclasses
 import io
+import json
 import os
 import re
 import stat
@@ -111,11 +112,23 @@ class IngestConfig:
     percentile_high: float = 99.5
     # Display colours of fluorescence channels, the ``--channels`` spec (drlcore.channels).
     channels: str | None = None
+    # One-file-per-channel layouts: the rule that groups ``<object>_<channel>.tif`` files into
+    # one multi-channel image (module docstring); None or "" turns grouping off.
+    channel_pattern: str | None = r"^(?P<object>.+)_(?P<channel>[^_]+)$"
 
     def __post_init__(self) -> None:
         from drlcore.channels import parse_channels
 
         parse_channels(self.channels)  # a malformed spec is refused before any image is read
+        if self.channel_pattern:
+            try:
+                groups = re.compile(self.channel_pattern).groupindex
+            except re.error as exc:
+                raise DrlError(f"channel_pattern {self.channel_pattern!r} is not a valid "
+                               f"regular expression: {exc}") from None
+            if not {"object", "channel"} <= set(groups):
+                raise DrlError(f"channel_pattern {self.channel_pattern!r} needs the named groups "
+                               "(?P<object>...) and (?P<channel>...)")
         if int(self.max_image_pixels) <= 0:
             raise DrlError(f"max_image_pixels must be positive, got {self.max_image_pixels}")
         if int(self.max_file_bytes) <= 0:
@@ -151,6 +164,8 @@ class Dataset:
     layout: str  # "class-folders" | "flat" | "csv" | "zip:<inner layout>"
     records: list[ImageRecord]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    # Set when images are channel groups (one file per channel): the channel names, in order.
+    channel_names: list[str] | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -218,6 +233,7 @@ def discover(data: str | os.PathLike, config: IngestConfig = IngestConfig(),
                        f"images (or a .zip of it)")
 
     layout, records = _assign_labels(entries, reader, skipped)
+    records, channel_names = _group_channels(records, config, skipped)
     if not records and any(reason == R_ENCRYPTED for _, reason in skipped):
         raise DrlError(f"{path}: encrypted zip: not supported, unzip it first (with its "
                        f"password) and give the folder")
@@ -232,7 +248,93 @@ def discover(data: str | os.PathLike, config: IngestConfig = IngestConfig(),
     if stat.S_ISREG(st.st_mode):
         layout = f"zip:{layout}"
     skipped.sort(key=lambda item: _sort_key(item[0]))
-    return Dataset(root=str(path), layout=layout, records=records, skipped=skipped)
+    return Dataset(root=str(path), layout=layout, records=records, skipped=skipped,
+                   channel_names=channel_names)
+
+
+CHANNELS_PREFIX = "channels:"
+R_INCOMPLETE_GROUP = "incomplete channel group"
+MAX_GROUP_CHANNELS = 8
+
+
+def channel_group_source(names: list[str], sources: list[str]) -> str:
+    """The ``source`` of a channel group: every channel file, by channel name (JSON)."""
+    return CHANNELS_PREFIX + json.dumps({"names": list(names), "sources": list(sources)},
+                                        ensure_ascii=False, separators=(",", ":"))
+
+
+def split_channel_source(source: str) -> tuple[list[str], list[str]] | None:
+    """(names, sources) of a channel group's ``source``; None for a single file."""
+    if not source.startswith(CHANNELS_PREFIX):
+        return None
+    value = json.loads(source[len(CHANNELS_PREFIX):])
+    return list(value["names"]), list(value["sources"])
+
+
+def _group_channels(records: list[ImageRecord], config: IngestConfig,
+                    skipped: list[tuple[str, str]]) -> tuple[list[ImageRecord], list[str] | None]:
+    """One-file-per-channel layouts (Cell Painting style) become one record per object.
+
+    Rule, per folder: the file stems (name without extension) are matched against
+    ``config.channel_pattern`` (default ``^(?P<object>.+)_(?P<channel>[^_]+)$``: the object is
+    everything before the last ``_``, the channel what follows). The folder is grouped only when
+    EVERY image in it matches, there are 2 to 8 distinct channel names, at least 2 objects, and
+    each channel name occurs for at least half of the objects (so ``cell_1.png, cell_2.png``,
+    one object with numbered "channels", stays two images). Otherwise its files are separate
+    images, as before. In a grouped folder, an object lacking a channel (or with channel files
+    of different labels) is skipped with the reason "incomplete channel group (...)". Channels
+    are ordered by name; the record's path is ``<folder>/<object>`` and its source lists the
+    channel files (see :func:`channel_group_source`).
+    """
+    if not config.channel_pattern or len(records) < 4:
+        return records, None
+    pattern = re.compile(config.channel_pattern)
+    folders: dict[str, list[ImageRecord]] = {}
+    for r in records:
+        folders.setdefault(r.path.rpartition("/")[0], []).append(r)
+    out: list[ImageRecord] = []
+    names_seen: list[str] | None = None
+    for folder, members in folders.items():
+        parsed = []
+        for r in members:
+            stem = r.path.rpartition("/")[2].rpartition(".")[0]
+            m = pattern.match(stem)
+            if m is None or not m.group("object") or not m.group("channel"):
+                break
+            parsed.append((m.group("object"), m.group("channel"), r))
+        else:
+            objects: dict[str, dict[str, ImageRecord]] = {}
+            for obj, ch, r in parsed:
+                objects.setdefault(obj, {})[ch] = r
+            channels = sorted({ch for _, ch, _ in parsed})
+            counts = {ch: sum(ch in chans for chans in objects.values()) for ch in channels}
+            if (2 <= len(channels) <= MAX_GROUP_CHANNELS and len(objects) >= 2
+                    and min(counts.values()) * 2 >= len(objects)
+                    and all(len(chans) == sum(1 for o, _, _ in parsed if o == obj)
+                            for obj, chans in objects.items())):
+                names_seen = names_seen or channels
+                prefix = f"{folder}/" if folder else ""
+                for obj, chans in objects.items():
+                    rel = prefix + obj
+                    missing = [ch for ch in channels if ch not in chans]
+                    labels = {r.label for r in chans.values()}
+                    if missing:
+                        skipped.append((rel, f"{R_INCOMPLETE_GROUP} (missing channel "
+                                             f"{', '.join(missing)})"))
+                        continue
+                    if len(labels) > 1:
+                        skipped.append((rel, f"{R_INCOMPLETE_GROUP} (its channel files have "
+                                             "different labels)"))
+                        continue
+                    first = chans[channels[0]]
+                    out.append(ImageRecord(
+                        path=rel, label=first.label, split=first.split,
+                        source=channel_group_source(channels,
+                                                    [chans[ch].source for ch in channels])))
+                continue
+        out.extend(members)
+    out.sort(key=lambda r: _sort_key(r.path))
+    return out, names_seen
 
 
 def _kind(mode: int) -> str:

@@ -163,3 +163,84 @@ def test_an_image_with_other_channel_count_is_skipped_with_a_reason():
     data = _tiff_bytes(_stack(2), photometric="minisblack", metadata={"axes": "CYX"})
     with pytest.raises(SkipImage, match="2 channels where the dataset's images have 4"):
         ingest.decode(data, channel_ranges=[(0.0, 1.0)] * 4)
+
+
+CELL_PAINTING = ("AGP", "DNA", "ER", "Mito")
+
+
+def _write_channel_layout(root, n_objects=3, classes=("a", "b"), drop=None, scale=1):
+    """``<class>/<object>_<channel>.tif``: channel k of object i is the constant 100*(k+1)*(i+1)
+    plus a bright square, so each decoded channel can be recognised."""
+    for cls in classes:
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n_objects):
+            for k, ch in enumerate(CELL_PAINTING):
+                if drop == (cls, i, ch):
+                    continue
+                arr = np.full((20, 20), 100 * (k + 1) * (i + 1) * scale, np.uint16)
+                arr[5:15, 5:15] += 3000 * (k + 1)
+                tifffile.imwrite(root / cls / f"site{i}_{ch}.tif", arr, photometric="minisblack")
+
+
+def test_per_channel_files_group_into_one_image(tmp_path):
+    root = tmp_path / "cp"
+    _write_channel_layout(root, drop=("b", 2, "ER"))
+    dataset = ingest.discover(root)
+    assert dataset.channel_names == list(CELL_PAINTING)
+    assert [r.path for r in dataset.records] == ["a/site0", "a/site1", "a/site2",
+                                                 "b/site0", "b/site1"]
+    assert dataset.skipped == [("b/site2", "incomplete channel group (missing channel ER)")]
+    assert {r.label for r in dataset.records} == {"a", "b"}
+    _, ranges = ingest.intensity_ranges(dataset)
+    assert len(ranges) == 4
+    record = dataset.records[1]
+    image = ingest.decode(ingest.read_bytes(record), channel_ranges=ranges)
+    assert image.channels.shape == (20, 20, 4)
+    assert image.channel_map.names == CELL_PAINTING
+    assert image.channel_map.colours == ("blue", "green", "magenta", "grey")
+    for k in range(4):  # each channel file landed in its own channel, scaled by its range
+        lo, hi = ranges[k]
+        background = np.clip((100 * (k + 1) * 2 - lo) / (hi - lo), 0, 1)
+        assert image.channels[0, 0, k] == pytest.approx(background, abs=1e-5)
+    # the bytes (hence the cache key) cover every channel file
+    other = ingest.read_bytes(record)
+    tifffile.imwrite(root / "a" / "site1_Mito.tif", np.zeros((20, 20), np.uint16),
+                     photometric="minisblack")
+    assert ingest.read_bytes(record) != other
+
+
+def test_channel_names_follow_the_channels_option(tmp_path):
+    root = tmp_path / "cp"
+    _write_channel_layout(root, classes=("a",))
+    dataset = ingest.discover(root)
+    config = ingest.IngestConfig(channels="DNA=blue,AGP=red,ER=off,Mito=yellow")
+    _, ranges = ingest.intensity_ranges(dataset, config)
+    entry = ingest.channels_entry(dataset, config, ranges)
+    assert entry["names"] == list(CELL_PAINTING)
+    assert entry["colours"] == ["red", "blue", "off", "yellow"]
+    with pytest.raises(DrlError, match="no channel called 'GFP'"):
+        ingest.channels_entry(dataset, ingest.IngestConfig(channels="GFP=green"), ranges)
+
+
+def test_files_stay_separate_unless_every_file_fits_the_rule(tmp_path):
+    root = tmp_path / "mixed"
+    _write_channel_layout(root, classes=("a",))
+    tifffile.imwrite(root / "a" / "overview.tif", np.zeros((8, 8), np.uint16))
+    assert len(ingest.discover(root).records) == 13  # one non-matching file: no grouping
+    numbered = tmp_path / "numbered"
+    numbered.mkdir()
+    for i in range(6):  # cell_1 ... cell_6: one "object", six numbers: separate images
+        tifffile.imwrite(numbered / f"cell_{i}.tif", np.zeros((8, 8), np.uint16))
+    assert ingest.discover(numbered).channel_names is None
+    off = ingest.discover(tmp_path / "mixed", ingest.IngestConfig(channel_pattern=None))
+    assert len(off.records) == 13
+    custom = tmp_path / "custom"
+    custom.mkdir()
+    for obj in ("p1", "p2"):
+        for ch in ("w1", "w2"):
+            tifffile.imwrite(custom / f"{ch}-{obj}.tif", np.zeros((8, 8), np.uint16))
+    grouped = ingest.discover(custom, ingest.IngestConfig(
+        channel_pattern=r"^(?P<channel>w\d)-(?P<object>.+)$"))
+    assert grouped.channel_names == ["w1", "w2"] and len(grouped.records) == 2
+    with pytest.raises(DrlError, match="named groups"):
+        ingest.IngestConfig(channel_pattern=r"(?P<object>.+)")
