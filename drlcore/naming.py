@@ -33,7 +33,7 @@ import pandas as pd
 from drlcore.errors import DrlError
 
 __all__ = ["FAMILIES", "FAMILY_FEATURES", "NamingConfig", "feature_family", "name_axes",
-           "best_family_axes", "axis_label"]
+           "best_family_axes", "axis_label", "axis_help"]
 
 FAMILIES: tuple[str, ...] = ("size", "shape", "colour", "intensity", "texture")
 
@@ -161,7 +161,7 @@ def name_axes(corr: pd.DataFrame, source_names: Sequence[str], inactive: Sequenc
                 rec["reason"] = f"{rule}; no morphology was measured for this axis"
             else:
                 rec["reason"] = (f"{rule}; strongest: {_short(pick['feature'])} "
-                                 f"{symbol}={pick['value']:.2f} (q={_fmt_q(pick['q_value'])})")
+                                 f"{symbol}={pick['value']:.2f} (q {_fmt_q(pick['q_value'])})")
         records.append(rec)
 
     # Shared families: the strongest keeps the plain name.
@@ -214,6 +214,24 @@ def axis_label(axis: Mapping, with_r: bool = True) -> str:
     return f"{name} — {_short(axis['feature'])} {symbol}={axis['r']:.2f}{ci}"
 
 
+def axis_help(axis: Mapping) -> str:
+    """The longer explanation for hover/help: the association (or why there is none), the q-value,
+    and where the axis came from."""
+    parts = []
+    symbol = _METHOD_SYMBOL.get(str(axis.get("method")), "r")
+    if axis.get("status") == "named":
+        ci = ""
+        if axis.get("ci_low") is not None and axis.get("ci_high") is not None:
+            ci = f", 95% CI [{axis['ci_low']:.2f}, {axis['ci_high']:.2f}]"
+        parts.append(f"Named from this run's images: {_short(axis['feature'])} ({axis['family']} "
+                     f"family), {symbol} = {axis['r']:.2f}{ci}, BH q {_fmt_q(axis.get('q_value'))}.")
+    elif axis.get("reason"):
+        parts.append(f"{str(axis['status']).capitalize()}: {axis['reason']}.")
+    if axis.get("provenance"):
+        parts.append(f"Provenance: {axis['provenance']}.")
+    return " ".join(parts)
+
+
 def _num(value) -> float | None:
     return None if value is None or not np.isfinite(float(value)) else float(value)
 
@@ -221,4 +239,4 @@ def _num(value) -> float | None:
 def _fmt_q(q) -> str:
     if q is None or not np.isfinite(float(q)):
         return "n/a"
-    return f"{float(q):.2g}" if float(q) >= 1e-3 else "<0.001"
+    return f"= {float(q):.2g}" if float(q) >= 1e-3 else "< 0.001"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -18,19 +17,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from drlcore import rundir
 from drlcore.errors import DrlError
 from drlcore.io import read_json
+from drlcore.rundir import RUNS_DIR_ENV, default_runs_dir  # noqa: F401 - part of this module's API
 
 DEMO_RUN_NAME = "demo-texture-dsprites"  # drlcore.demo.DEMO_NAME (kept literal: no engine import at startup)
-RUNS_DIR_ENV = "DRL_RUNS_DIR"
-_Z_MEAN = re.compile(r"^z_mean_(\d+)$")
-_Z_SCORE = re.compile(r"^z_score_(\d+)$")
-
-
-def default_runs_dir() -> Path:
-    from platformdirs import user_data_dir
-
-    return Path(user_data_dir("drl")) / "runs"
 
 
 def parse_app_args(argv: list[str]) -> argparse.Namespace:
@@ -52,9 +44,6 @@ def pipeline_config(settings: dict | None = None, backbone: str | None = None,
     ``"features"`` holds ``FeatureConfig`` fields. Unknown keys are an error, as everywhere.
     The backbone and source model chosen in the page override the file.
     """
-    import dataclasses
-
-    from drlcore.features import FeatureConfig
     from drlcore.pipeline import PipelineConfig
 
     settings = dict(settings or {})
@@ -63,13 +52,7 @@ def pipeline_config(settings: dict | None = None, backbone: str | None = None,
         features["backbone"] = backbone
     if source_model:
         settings["source_model"] = source_model
-    known = {f.name for f in dataclasses.fields(PipelineConfig)} - {"features"}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise DrlError(f"unknown pipeline setting(s) {unknown}; known: {sorted(known)}")
-    if "known_classes" in settings and settings["known_classes"] is not None:
-        settings["known_classes"] = tuple(settings["known_classes"])
-    return PipelineConfig(features=FeatureConfig.from_dict(features), **settings)
+    return PipelineConfig.from_dict({**settings, "features": features})
 
 
 def read_pipeline_settings(path: str | None) -> dict:
@@ -87,12 +70,14 @@ def read_pipeline_settings(path: str | None) -> dict:
 def resolve_runs_dir(cli_value: str | None, environ: dict | None = None) -> Path:
     """``--runs-dir`` wins, then ``$DRL_RUNS_DIR``, then the per-user data folder."""
     environ = os.environ if environ is None else environ
-    value = cli_value or environ.get(RUNS_DIR_ENV)
-    return Path(value).expanduser().resolve() if value else default_runs_dir()
+    if cli_value:
+        return Path(cli_value).expanduser().resolve()
+    return default_runs_dir(environ).resolve()
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "objects.parquet").is_file() and not path.name.endswith(".partial")
+    """A run the explorer can open (encoded, not still being built)."""
+    return rundir.is_complete_run(path)
 
 
 def list_runs(runs_dir: Path) -> list[Path]:
@@ -134,7 +119,7 @@ def _read_bytes(path: str, stamp: tuple[int, int]) -> bytes:
 
 @dataclass(frozen=True)
 class Run:
-    """Read-only view of one run folder.
+    """Read-only view of one run folder: a thin cached wrapper over :mod:`drlcore.rundir`.
 
     Files are cached across reruns by path and file stamp (``st.cache_data``); each ``Run`` is
     built once per rerun, so ``cached_property`` keeps one copy of each table per rerun.
@@ -159,51 +144,57 @@ class Run:
         except ValueError as exc:
             raise DrlError(f"{p} is not valid JSON ({exc}); re-run the stage that writes it") from exc
 
+    @property
+    def objects_stamp(self) -> tuple[int, int]:
+        """Changes whenever the objects table is rewritten (a cache key for derived views)."""
+        return file_stamp(self.path / rundir.OBJECTS)
+
     @cached_property
     def objects(self) -> pd.DataFrame:
-        df = self._table("objects.parquet")
+        df = self._table(rundir.OBJECTS)
         if df is None:
-            raise DrlError(f"{self.path} has no objects.parquet; it is not a finished run")
+            raise DrlError(f"{self.path} has no {rundir.OBJECTS}; it is not a finished run")
         if "row" not in df.columns:
             df = df.assign(row=np.arange(len(df)))
         return df
 
     @cached_property
     def correlations(self) -> pd.DataFrame | None:
-        return self._table("correlations.parquet")
+        return self._table(rundir.CORRELATIONS)
 
     @cached_property
     def analysis(self) -> dict:
-        return self._json("analysis.json")
+        return self._json(rundir.ANALYSIS)
 
     @cached_property
     def manifest(self) -> dict:
-        return self._json("manifest.json")
+        """The manifest's stage entries by stage name (``features``, ``model``, ``encode``,
+        ``pipeline``, ``analyze``), whatever layout the folder was written in."""
+        raw = self._json(rundir.MANIFEST)
+        return rundir.upgrade_manifest(raw)["stages"] if raw else {}
 
     @cached_property
     def model_config(self) -> dict:
-        return self._json("model", "config.json")
+        return self._json(rundir.MODEL, rundir.MODEL_CONFIG)
 
     @cached_property
     def model_metrics(self) -> dict:
-        return self._json("model", "metrics.json")
+        return self._json(rundir.MODEL, rundir.MODEL_METRICS)
 
     @property
     def skipped(self) -> pd.DataFrame | None:
-        p = self.path / "skipped.csv"
+        p = self.path / rundir.SKIPPED
         if not p.is_file():
             return None
         return pd.read_csv(p)
 
     @cached_property
     def latent_columns(self) -> list[str]:
-        cols = [c for c in self.objects.columns if _Z_MEAN.match(c)]
-        return sorted(cols, key=lambda c: int(_Z_MEAN.match(c).group(1)))
+        return rundir.latent_columns(self.objects.columns)
 
     @cached_property
     def zscore_columns(self) -> list[str]:
-        cols = [c for c in self.objects.columns if _Z_SCORE.match(c)]
-        return sorted(cols, key=lambda c: int(_Z_SCORE.match(c).group(1)))
+        return rundir.zscore_columns(self.objects.columns)
 
     @cached_property
     def morph_columns(self) -> list[str]:
@@ -213,10 +204,26 @@ class Run:
 
     @cached_property
     def dim_names(self) -> list[str]:
-        """Display names ``z3: scale`` from model/config.json, ``z3`` where the model has none."""
-        names = list(self.model_config.get("dim_names") or [])
-        n = len(self.latent_columns)
-        return [names[j] if j < len(names) and names[j] else f"z{j}" for j in range(n)]
+        """Display names from the run's own data (analysis.json ``dim_names``: ``z3: size``,
+        ``z4 (unnamed)``); the model's source names where the run has not been analysed."""
+        names = self.analysis.get("dim_names")
+        if isinstance(names, list) and len(names) == len(self.latent_columns) and self.axes:
+            return [str(n) for n in names]
+        return self.source_dim_names
+
+    @cached_property
+    def source_dim_names(self) -> list[str]:
+        """Names the axes got on the synthetic source (model/config.json), ``z3: scale``."""
+        return rundir.dim_names(self.model_config, len(self.latent_columns))
+
+    @cached_property
+    def axes(self) -> list[dict]:
+        """analysis.json's per-axis naming records (drlcore.naming), [] for an older analysis."""
+        axes = self.analysis.get("axes")
+        if isinstance(axes, list) and len(axes) == len(self.latent_columns) \
+                and all(isinstance(a, dict) for a in axes):
+            return axes
+        return []
 
     @property
     def inactive_dims(self) -> set[int]:
@@ -238,7 +245,7 @@ class Run:
         return [p for p in ("umap", "pca") if {f"{p}_x", f"{p}_y"} <= cols]
 
     def thumb_path(self, sha: str) -> Path:
-        return self.path / "thumbs" / f"{sha}.jpg"
+        return rundir.thumb_path(self.path, sha)
 
     def thumb_bytes(self, sha: str) -> bytes | None:
         p = self.thumb_path(sha)
@@ -246,27 +253,14 @@ class Run:
 
     @cached_property
     def features_manifest(self) -> dict:
-        """The features stage's manifest: nested under "features", or (as ``drl run`` writes it)
-        the top level of manifest.json with the later stages beside it."""
-        man = self.manifest
-        if isinstance(man.get("features"), dict):
-            return man["features"]
-        return man if man.get("stage") == "features" or "backbone" in man else {}
+        """The features stage's manifest entry ({} when the features were not made here)."""
+        return dict(self.manifest.get("features") or {})
 
     def provenance(self) -> dict:
         """The stamp every export carries: what model, what data, which parameters."""
-        man = self.manifest
-        feats = self.features_manifest
-        model = self.model_config.get("backbone", {})
-        return {
-            "run": str(self.path),
-            "backbone": feats.get("backbone") or model.get("name"),
-            "backbone weights hash": feats.get("weights_hash") or model.get("weights_hash"),
-            "model hash": man.get("model", {}).get("model_hash") or man.get("model", {}).get("weights_hash"),
-            "data fingerprint": feats.get("data", {}).get("fingerprint"),
-            "objects": len(self.objects),
-            "analysis parameters": self.analysis.get("config") or self.analysis.get("params") or {},
-        }
+        return rundir.provenance(self.path, manifest={"stages": self.manifest},
+                                 config=self.model_config, analysis=self.analysis,
+                                 n_objects=len(self.objects))
 
 
 def backbone_summary(run: Run) -> tuple[str, str]:
@@ -289,5 +283,4 @@ def backbone_summary(run: Run) -> tuple[str, str]:
 
 def pipeline_notes(run: Run) -> list[str]:
     """Notes the pipeline left for the user (e.g. too few images to fine-tune)."""
-    notes = (run.manifest.get("pipeline") or {}).get("notes") or []
-    return [str(n) for n in notes]
+    return rundir.pipeline_notes({"stages": run.manifest})

@@ -18,7 +18,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-__all__ = ["ReportSection", "build_report"]
+__all__ = ["ReportSection", "build_report", "axes_section"]
 
 
 @dataclass
@@ -30,6 +30,26 @@ class ReportSection:
     table: pd.DataFrame | None = None
     table_rows: int = 50
     notes: list[str] = field(default_factory=list)
+
+
+def axes_section(axes: Sequence[dict]) -> ReportSection | None:
+    """What each latent axis is called and why: the names from the run's own data with r, CI and
+    q-value, the reason for unnamed axes, and the synthetic-source name as provenance."""
+    if not axes:
+        return None
+
+    def num(v):
+        return None if v is None else round(float(v), 3)
+
+    table = pd.DataFrame([{
+        "axis": a.get("name"), "status": a.get("status"), "family": a.get("family") or "",
+        "feature": str(a.get("feature") or "").removeprefix("morph_").replace("_", " "),
+        "r": num(a.get("r")), "ci_low": num(a.get("ci_low")), "ci_high": num(a.get("ci_high")),
+        "q_value": a.get("q_value"), "reason": a.get("reason") or "",
+        "provenance": a.get("provenance") or ""} for a in axes])
+    return ReportSection("Axis names", text="Each axis is named after the morphology family it "
+                         "follows on this run's own images (|r| >= 0.4 and Benjamini-Hochberg "
+                         "q < 0.05); otherwise it is unnamed, with the reason.", table=table)
 
 
 _CSS = """

@@ -286,6 +286,13 @@ def test_every_page_on_a_real_pipeline_run(tmp_path, monkeypatch):
         at = _app(page)
         assert not at.error, (page, [e.value for e in at.error])
         assert at.title, page
+    # Axis names come from the run's own data, the synthetic-source name stays as provenance.
+    analysis = json.loads((runs / "real" / "analysis.json").read_text())
+    assert len(analysis["axes"]) == len(analysis["dim_names"]) == len(analysis["source_dim_names"])
+    at = _app("traversals")
+    heading = next(m.value for m in at.markdown if m.value.startswith("####"))
+    assert heading.removeprefix("#### ").startswith(analysis["dim_names"][0])
+    assert any("Provenance:" in c.value for c in at.caption)
     at = _app("class_map")
     assert sum(_n_points(t) for t in _charts(at)[0]["data"]) == 12
     at = _app("anomalies")

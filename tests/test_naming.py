@@ -108,3 +108,12 @@ def test_known_truth_through_the_real_correlation_code():
     best = best_family_axes(corr, axes)
     assert best["size"]["dim"] == 0 and best["colour"]["dim"] == 1
     assert best["intensity"]["name"] in ("z2 (unnamed)", "z3 (unnamed)")
+
+
+def test_axis_help_explains_names_and_reasons():
+    corr = _table([(0, "morph_area", 0.55, 1e-6), (1, "morph_area", 0.2, 0.01)])
+    a = name_axes(corr, ["z0: scale", "z1: colour"])
+    from drlcore.naming import axis_help
+    assert "area (size family), ρ = 0.55, 95% CI [0.50, 0.60]" in axis_help(a[0])
+    assert "learned as scale on the synthetic source" in axis_help(a[0])
+    assert axis_help(a[1]).startswith("Unnamed: no family") and "area ρ=0.20" in axis_help(a[1])

@@ -16,6 +16,7 @@ import streamlit as st
 from drlcore.analyze import project_onto
 from drlcore.compare import effect_sizes
 from drlcore.errors import DrlError
+from drlcore.naming import axis_help, axis_label
 from explorer.data import file_stamp, is_run_dir, list_runs
 from explorer.figures import effect_size_chart, feature_label, latent_map
 from explorer.report import ReportSection, build_report
@@ -59,6 +60,9 @@ x_col, y_col = f"{proj}_x", f"{proj}_y"
 colour = st.session_state["map.color_by"]
 colour_col = None if colour == "none" else ("label" if colour == "class" else colour)
 continuous = colour_col not in (None, "label")
+if colour_col in run.latent_columns and run.axes:
+    _axis = run.axes[run.latent_columns.index(colour_col)]
+    st.caption(f"Colour: {axis_label(_axis)}", help=axis_help(_axis))
 flagged = None
 if "anomaly_score" in df and st.session_state.get("map.show_flagged", True):
     threshold = st.session_state.get("anom.threshold")

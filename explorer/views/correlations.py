@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
+from drlcore.naming import axis_help, axis_label
 from explorer.figures import correlation_heatmap, feature_label, pair_scatter
-from explorer.report import ReportSection, build_report
+from explorer.report import ReportSection, axes_section, build_report
 from explorer.ui import (csv_download, image_grid, object_detail, report_download, require_run,
                          selected_rows_from_event, show_chart)
 
@@ -45,8 +46,13 @@ def _on_cell_click() -> None:
 
 st.segmented_control("Measure", methods, key="corr.method", format_func=METHODS.get)
 method = st.session_state["corr.method"] or methods[0]
-st.caption("Rows: latent dimensions; columns: handcrafted morphology features. Click a cell to see that pair.")
-heat = correlation_heatmap(corr, method, names, features)
+st.caption("Rows: latent axes, named from this run's own data and ordered by the family they follow; "
+           "columns: handcrafted morphology features grouped by family. Click a cell to see that pair.")
+st.toggle("Cluster axes and features (hierarchical)", key="corr.cluster",
+          help="Orders axes, and features within each family, by average-linkage clustering of "
+               "their correlation profiles instead of by family.")
+heat = correlation_heatmap(corr, method, names, features, axes=run.axes,
+                           cluster=bool(st.session_state.get("corr.cluster")))
 show_chart(heat, key="corr.heatmap", filename=f"{run.name}-correlations-{method}", on_select=_on_cell_click,
            selection_mode=("points",))
 
@@ -54,6 +60,9 @@ pick = st.columns(2)
 pick[0].selectbox("Latent dimension", list(range(len(names))), key="corr.dim", format_func=lambda j: names[j])
 pick[1].selectbox("Morphology feature", features, key="corr.feature", format_func=feature_label)
 dim, feature = st.session_state["corr.dim"], st.session_state["corr.feature"]
+if dim < len(run.axes):
+    st.markdown(f"**Axis:** {axis_label(run.axes[dim])}", help=axis_help(run.axes[dim]))
+    st.caption(axis_help(run.axes[dim]))
 zcol = run.latent_columns[dim]
 row = corr[(corr["dim"] == dim) & (corr["feature"] == feature) & (corr["method"] == method)]
 if len(row):
@@ -83,6 +92,8 @@ if selected:
 table = corr[corr["method"] == method].pivot_table(index="dim", columns="feature", values="value", aggfunc="first")
 table = table.rename(columns=feature_label).rename_axis(columns=None)
 table.insert(0, "dimension", [names[d] if d < len(names) else f"z{d}" for d in table.index])
+if run.axes:
+    table.insert(1, "about", [axis_help(run.axes[d]) if d < len(run.axes) else "" for d in table.index])
 exports = st.columns(2)
 with exports[0]:
     csv_download(corr, f"{run.name}-correlations.csv", key="corr.csv", label="Download all correlations (CSV)")
@@ -90,6 +101,7 @@ with exports[1]:
     report_download(lambda: build_report(
         f"Correlations — {run.name}",
         [ReportSection(f"{METHODS[method]}: latent dimensions x morphology", figures=[heat], table=table),
-         ReportSection(f"{names[dim]} vs {feature_label(feature)}", figures=[scatter])],
+         ReportSection(f"{names[dim]} vs {feature_label(feature)}", figures=[scatter]),
+         *[sec for sec in (axes_section(run.axes),) if sec is not None]],
         {**run.provenance(), "view": "correlations", "method": method}),
         f"{run.name}-correlations.html", key="corr.report")

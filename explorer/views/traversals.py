@@ -7,10 +7,11 @@ import pandas as pd
 import streamlit as st
 
 from drlcore.correlation import best_matches
+from drlcore.naming import axis_help, axis_label
 from drlcore.traversal import traversal_indices, traversal_values
 from explorer.data import file_stamp
 from explorer.figures import feature_label
-from explorer.report import ReportSection, build_report
+from explorer.report import ReportSection, axes_section, build_report
 from explorer.ui import caption_for, csv_download, image_grid, object_detail, report_download, require_run
 
 run = require_run()
@@ -42,6 +43,13 @@ def _best_matches(dim: int, k: int = 3) -> pd.DataFrame:
     return best[best["dim"] == dim]
 
 
+def _axis_line(dim: int) -> str:
+    """The axis named from this run's data, with r and CI, or why it is unnamed; provenance."""
+    if dim >= len(run.axes):
+        return ""
+    return axis_help(run.axes[dim])
+
+
 def _match_text(dim: int) -> str:
     best = _best_matches(dim)
     if best.empty:
@@ -53,7 +61,9 @@ stamp = file_stamp(run.path / "objects.parquet")
 controls = st.columns([3, 1])
 active = [j for j in range(len(zcols)) if j not in run.inactive_dims]
 controls[0].selectbox("Dimension", list(range(len(zcols))), key="trav.dim", format_func=lambda j: names[j]
-                      + ("  (inactive)" if j in run.inactive_dims else ""))
+                      + ("  (inactive)" if j in run.inactive_dims and "inactive" not in names[j] else ""),
+                      help="Axes are named after the morphology family they follow on this run's own "
+                           "images (|r| >= 0.4, BH q < 0.05); the synthetic-source name is provenance.")
 controls[1].slider("Images per axis", 5, 15, key="trav.n_steps", step=2)
 n_steps = st.session_state["trav.n_steps"]
 show_all = st.toggle("Show all active dimensions", key="trav.show_all")
@@ -65,13 +75,17 @@ summary_rows = []
 for dim in dims:
     rows, values = _strip(str(run.path), stamp, dim, n_steps)
     with st.container(border=True):
-        st.markdown(f"#### {names[dim]}")
+        axis = run.axes[dim] if dim < len(run.axes) else {"name": names[dim]}
+        st.markdown(f"#### {axis_label(axis)}", help=_axis_line(dim) or None)
+        if _axis_line(dim):
+            st.caption(_axis_line(dim))
         st.markdown(f"Best morphology matches: {_match_text(dim)}")
         picked = df.set_index("row", drop=False).loc[rows] if "row" in df else df.iloc[rows]
         captions = [f"{names[dim].split(':')[0]} = {v:+.2f}" for v in values]
         image_grid(run, picked, key_prefix=f"trav.strip.{dim}", focus_key="trav.focus", n_cols=n_steps,
                    max_images=n_steps, captions=captions)
-    summary_rows.append({"dim": dim, "name": names[dim], "best_matches": _match_text(dim),
+    summary_rows.append({"dim": dim, "name": names[dim], "about": _axis_line(dim),
+                         "source_name": run.source_dim_names[dim], "best_matches": _match_text(dim),
                          "rows": " ".join(map(str, rows))})
 
 table = pd.DataFrame(summary_rows)
@@ -87,8 +101,13 @@ def _report() -> str:
         picked = df.set_index("row", drop=False).loc[rows]
         images = [(run.thumb_bytes(str(sha)) or b"", f"{v:+.2f} · {caption_for(obj)}")
                   for (_, obj), sha, v in zip(picked.iterrows(), picked["sha256"], values, strict=True)]
-        sections.append(ReportSection(names[dim], text=f"Best morphology matches: {_match_text(dim)}",
+        axis = run.axes[dim] if dim < len(run.axes) else {"name": names[dim]}
+        sections.append(ReportSection(axis_label(axis),
+                                      text=f"{_axis_line(dim)} Best morphology matches: {_match_text(dim)}",
                                       images=[im for im in images if im[0]]))
+    names_section = axes_section(run.axes)
+    if names_section is not None:
+        sections.insert(0, names_section)
     return build_report(f"Latent axes — {run.name}", sections,
                         {**run.provenance(), "view": "latent axes", "steps": n_steps, "quantiles": "0.02-0.98"})
 
