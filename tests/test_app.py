@@ -149,6 +149,10 @@ def test_correlation_method_and_pair_drive_the_charts(runs_dir):
     at.selectbox(key="corr.feature").set_value("morph_mean_intensity").run()
     _, scatter = _charts(at)
     assert scatter["layout"]["yaxis"]["title"]["text"] == "mean intensity"
+    # family labels over the grouped features; the cluster toggle reorders without error
+    assert any(a["text"] == "<b>size</b>" for a in heat["layout"]["annotations"])
+    at.toggle(key="corr.cluster").set_value(True).run()
+    assert not at.exception and len(_charts(at)[0]["data"][0]["y"]) == len(heat["data"][0]["y"])
 
 
 def test_correlation_selection_shows_gallery(runs_dir):
