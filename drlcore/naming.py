@@ -24,6 +24,7 @@ source").
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -60,7 +61,7 @@ def feature_family(feature: str) -> str | None:
         return None
     if feature.startswith("morph_glcm_"):
         return "texture"
-    if feature.startswith("morph_ch") or "intensity" in feature:
+    if re.match(r"morph_ch\d", feature) or "intensity" in feature:
         return "intensity"
     return None
 

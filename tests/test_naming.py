@@ -28,6 +28,7 @@ def test_every_morphology_feature_but_orientation_has_a_family():
         assert (fam is None) == (feature == "morph_orientation"), feature
     assert feature_family("factor_scale") is None
     assert feature_family("morph_ch2_intensity_mean") == "intensity"
+    assert feature_family("morph_ch0_mean") == feature_family("morph_ch1_dapi_mean") == "intensity"
     assert set(FAMILY_FEATURES["size"]) >= {"morph_area", "morph_perimeter", "morph_major_axis"}
 
 
