@@ -161,7 +161,7 @@ def axis_montage(run_dir: str | Path, dim: int, config: SlideConfig = SlideConfi
             if r == config.n_rows - 1:
                 ax.set_xlabel(f"{values[c]:+.2f}", fontsize=11)
     which = f", class {config.label}" if config.label else ""
-    fig.suptitle(f"z{dim}: {names[dim]}{which}: from low to high values of the axis",
+    fig.suptitle(f"{_display(names[dim], dim)}{which}: from low to high values of the axis",
                  fontsize=16, x=0.01, ha="left")
     fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.1, wspace=0.04, hspace=0.04)
     return fig
@@ -175,6 +175,11 @@ def _axis_names(run_dir: Path, n: int) -> list[str]:
     if not names or len(names) != n:
         names = rundir.dim_names(run_dir, n)
     return [str(x) for x in names]
+
+
+def _display(name: str, j: int) -> str:
+    """``z3: size`` whether or not the stored name already carries its ``z3`` prefix."""
+    return name if name.split(":")[0].split(" ")[0] == f"z{j}" else f"z{j}: {name}"
 
 
 def _feature_order(features: list[str]) -> tuple[list[str], list[tuple[str, int, int]]]:
@@ -217,7 +222,7 @@ def correlation_figure(run_dir: str | Path, config: SlideConfig = SlideConfig())
     fig, ax = plt.subplots(figsize=(config.width_in, config.height_in), dpi=config.dpi)
     im = ax.imshow(table.to_numpy(float), cmap="PuOr_r", vmin=-1, vmax=1, aspect="auto")
     ax.set_yticks(range(len(table.index)))
-    ax.set_yticklabels([f"z{int(d)}: {names[int(d)]}" for d in table.index], fontsize=10)
+    ax.set_yticklabels([_display(names[int(d)], int(d)) for d in table.index], fontsize=10)
     ax.set_xticks(range(len(features)))
     ax.set_xticklabels([f[len("morph_"):].replace("_", " ") for f in features], rotation=60,
                        ha="right", fontsize=9)
@@ -292,7 +297,7 @@ def write_slide_set(run_dir: str | Path, out_dir: str | Path,
     for j in range(len(zcols)):
         fig = axis_montage(run_dir, j, config)
         written += _save(fig, out_dir / f"axis-{j}-{_slug(names[j])}", stamp,
-                         f"latent axis z{j}: {names[j]}", config.formats)
+                         f"latent axis {_display(names[j], j)}", config.formats)
     if (run_dir / rundir.CORRELATIONS).is_file():
         try:
             fig = correlation_figure(run_dir, config)
