@@ -234,7 +234,7 @@ def correlation_figure(run_dir: str | Path, config: SlideConfig = SlideConfig())
             ax.axvline(first - 0.5, color="white", lw=2)
     fig.colorbar(im, ax=ax, label="Pearson r", fraction=0.03)
     ax.set_title("Latent axes vs handcrafted morphology", fontsize=16, loc="left", pad=28)
-    fig.subplots_adjust(left=0.2, right=0.97, top=0.86, bottom=0.28)
+    fig.subplots_adjust(left=0.2, right=0.93, top=0.86, bottom=0.28)
     return fig
 
 
