@@ -110,7 +110,11 @@ def _images_for(objects, rows, run_dir, masks, notes):
 
     info = rundir.features_info(run_dir)
     irange = info.intensity_range if info is not None else None
-    cfg = ingest.IngestConfig()
+    # Multi-channel data: the same per-channel ranges and composite colours (drlcore.channels).
+    chan = (info.preprocessing.get("channels") if info is not None else None) or {}
+    cranges = chan.get("ranges")
+    spec = ",".join(f"{k}={c}" for k, c in enumerate(chan.get("colours") or [])) or None
+    cfg = ingest.IngestConfig(channels=spec)
 
     class _Images:
         def __len__(self):
@@ -121,12 +125,16 @@ def _images_for(objects, rows, run_dir, masks, notes):
                 row = objects.iloc[i]
                 record = ingest.ImageRecord(path=row["path"], label=row.get("label"),
                                             split=row.get("split"), source=row["source"])
+                stored = names = None
                 try:
-                    rgb = ingest.decode(ingest.read_bytes(record), cfg, irange).rgb
+                    image = ingest.decode(ingest.read_bytes(record), cfg, irange, cranges,
+                                          chan.get("names"))
+                    rgb, stored = image.rgb, image.channel_pixels
+                    names = image.channel_map.names if stored is not None else None
                 except Exception as err:  # the image changed or vanished since encoding
                     notes.append(f"{row['path']}: could not be re-read for morphology ({err})")
                     rgb = np.zeros((8, 8, 3), np.uint8)  # measures as "no object", flagged
-                yield rgb, (masks[n] if masks is not None else None)
+                yield rgb, (masks[n] if masks is not None else None), stored, names
 
     return _Images()
 

@@ -77,6 +77,7 @@ class DecodedImage:
     # the dataset-wide per-channel ranges, and the channel names and colours of the composite.
     channels: np.ndarray | None = None
     channel_map: ChannelMap | None = None
+    channel_pixels: np.ndarray | None = None  # the same channels as stored (native units)
 
 
 # --------------------------------------------------------------------------------------------
@@ -579,7 +580,8 @@ def _decode_multi(raw: _Raw, config: IngestConfig,
     rgb = composite(unit, cmap)
     height, width = rgb.shape[:2]
     return DecodedImage(rgb=rgb, width=int(width), height=int(height), mode=raw.mode,
-                        note="; ".join(notes) or None, channels=unit, channel_map=cmap)
+                        note="; ".join(notes) or None, channels=unit, channel_map=cmap,
+                        channel_pixels=arr)
 
 
 def _percentiles(values: np.ndarray, config: IngestConfig) -> tuple[float, float]:

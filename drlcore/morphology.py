@@ -56,6 +56,7 @@ __all__ = [
     "FEATURE_NAMES",
     "measure",
     "measure_dataset",
+    "channel_feature_names",
     "circular_mean_degrees",
     "load_mask_folder",
     "read_mask",
@@ -235,12 +236,29 @@ def _downscale_factor(shape: Sequence[int]) -> int:
     return max(1, math.ceil(max(shape[:2]) / SEGMENT_MAX_SIDE))
 
 
-def measure(rgb: np.ndarray, mask: np.ndarray | None = None) -> dict:
+def channel_feature_names(names: Sequence[str]) -> list[str]:
+    """Per-channel intensity columns: ``morph_ch<k>_mean``, or ``morph_ch<k>_<name>_mean`` when
+    channel k has a name of its own (a channel group's or one given with ``--channels``)."""
+    out = []
+    for k, name in enumerate(names):
+        safe = "".join(c if c.isalnum() else "_" for c in str(name)).strip("_")
+        out.append(f"morph_ch{k}_mean" if not safe or safe == f"ch{k}"
+                   else f"morph_ch{k}_{safe}_mean")
+    return out
+
+
+def measure(rgb: np.ndarray, mask: np.ndarray | None = None,
+            channels: np.ndarray | None = None,
+            channel_names: Sequence[str] | None = None) -> dict:
     """Morphology, colour and texture of the object in one image.
 
     ``rgb``: uint8 HxWx3 (HxW greyscale accepted). ``mask``: optional HxW array, nonzero = object;
     measured as given (all nonzero pixels form the object). Returns ``{morph_*: float, morph_ok:
     bool, morph_note: str | None}``; see the module docstring for units and the failure rules.
+
+    ``channels`` (multi-channel fluorescence images: HxWxC as stored, ``rgb`` being their
+    composite, which is what is segmented) adds the mean of each channel over the object, in the
+    file's own units (e.g. 16-bit counts), as :func:`channel_feature_names` names them.
     """
     rgb = _as_rgb(rgb)
     height, width = rgb.shape[:2]
@@ -351,6 +369,14 @@ def measure(rgb: np.ndarray, mask: np.ndarray | None = None) -> dict:
         "morph_ok": True,
         "morph_note": "; ".join(notes) if notes else None,
     }
+    if channels is not None:
+        stored = np.asarray(channels)[:height_used, :width_used].astype(np.float64)
+        if factor > 1:
+            stored = downscale_local_mean(stored, (factor, factor, 1))
+        names = channel_names or [f"ch{k}" for k in range(stored.shape[2])]
+        for key, values in zip(channel_feature_names(names),
+                               np.moveaxis(stored[object_mask], 1, 0)):
+            result[key] = float(values.mean())
     return result
 
 
@@ -415,7 +441,8 @@ def load_mask_folder(folder: str | os.PathLike, paths: Sequence[str]) -> list[Pa
     return found
 
 
-def _measure_item(rgb: np.ndarray, mask, masks_expected: bool) -> dict:
+def _measure_item(rgb: np.ndarray, mask, masks_expected: bool, channels=None,
+                  channel_names=None) -> dict:
     note = None
     if isinstance(mask, (str, os.PathLike)):
         try:
@@ -424,7 +451,7 @@ def _measure_item(rgb: np.ndarray, mask, masks_expected: bool) -> dict:
             mask, note = None, f"{exc}; segmented automatically"
     elif mask is None and masks_expected:
         note = "no mask found; segmented automatically"
-    row = measure(rgb, mask)
+    row = measure(rgb, mask, channels, channel_names)
     if note:
         row["morph_note"] = note if row["morph_note"] is None else f"{note}; {row['morph_note']}"
     return row
@@ -435,6 +462,9 @@ def measure_dataset(images: Iterable[tuple[np.ndarray, np.ndarray | str | os.Pat
                     masks_expected: bool = False) -> pd.DataFrame:
     """One row of ``measure`` per ``(rgb, mask)`` pair, in input order.
 
+    An item may be ``(rgb, mask, channels, channel_names)`` (multi-channel images): its
+    per-channel columns are added (NaN for images without them, or whose segmentation failed).
+
     ``mask`` may be an array, a path to a mask file (read lazily, e.g. from ``load_mask_folder``)
     or ``None``. With ``masks_expected=True`` a ``None`` mask is noted in ``morph_note`` (the user
     gave a mask folder but this image has no mask). ``n_jobs > 1`` measures in worker processes.
@@ -444,18 +474,21 @@ def measure_dataset(images: Iterable[tuple[np.ndarray, np.ndarray | str | os.Pat
     rows: list[dict] = []
     with reporter.stage("morphology", total=total, unit="img") as bar:
         if n_jobs == 1:
-            for rgb, mask in images:
-                rows.append(_measure_item(rgb, mask, masks_expected))
+            for rgb, mask, *extra in images:
+                rows.append(_measure_item(rgb, mask, masks_expected, *extra))
                 bar.update(1)
         else:
             from joblib import Parallel, delayed
 
             parallel = Parallel(n_jobs=n_jobs, return_as="generator", batch_size=16)
-            for row in parallel(delayed(_measure_item)(rgb, mask, masks_expected)
-                                for rgb, mask in images):
+            for row in parallel(delayed(_measure_item)(rgb, mask, masks_expected, *extra)
+                                for rgb, mask, *extra in images):
                 rows.append(row)
                 bar.update(1)
-    columns = [*FEATURE_NAMES, "morph_ok", "morph_note"]
+    extra_columns = list(dict.fromkeys(key for row in rows for key in row
+                                       if key not in FEATURE_NAMES
+                                       and key not in ("morph_ok", "morph_note")))
+    columns = [*FEATURE_NAMES, *extra_columns, "morph_ok", "morph_note"]
     frame = pd.DataFrame(rows, columns=columns)
     frame["morph_ok"] = frame["morph_ok"].astype(bool)
     # None, not NaN, for "no note": the column stays a clean nullable string in Parquet.

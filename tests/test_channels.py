@@ -12,6 +12,7 @@ import tifffile
 from drlcore import ingest
 from drlcore.channels import channel_map, composite, default_colours, parse_channels
 from drlcore.errors import DrlError, SkipImage
+from test_pipeline import source_model  # noqa: F401 (fixture)
 
 
 def _stack(n: int, seed: int = 0, size=(24, 32), gain=None) -> np.ndarray:
@@ -244,3 +245,93 @@ def test_files_stay_separate_unless_every_file_fits_the_rule(tmp_path):
     assert grouped.channel_names == ["w1", "w2"] and len(grouped.records) == 2
     with pytest.raises(DrlError, match="named groups"):
         ingest.IngestConfig(channel_pattern=r"(?P<object>.+)")
+
+
+# --------------------------------------------------------------------------- morphology, end to end
+
+
+def test_morphology_measures_each_channel_over_the_object():
+    from drlcore.morphology import measure
+
+    stored = np.zeros((40, 40, 5), np.uint16)
+    stored[..., 4] = 50  # a background-only channel
+    stored[10:30, 10:30, :4] = [400, 1000, 3000, 7]
+    unit = stored / np.array([4000, 4000, 4000, 10, 100.0])
+    rgb = composite(unit, channel_map(5))
+    row = measure(rgb, channels=stored, channel_names=["ch0", "DNA", "ch2", "x-y", "ch4"])
+    assert row["morph_ok"] and row["morph_area"] == pytest.approx(400, rel=0.1)
+    assert row["morph_ch0_mean"] == pytest.approx(400)
+    assert row["morph_ch1_DNA_mean"] == pytest.approx(1000)
+    assert row["morph_ch2_mean"] == pytest.approx(3000)
+    assert row["morph_ch3_x_y_mean"] == pytest.approx(7)
+    assert row["morph_ch4_mean"] == pytest.approx(50)
+
+
+def _fluorescent_cells(n: int, seed: int, big: bool) -> np.ndarray:
+    """(4, 48, 48) uint16 channels-first stack: a bright nucleus (ch0) in a cell body (ch1-3)."""
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(seed)
+    arr = rng.normal(100, 5, (4, 48, 48))
+    radius = 16 if big else 10
+    rr, cc = disk((24, 24), radius, shape=(48, 48))
+    arr[1][rr, cc] += 2000 + 200 * n
+    arr[2][rr, cc] += 800
+    arr[3][rr, cc] += 300 if big else 3000
+    rr, cc = disk((24, 24), radius // 2, shape=(48, 48))
+    arr[0][rr, cc] += 5000
+    return np.clip(arr, 0, 65535).astype(np.uint16)
+
+
+@pytest.mark.slow
+def test_four_channel_stacks_and_channel_files_run_end_to_end(tmp_path, source_model):
+    import json
+
+    import pandas as pd
+
+    from drlcore.features import FeatureConfig
+    from drlcore.pipeline import PipelineConfig, run_pipeline
+
+    stacks = tmp_path / "stacks"
+    files = tmp_path / "files"
+    for cls, big in (("big", True), ("small", False)):
+        (stacks / cls).mkdir(parents=True)
+        (files / cls).mkdir(parents=True)
+        for i in range(8):
+            arr = _fluorescent_cells(i, seed=hash((cls, i)) % 1000, big=big)
+            tifffile.imwrite(stacks / cls / f"cell{i}.tif", arr, photometric="minisblack",
+                             metadata={"axes": "CYX"})
+            for k, ch in enumerate(("DNA", "actin", "ER", "mito")):
+                tifffile.imwrite(files / cls / f"cell{i}_{ch}.tif", arr[k],
+                                 photometric="minisblack")
+    for data, names in ((stacks, None), (files, ["DNA", "ER", "actin", "mito"])):
+        features = FeatureConfig(backbone="test-tiny", pretrained=False,
+                                 cache_dir=str(tmp_path / "cache"), batch_size=8,
+                                 channels=("DNA=blue" if names else
+                                           "DNA=blue,actin=green,ER=magenta,mito=grey"))
+        run = run_pipeline(data, tmp_path / f"run-{data.name}",
+                           PipelineConfig(features=features, source_model=str(source_model),
+                                          transfer_epochs=2))
+        objects = pd.read_parquet(run / "objects.parquet")
+        assert len(objects) == 16
+        assert not (run / "skipped.csv").exists() or pd.read_csv(run / "skipped.csv").empty
+        entry = json.loads((run / "manifest.json").read_text())["stages"]["features"]
+        chan = entry["preprocessing"]["channels"]
+        assert len(chan["ranges"]) == 4
+        if names is None:
+            assert chan["names"] == ["DNA", "actin", "ER", "mito"]
+            assert chan["colours"] == ["blue", "green", "magenta", "grey"]
+        else:
+            assert chan["names"] == names  # channel groups: ordered by name
+            assert chan["colours"] == ["blue", "green", "magenta", "grey"]
+        k_dna, k_mito = chan["names"].index("DNA"), chan["names"].index("mito")
+        dna, mito = f"morph_ch{k_dna}_DNA_mean", f"morph_ch{k_mito}_mito_mean"
+        assert objects["morph_ok"].all()
+        # Known answers: mito is 10x brighter inside small cells; nuclei are equally bright.
+        means = objects.groupby("label")[mito].mean()
+        assert means["small"] > 3 * means["big"]
+        assert objects[dna].min() > 1000
+        assert objects.groupby("label")["morph_area"].median()["big"] > 1.5 * \
+            objects.groupby("label")["morph_area"].median()["small"]
+        thumb = next((run / "thumbs").iterdir())
+        assert thumb.stat().st_size > 0
