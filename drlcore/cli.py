@@ -44,6 +44,10 @@ def _add_ingest_options(p: argparse.ArgumentParser) -> None:
                         "'DNA=blue,actin=green,...' by name, '0=blue,1=green' by index, or "
                         "'blue,green,...' in order; 'off' leaves a channel out of the composite "
                         "(default: green/magenta for 2, else blue, green, magenta, grey, cyan...)")
+    p.add_argument("--channel-pattern", default=None, metavar="REGEX",
+                   help="rule grouping one-file-per-channel images: a regex on the file stem with "
+                        "named groups 'object' and 'channel' (default "
+                        "'^(?P<object>.+)_(?P<channel>[^_]+)$'); 'none' keeps every file separate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +179,9 @@ def _feature_config(args, **overrides):
     kwargs = dict(batch_size=args.batch_size, pad_to_square=not args.no_pad,
                   cache_dir=args.cache_dir, weights=args.weights,
                   channels=getattr(args, "channels", None))
+    pattern = getattr(args, "channel_pattern", None)
+    if pattern is not None:
+        kwargs["channel_pattern"] = None if pattern.lower() == "none" else pattern
     if args.backbone is not None:
         kwargs["backbone"] = args.backbone
     kwargs.update(overrides)

@@ -4,8 +4,22 @@ Decoding
 --------
 PNG, JPEG, BMP and GIF go through Pillow, TIFF through tifffile (16-bit, float and multi-page
 files are what microscopes write; Pillow is the fallback for TIFF compressions tifffile cannot read
-without imagecodecs). Multi-page TIFFs and animated GIFs contribute their first page/frame, and
-``note`` says so. Grayscale is replicated to RGB. Alpha is dropped rather than composited: in
+without imagecodecs). Animated GIFs, and multi-page TIFFs that are not channels, contribute their
+first page/frame, and ``note`` says so. Grayscale is replicated to RGB.
+
+Multi-channel (fluorescence) images
+-----------------------------------
+A MINISBLACK TIFF with 2 to 8 channels is read with every channel kept, as (H, W, C): channels
+as samples of one page (interleaved or planar; not marked alpha), or across pages along the
+series' ``C`` axis (OME-TIFF, ImageJ and tifffile metadata, e.g. axes ``CYX``, ``ZCYX``,
+``TCZYX``), or, without metadata, along a page axis of length 2..8 (channels first, as
+microscopes write them). Other axes (Z, T) contribute their first plane, and ``note`` says so;
+more than 8 channels is a skip reason. RGB(A) files (photometric RGB, 8-bit PNG/JPEG) keep the
+RGB path. A channel group (one file per channel, :mod:`drlcore.discover`) arrives as one packed
+payload and decodes the same way, one grey file per channel. Each channel is scaled to [0, 1]
+with its own dataset-wide range (:func:`intensity_ranges`; 8-bit channels by 0..255), and the
+backbone and thumbnails see the colour composite of :mod:`drlcore.channels`;
+``DecodedImage.channels`` / ``channel_pixels`` keep the scaled and stored channels. Alpha is dropped rather than composited: in
 microscopy exports alpha is nearly always fully opaque (dropping it is then exact), and where it is
 not, the recorded pixel values are the data, whereas compositing would paint a background that
 the network sees as signal; ``note`` records that transparency was present.

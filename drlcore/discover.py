@@ -29,6 +29,10 @@ Layouts :func:`discover` understands (the same rules apply inside a ``.zip``)
     entry name flagged UTF-8 that is not valid UTF-8 is read as cp437, as unzip and 7-Zip do,
     instead of making the whole archive unreadable.
 
+One-file-per-channel layouts (``<object>_<channel>.tif``, Cell Painting style) are grouped into
+one multi-channel image per object when a folder's files all fit ``channel_pattern``; the rule is
+in :func:`_group_channels`.
+
 Only regular files are read: named pipes, sockets, devices and symbolic links to them (or broken
 links) are skipped with a reason, without ever being opened (so a pipe cannot block the run and
 ``/dev/zero`` cannot fill memory), and so are files larger than ``max_file_bytes``. A file whose
@@ -94,6 +98,7 @@ R_NOT_UTF8 = "file name is not valid UTF-8 (rename it to read it)"
 R_RUN_FOLDER = "a drl run folder (output, not input)"
 R_ENCRYPTED = "encrypted zip entry"
 R_CSV_ROW = "CSV row skipped"
+DEFAULT_CHANNEL_PATTERN = r"^(?P<object>.+)_(?P<channel>[^_]+)$"
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,7 +119,7 @@ class IngestConfig:
     channels: str | None = None
     # One-file-per-channel layouts: the rule that groups ``<object>_<channel>.tif`` files into
     # one multi-channel image (module docstring); None or "" turns grouping off.
-    channel_pattern: str | None = r"^(?P<object>.+)_(?P<channel>[^_]+)$"
+    channel_pattern: str | None = DEFAULT_CHANNEL_PATTERN
 
     def __post_init__(self) -> None:
         from drlcore.channels import parse_channels

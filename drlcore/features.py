@@ -32,6 +32,7 @@ import pandas as pd
 
 from drlcore.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from drlcore.cache import CACHE_VERSION, FeatureCache, cache_key, feature_cache_dir
+from drlcore.discover import DEFAULT_CHANNEL_PATTERN
 from drlcore.errors import DrlError, SkipImage
 from drlcore.io import (atomic_save_npy, atomic_write_bytes, atomic_write_csv,
                         atomic_write_parquet, fingerprint, sha256_bytes)
@@ -56,6 +57,8 @@ class FeatureConfig:
     cache_dir: str | None = None
     pretrained: bool = True
     channels: str | None = None  # fluorescence channel colours, ``--channels`` (drlcore.channels)
+    # one-file-per-channel grouping rule (drlcore.discover); None or "" turns grouping off
+    channel_pattern: str | None = DEFAULT_CHANNEL_PATTERN
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -122,7 +125,8 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
     reporter = reporter or NullReporter()
     out_dir = Path(out_dir)
     ingest_config = ingest.IngestConfig(pad_to_square=config.pad_to_square,
-                                        channels=config.channels)
+                                        channels=config.channels,
+                                        channel_pattern=config.channel_pattern)
     # A run written inside its input folder must not read its own files as images.
     dataset = ingest.discover(data, ingest_config, exclude=(out_dir,))
     if backbone is None:

@@ -335,3 +335,14 @@ def test_four_channel_stacks_and_channel_files_run_end_to_end(tmp_path, source_m
             objects.groupby("label")["morph_area"].median()["small"]
         thumb = next((run / "thumbs").iterdir())
         assert thumb.stat().st_size > 0
+
+
+def test_cli_channel_options_reach_the_feature_config():
+    from drlcore.cli import _feature_config, build_parser
+
+    args = build_parser().parse_args(["features", "data", "--out", "o", "--channels",
+                                      "DNA=blue,GFP=green", "--channel-pattern", "none"])
+    config = _feature_config(args)
+    assert config.channels == "DNA=blue,GFP=green" and config.channel_pattern is None
+    args = build_parser().parse_args(["features", "data", "--out", "o"])
+    assert _feature_config(args).channel_pattern == ingest.IngestConfig().channel_pattern
