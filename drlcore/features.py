@@ -63,6 +63,10 @@ class FeatureConfig:
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise DrlError(f"batch size must be a positive integer, not {self.batch_size!r}")
+        from drlcore.discover import IngestConfig
+
+        # A bad channel spec or grouping rule is refused here, before any job starts.
+        IngestConfig(channels=self.channels, channel_pattern=self.channel_pattern)
 
     @classmethod
     def from_dict(cls, values: dict) -> FeatureConfig:

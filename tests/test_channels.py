@@ -12,6 +12,7 @@ import tifffile
 from drlcore import ingest
 from drlcore.channels import channel_map, composite, default_colours, parse_channels
 from drlcore.errors import DrlError, SkipImage
+from test_app import runs_dir, runs_template  # noqa: F401 (fixtures)
 from test_pipeline import source_model  # noqa: F401 (fixture)
 
 
@@ -346,3 +347,25 @@ def test_cli_channel_options_reach_the_feature_config():
     assert config.channels == "DNA=blue,GFP=green" and config.channel_pattern is None
     args = build_parser().parse_args(["features", "data", "--out", "o"])
     assert _feature_config(args).channel_pattern == ingest.IngestConfig().channel_pattern
+
+
+def test_add_data_page_refuses_a_bad_channel_spec_before_any_job(runs_dir, tmp_path,
+                                                                 monkeypatch):
+    import sys
+
+    from test_app import _app
+
+    cells = tmp_path / "stacks"
+    cells.mkdir()
+    tifffile.imwrite(cells / "a.tif", _stack(4), photometric="minisblack",
+                     metadata={"axes": "CYX"})
+    monkeypatch.setattr(sys, "argv", ["app.py", "--data-root", str(tmp_path)])
+    before = sorted(p.name for p in runs_dir.iterdir())
+    at = _app()
+    at.radio(key="data.source").set_value("Folder on the server").run()
+    at.text_input(key="data.folder").input(str(cells)).run()
+    at.text_input(key="data.channels").input("DNA=pink").run()
+    at.button(key="data.start").click().run()
+    assert not at.exception
+    assert any("unknown channel colour 'pink'" in e.value for e in at.error)
+    assert sorted(p.name for p in runs_dir.iterdir()) == before

@@ -127,6 +127,19 @@ with st.expander("Advanced: backbone and source model"):
                "computer. The source model must have been trained on the same backbone.")
 
 
+with st.expander("Fluorescence channels (2-8 channel TIFFs, or one file per channel)"):
+    st.text_input("Channel colours", key="data.channels",
+                  placeholder="DNA=blue,actin=green,mito=magenta  (or by index: 0=blue,1=green)",
+                  help="Each channel is tinted its colour and the tints are added into the RGB "
+                       "composite the network and the thumbnails see. Colours: blue, green, magenta, "
+                       "grey, cyan, yellow, orange, red, #rrggbb, or off. Empty: green/magenta for 2 "
+                       "channels, else blue, green, magenta, grey, cyan...")
+    st.text_input("One-file-per-channel rule (regex on the file name without extension)",
+                  key="data.channel_pattern", placeholder="^(?P<object>.+)_(?P<channel>[^_]+)$",
+                  help="Files such as cell1_DNA.tif, cell1_actin.tif become one image when every file "
+                       "in a folder fits the rule; 'none' keeps every file separate.")
+
+
 def _settings_for_job(base: dict) -> dict:
     """The page's choices over the settings file, as the JSON the worker rebuilds its config from."""
     settings = dict(base)
@@ -135,6 +148,11 @@ def _settings_for_job(base: dict) -> dict:
         features["backbone"] = st.session_state["data.backbone"]
     if st.session_state.get("data.source_model"):
         settings["source_model"] = st.session_state["data.source_model"]
+    if (st.session_state.get("data.channels") or "").strip():
+        features["channels"] = st.session_state["data.channels"].strip()
+    pattern = (st.session_state.get("data.channel_pattern") or "").strip()
+    if pattern:
+        features["channel_pattern"] = None if pattern.lower() == "none" else pattern
     settings["features"] = features
     pipeline_config(settings)  # unknown keys and bad values fail here, before any job starts
     return settings
