@@ -369,3 +369,24 @@ def test_add_data_page_refuses_a_bad_channel_spec_before_any_job(runs_dir, tmp_p
     assert not at.exception
     assert any("unknown channel colour 'pink'" in e.value for e in at.error)
     assert sorted(p.name for p in runs_dir.iterdir()) == before
+
+
+def test_features_stage_lists_what_it_could_not_use(tmp_path):
+    from drlcore.features import FeatureConfig, extract_features
+
+    root = tmp_path / "data"
+    _write_channel_layout(root / "groups", n_objects=3, classes=("a",), drop=("a", 1, "DNA"))
+    (root / "stacks").mkdir()
+    for i in range(3):
+        tifffile.imwrite(root / "stacks" / f"s{i}.tif", _stack(4, seed=i),
+                         photometric="minisblack", metadata={"axes": "CYX"})
+    tifffile.imwrite(root / "stacks" / "two.tif", _stack(2), photometric="minisblack",
+                     metadata={"axes": "CYX"})
+    result = extract_features(root, tmp_path / "out", FeatureConfig(
+        backbone="test-tiny", pretrained=False, cache_dir=str(tmp_path / "cache"), batch_size=4))
+    assert sorted(result.table["path"]) == ["groups/a/site0", "groups/a/site2", "stacks/s0.tif",
+                                            "stacks/s1.tif", "stacks/s2.tif"]
+    reasons = dict(zip(result.skipped["path"], result.skipped["reason"]))
+    assert reasons == {"groups/a/site1": "incomplete channel group (missing channel DNA)",
+                       "stacks/two.tif": "2 channels where the dataset's images have 4"}
+    assert result.manifest["preprocessing"]["channels"]["names"] == list(CELL_PAINTING)
