@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from drlcore import rundir
+from drlcore import rundir, scale
 from drlcore.cache import ContentStore, cache_root
 from drlcore.errors import DrlError
 from drlcore.io import atomic_write_json, atomic_write_parquet, fingerprint, read_json, sha256_bytes
@@ -324,11 +324,35 @@ def _projections(Z, finite, config, notes) -> tuple[dict, dict]:
 # --------------------------------------------------------------------------- the stage
 
 
+def _samples(finite, labels, config, notes):
+    """Rows used for correlations and classification: all finite rows up to
+    ``scale.ANALYZE_FULL_MAX`` objects, a stated stratified sample above it."""
+    n = len(finite)
+    if n <= scale.ANALYZE_FULL_MAX:
+        return {}, finite, finite
+    fidx = np.flatnonzero(finite)
+    strata = labels[fidx] if labels is not None else None
+    masks = []
+    for size in (scale.CORRELATION_SAMPLE, scale.CLASSIFICATION_SAMPLE):
+        mask = np.zeros(n, bool)
+        mask[fidx[scale.stratified_sample(len(fidx), size, strata, seed=config.seed)]] = True
+        masks.append(mask)
+    samples = {"n_objects": int(n), "correlations": int(masks[0].sum()),
+               "classification": int(masks[1].sum())}
+    how = "stratified by label" if labels is not None else "uniform"
+    notes.append(f"{n} objects: latent-morphology correlations use a {how} sample of "
+                 f"{samples['correlations']} and classification one of "
+                 f"{samples['classification']} (seed {config.seed}); maps and anomaly scores "
+                 f"cover every object")
+    return samples, masks[0], masks[1]
+
+
 def _analysis_key(run_dir: Path, objects: pd.DataFrame, Z: np.ndarray, X: np.ndarray,
                   config: AnalyzeConfig, extra_notes: list[str]) -> str:
     meta = objects[[c for c in ("path", "label", "split", "sha256") if c in objects]]
-    return fingerprint(["analysis", ANALYSIS_VERSION, sha256_bytes(Z.tobytes()),
-                        sha256_bytes(np.ascontiguousarray(X).tobytes()),
+    # Hashed in chunks (same value as hashing the whole buffer): X may be memory-mapped.
+    return fingerprint(["analysis", ANALYSIS_VERSION, scale.sha256_array(Z),
+                        scale.sha256_array(X),
                         pd.util.hash_pandas_object(meta, index=False).sum().item(),
                         dataclasses.asdict(config), extra_notes])
 
@@ -356,7 +380,8 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
         raise DrlError(f"{objects_path} has no latent columns (z_mean_*): re-encode the run")
     Z = base[zcols].to_numpy(np.float64)
     features_path = run_dir / rundir.FEATURES
-    X = np.load(features_path) if features_path.is_file() else np.zeros((len(base), 0))
+    X = (np.load(features_path, mmap_mode="r") if features_path.is_file()
+         else np.zeros((len(base), 0)))
     if len(X) != len(base):
         raise DrlError(f"features.npy has {len(X)} rows but objects.parquet has {len(base)}: "
                        f"the run folder is inconsistent; rerun `drl run`")
@@ -391,14 +416,16 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
         notes.append("only one image: nothing to compare it with, so no correlations, maps, "
                      "classification or anomaly scores")
 
+    samples, corr_rows, class_rows = _samples(finite, labels, config, notes)
+
     with reporter.stage("analysis", total=5, unit="part") as bar:
         morph = _morphology(base, run_dir, config, reporter, notes)
         bar.update(1)
         extra = base[[c for c in base.columns if c.startswith("factor_")]]
-        corr = _correlations(Z[finite], morph[finite].reset_index(drop=True),
-                             extra[finite].reset_index(drop=True), dim_names, config, notes)
+        corr = _correlations(Z[corr_rows], morph[corr_rows].reset_index(drop=True),
+                             extra[corr_rows].reset_index(drop=True), dim_names, config, notes)
         bar.update(1)
-        classification = (_classification(Z, X, labels, split, finite, config, notes)
+        classification = (_classification(Z, X, labels, split, class_rows, config, notes)
                           if config.classify else {})
         bar.update(1)
         anomaly_cols, anomaly_summary = _anomalies(Z, base, labels, finite, config, notes)
@@ -426,6 +453,7 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
         "anomaly": anomaly_summary,
         "projections": proj_summary,
         "notes": notes,
+        **({"samples": samples} if samples else {}),
         "summary": summary,
         "seconds": round(time.perf_counter() - t0, 2),
     }
