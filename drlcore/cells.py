@@ -158,13 +158,9 @@ class CellsConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CellsConfig:
         """Build from JSON-like data; ``factor_sizes`` may be a mapping or a list of [name, size]."""
-        if not isinstance(data, Mapping):
-            raise DrlError(f"cells config must be a mapping, got {type(data).__name__}.")
-        allowed = {"factor_sizes", "image_size", "canvas_size", "seed"}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise DrlError(f"Unknown cells config key(s) {unknown}; allowed: {sorted(allowed)}.")
-        return cls(**dict(data))
+        from drlcore.config import from_dict
+
+        return from_dict(cls, data, "cells config")
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -96,13 +96,9 @@ class DSpritesConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DSpritesConfig:
         """Build from JSON-like data; ``factor_sizes`` may be a mapping or a list of [name, size]."""
-        if not isinstance(data, Mapping):
-            raise DrlError(f"dSprites config must be a mapping, got {type(data).__name__}.")
-        allowed = {"factor_sizes", "image_size", "seed"}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise DrlError(f"Unknown dSprites config key(s) {unknown}; allowed: {sorted(allowed)}.")
-        return cls(**dict(data))
+        from drlcore.config import from_dict
+
+        return from_dict(cls, data, "dSprites config")
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -4,8 +4,8 @@
 ``z_mean_0 .. z_mean_{J-1}`` (posterior means: the representation), ``z_std_mean`` (the mean
 posterior standard deviation: how unsure the encoder is about this image) and ``recon_error``
 (mean squared reconstruction error in the model's standardised feature space, from the
-posterior mean: how unlike the model's training data the image is). The run's ``manifest.json``
-gets ``model`` and ``encode`` entries tying the table to the model hash, the backbone and the data.
+posterior mean: how unlike the model's training data the image is). The run's manifest
+(:mod:`drlcore.rundir`) gets ``model`` and ``encode`` entries tying the table to the model hash, the backbone and the data.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import pandas as pd
 import torch
 
 from .errors import DrlError
-from .io import atomic_write_parquet, read_json, sha256_file, update_json
+from . import rundir
+from .io import atomic_write_parquet, sha256_file
 from .progress import NullReporter, Reporter
 from .vae import FeatureVAE
 
-__all__ = ["encode_features", "encode_run", "load_features_dir", "ENCODE_VERSION"]
+__all__ = ["encode_features", "encode_run", "ENCODE_VERSION"]
 
 ENCODE_VERSION = 1
 
@@ -55,45 +56,13 @@ def encode_features(model: FeatureVAE, features: np.ndarray, batch_size: int = 1
     return {"z_mean": z_mean, "z_std": z_std, "recon_error": recon_error}
 
 
-def _features_entry(manifest: dict) -> dict:
-    """The features stage's entry, whether the manifest is the stage's own or a merged run one."""
-    entry = manifest.get("features") if isinstance(manifest.get("features"), dict) else manifest
-    return entry if isinstance(entry, dict) else {}
-
-
-def load_features_dir(features_dir: str | Path) -> tuple[np.ndarray, pd.DataFrame, dict]:
-    """``features.npy``, ``images.parquet`` and the features stage's manifest entry of a folder."""
-    features_dir = Path(features_dir)
-    paths = {name: features_dir / name
-             for name in ("features.npy", "images.parquet", "manifest.json")}
-    missing = [name for name, p in paths.items() if not p.is_file()]
-    if missing:
-        raise DrlError(f"{features_dir} lacks {', '.join(missing)}: it is not a folder written by "
-                       "`drl features` (or the feature extraction did not finish)")
-    try:
-        manifest = read_json(paths["manifest.json"])
-        features = np.load(paths["features.npy"], mmap_mode="r", allow_pickle=False)
-        table = pd.read_parquet(paths["images.parquet"])
-    except Exception as exc:  # damaged files: the user should re-extract, not read a traceback
-        raise DrlError(f"the features in {features_dir} cannot be read ({exc}); re-run "
-                       "`drl features`") from None
-    entry = _features_entry(manifest)
-    if "backbone" not in entry:
-        raise DrlError(f"{paths['manifest.json']} does not say which backbone made the features; "
-                       "re-run `drl features`")
-    if features.ndim != 2 or features.shape[0] != len(table):
-        raise DrlError(f"{features_dir}: features.npy has shape {features.shape} but "
-                       f"images.parquet has {len(table)} rows; re-run `drl features`")
-    return features, table, entry
-
-
 def encode_run(model_dir: str | Path, features_dir: str | Path, out_dir: str | Path,
                reporter: Reporter | None = None, batch_size: int = 1024) -> Path:
     """Encode a features folder with a model; write ``out_dir/objects.parquet``; return its path."""
     from .artifacts import load_model
 
     reporter = reporter or NullReporter()
-    features, table, fentry = load_features_dir(features_dir)
+    features, table, fentry = rundir.load_features_dir(features_dir)
     model, meta = load_model(model_dir, expected_backbone=fentry.get("backbone"),
                              expected_weights_hash=fentry.get("weights_hash"),
                              expected_feature_dim=features.shape[1])
@@ -101,17 +70,17 @@ def encode_run(model_dir: str | Path, features_dir: str | Path, out_dir: str | P
 
     latent_dim = model.config.latent_dim
     objects = table.reset_index(drop=True).copy()
-    clash = [c for c in objects.columns if c.startswith("z_mean_")
-             or c in ("z_std_mean", "recon_error")]
+    zcols = [rundir.latent_column(j) for j in range(latent_dim)]
+    clash = [*rundir.latent_columns(objects.columns),
+             *(c for c in ("z_std_mean", "recon_error") if c in objects.columns)]
     objects = objects.drop(columns=clash)
-    latents = pd.DataFrame(codes["z_mean"].astype(np.float64),
-                           columns=[f"z_mean_{j}" for j in range(latent_dim)])
+    latents = pd.DataFrame(codes["z_mean"].astype(np.float64), columns=zcols)
     objects = pd.concat([objects, latents], axis=1)
     objects["z_std_mean"] = codes["z_std"].mean(axis=1).astype(np.float64)
     objects["recon_error"] = codes["recon_error"].astype(np.float64)
 
     out_dir = Path(out_dir)
-    out_path = out_dir / "objects.parquet"
+    out_path = out_dir / rundir.OBJECTS
     atomic_write_parquet(out_path, objects)
 
     model_entry = {
@@ -126,18 +95,18 @@ def encode_run(model_dir: str | Path, features_dir: str | Path, out_dir: str | P
         "method": meta.get("training", {}).get("method"),
     }
     encode_entry = {
-        "stage": "encode",
         "version": ENCODE_VERSION,
         "model_hash": meta["model_hash"],
         "backbone": meta["backbone"]["name"],
         "weights_hash": meta["backbone"]["weights_hash"],
         "data_fingerprint": (fentry.get("data") or {}).get("fingerprint"),
-        "features_sha256": sha256_file(Path(features_dir) / "features.npy"),
+        "features_sha256": sha256_file(Path(features_dir) / rundir.FEATURES),
         "n_objects": int(len(objects)),
-        "columns": [f"z_mean_{j}" for j in range(latent_dim)] + ["z_std_mean", "recon_error"],
+        "columns": [*zcols, "z_std_mean", "recon_error"],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    update_json(out_dir / "manifest.json", {"model": model_entry, "encode": encode_entry})
+    rundir.record_stage(out_dir, "model", model_entry)
+    rundir.record_stage(out_dir, "encode", encode_entry)
     reporter.message(f"encoded {len(objects)} images with model {meta['model_hash'][:12]} -> "
                      f"{out_path}")
     return out_path

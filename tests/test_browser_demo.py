@@ -30,23 +30,45 @@ def _explore(tmp_path, runs_dir, log_name):
     return serve(cmd, port, tmp_path / log_name, ROOT, env)
 
 
+def _nav(page, title: str) -> None:
+    """Change page inside the app (same session), as a user clicking the sidebar does."""
+    page.locator("[data-testid='stSidebarNavLink']", has_text=title).first.click()
+
+
 def test_first_launch_builds_and_opens_the_demo(tmp_path):
+    from drlcore import jobs
     from drlcore.demo import DEMO_NAME
 
     runs_dir = tmp_path / "runs"
+    target = runs_dir / DEMO_NAME
     with chromium(playwright_api) as browser, _explore(tmp_path, runs_dir, "first.log") as url:
         page = browser.new_page(viewport={"width": 1440, "height": 1800})
         page.goto(url, wait_until="domcontentloaded")
-        # Rendering, embedding and analysing 600 sprites on a CPU: allow a few minutes.
-        page.get_by_text(f"Open: {DEMO_NAME}").wait_for(timeout=600_000)
+        page.get_by_text("Building the demo").first.wait_for(timeout=120_000)
+        assert jobs.read_job(target).running
+        # Leave for another page while it builds: the build goes on, the sidebar shows it.
+        _nav(page, "Latent axes")
+        page.get_by_text("Building the demo").first.wait_for(timeout=30_000)
+        # A second tab attaches to the same build instead of starting another.
+        second = browser.new_page(viewport={"width": 1440, "height": 1800})
+        second.goto(url, wait_until="domcontentloaded")
+        second.get_by_text("Building the demo").first.wait_for(timeout=60_000)
         SHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SHOTS / "demo-01-first-launch.png"), full_page=True)
-        assert (runs_dir / DEMO_NAME / "analysis.json").is_file()
-        page.goto(f"{url}/traversals", wait_until="domcontentloaded")
+        second.screenshot(path=str(SHOTS / "demo-00-building.png"), full_page=True)
+        # Rendering, embedding and analysing 600 sprites on a CPU: allow a few minutes.
+        second.get_by_text(f"Open: {DEMO_NAME}").wait_for(timeout=600_000)
+        assert jobs.read_job(target).state == "done"
+        assert jobs.log_path(target).read_text().count("job started") == 1  # one build
+        # The first tab, still on Latent axes, now shows the demo's axes; back on Datasets, it is open.
         images = page.locator("[data-testid='stImage'] img")
         images.first.wait_for(timeout=60_000)
         assert images.count() >= 9
         page.screenshot(path=str(SHOTS / "demo-02-latent-axes.png"), full_page=True)
+        _nav(page, "Datasets")
+        page.get_by_text(f"Open: {DEMO_NAME}").wait_for(timeout=60_000)
+        page.screenshot(path=str(SHOTS / "demo-01-first-launch.png"), full_page=True)
+        assert (target / "analysis.json").is_file()
+    assert jobs.log_path(target).read_text().count("job started") == 1
 
     # Second launch: the demo is there, nothing is rebuilt.
     stamp = (runs_dir / DEMO_NAME / "analysis.json").stat().st_mtime_ns

@@ -115,7 +115,7 @@ def test_bad_config_is_a_user_error(kwargs, fragment):
 def test_config_round_trip_and_unknown_keys():
     cfg = CellsConfig(factor_sizes={"size": 3, "hue": 4}, image_size=64, canvas_size=48, seed=3)
     assert CellsConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(DrlError, match="Unknown cells config key"):
+    with pytest.raises(DrlError, match="unknown cells config setting"):
         CellsConfig.from_dict({"image_sise": 64})
 
 

@@ -81,7 +81,7 @@ def test_from_dict_round_trip_and_rejects_unknown_keys():
     config = DSpritesConfig(factor_sizes=(("shape", 3), ("scale", 2)), image_size=64, seed=5)
     assert DSpritesConfig.from_dict(config.to_dict()) == config
     assert DSpritesConfig.from_dict({"factor_sizes": {"shape": 3, "scale": 2}, "image_size": 64, "seed": 5}) == config
-    with pytest.raises(DrlError, match="Unknown dSprites config key"):
+    with pytest.raises(DrlError, match="unknown dSprites config setting"):
         DSpritesConfig.from_dict({"image_size": 64, "colour_space": "rgb"})
 
 

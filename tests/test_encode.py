@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from drlcore.artifacts import save_model
-from drlcore.encode import encode_features, encode_run, load_features_dir
+from drlcore import rundir
+from drlcore.encode import encode_features, encode_run
 from drlcore.errors import DrlError
 from drlcore.vae import FeatureVAE, VAEConfig
 
@@ -30,17 +31,20 @@ def model_dir(tmp_path, rng):
     return path
 
 
-def _features_dir(path, features, backbone="test-tiny", weights_hash="ab" * 32, nested=False):
+def _features_dir(path, features, backbone="test-tiny", weights_hash="ab" * 32, v1=False):
     path.mkdir(parents=True, exist_ok=True)
     np.save(path / "features.npy", features)
     n = len(features)
     pd.DataFrame({"row": np.arange(n), "path": [f"a/{i}.png" for i in range(n)],
                   "label": ["a"] * n, "sha256": [f"{i:064x}" for i in range(n)]}
                  ).to_parquet(path / "images.parquet")
-    entry = {"stage": "features", "backbone": backbone, "weights_hash": weights_hash,
+    entry = {"backbone": backbone, "weights_hash": weights_hash,
              "data": {"fingerprint": "d" * 32}}
-    manifest = {"features": entry, "analyze": {"key": "x"}} if nested else entry
-    (path / "manifest.json").write_text(json.dumps(manifest))
+    if v1:  # as the features stage wrote it before the manifest had a schema_version
+        (path / "manifest.json").write_text(json.dumps({"stage": "features", **entry}))
+    else:
+        rundir.record_stage(path, "features", entry)
+        rundir.record_stage(path, "analyze", {"key": "x"})
     return path
 
 
@@ -61,10 +65,9 @@ def test_encode_features_matches_the_model(model_dir, rng):
         encode_features(model, x[:, :5])
 
 
-@pytest.mark.parametrize("nested", [False, True])
-def test_encode_run_writes_objects_and_merges_the_manifest(model_dir, tmp_path, rng, nested):
-    run = _features_dir(tmp_path / "run", rng.normal(size=(7, D)).astype(np.float32),
-                        nested=nested)
+@pytest.mark.parametrize("v1", [False, True])
+def test_encode_run_writes_objects_and_merges_the_manifest(model_dir, tmp_path, rng, v1):
+    run = _features_dir(tmp_path / "run", rng.normal(size=(7, D)).astype(np.float32), v1=v1)
     path = encode_run(model_dir, run, run)
     assert path == run / "objects.parquet"
     objects = pd.read_parquet(path)
@@ -76,14 +79,16 @@ def test_encode_run_writes_objects_and_merges_the_manifest(model_dir, tmp_path, 
     assert (objects["z_std_mean"] > 0).all() and (objects["recon_error"] >= 0).all()
 
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["encode"]["model_hash"] == manifest["model"]["model_hash"]
-    assert manifest["encode"]["data_fingerprint"] == "d" * 32
-    assert manifest["encode"]["backbone"] == "test-tiny"
-    assert manifest["model"]["dim_names"] == [f"z{j}: f{j}" for j in range(J)]
+    assert manifest["schema_version"] == 2  # an older layout is upgraded on write
+    stages = manifest["stages"]
+    assert stages["encode"]["model_hash"] == stages["model"]["model_hash"]
+    assert stages["encode"]["data_fingerprint"] == "d" * 32
+    assert stages["encode"]["backbone"] == "test-tiny"
+    assert stages["model"]["dim_names"] == [f"z{j}: f{j}" for j in range(J)]
     # What was there before is kept.
-    assert (manifest["features"]["backbone"] if nested else manifest["backbone"]) == "test-tiny"
-    if nested:
-        assert manifest["analyze"] == {"key": "x"}
+    assert stages["features"]["backbone"] == "test-tiny"
+    if not v1:
+        assert stages["analyze"] == {"key": "x"}
 
     # Re-encoding replaces the latent columns instead of duplicating them.
     encode_run(model_dir, run, run)
@@ -105,8 +110,8 @@ def test_incomplete_features_folder_is_refused(tmp_path, rng):
     run = _features_dir(tmp_path / "run", rng.normal(size=(5, D)).astype(np.float32))
     (run / "images.parquet").unlink()
     with pytest.raises(DrlError, match="lacks images.parquet"):
-        load_features_dir(run)
+        rundir.load_features_dir(run)
     run2 = _features_dir(tmp_path / "run2", rng.normal(size=(5, D)).astype(np.float32))
     pd.DataFrame({"row": [0, 1]}).to_parquet(run2 / "images.parquet")
     with pytest.raises(DrlError, match="2 rows"):
-        load_features_dir(run2)
+        rundir.load_features_dir(run2)

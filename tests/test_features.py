@@ -14,7 +14,7 @@ from drlcore.errors import DrlError
 from drlcore.features import (TABLE_COLUMNS, FeatureConfig, embed_arrays, extract_features)
 from drlcore.progress import CallbackReporter
 
-MANIFEST_KEYS = {"stage", "backbone", "timm_name", "weights_hash", "dtype", "preprocessing",
+MANIFEST_KEYS = {"backbone", "timm_name", "weights_hash", "dtype", "preprocessing",
                  "data", "counts", "versions", "created"}
 N_GOOD = 10  # images per generated dataset that decode
 
@@ -71,7 +71,7 @@ def test_outputs(dataset, tmp_path, tiny):
 
     manifest = result.manifest
     assert MANIFEST_KEYS <= set(manifest)
-    assert manifest["stage"] == "features" and manifest["backbone"] == "test-tiny"
+    assert manifest["backbone"] == "test-tiny"
     assert manifest["weights_hash"] == tiny.weights_hash and manifest["dtype"] == tiny.dtype
     assert manifest["counts"] == {"accepted": N_GOOD, "skipped": 1, "labels": 2}
     assert manifest["data"]["layout"] == "class-folders"

@@ -132,3 +132,62 @@ def test_provenance_names_backbone_model_and_data(tmp_path):
     stamp = rundir.provenance(tmp_path, n_objects=3)
     assert stamp["backbone"] == "test-tiny" and stamp["model hash"] == "m" * 64
     assert stamp["data fingerprint"] == "f" * 32 and stamp["objects"] == 3
+
+
+def _tiny_pipeline(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from app_fixtures import make_source_model, make_zip
+
+    from drlcore.pipeline import PipelineConfig
+
+    source = make_source_model(tmp_path / "source")
+    config = PipelineConfig.from_dict({
+        "features": {"backbone": "test-tiny", "pretrained": False, "batch_size": 8,
+                     "cache_dir": str(tmp_path / "cache")},
+        "source_model": str(source), "transfer_epochs": 1, "umap": False})
+    return make_zip(tmp_path / "cells.zip", n_per_class=6), config
+
+
+def test_rerun_into_the_same_folder_keeps_every_stage(tmp_path):
+    from drlcore.analyze import AnalyzeConfig, analyze_run
+    from drlcore.pipeline import run_pipeline
+
+    data, config = _tiny_pipeline(tmp_path)
+    run = run_pipeline(data, tmp_path / "run", config)
+    first = rundir.read_manifest(run)["stages"]
+    assert set(first) == set(rundir.STAGES)
+
+    run_pipeline(data, run, config)  # every stage is up to date this time
+    second = rundir.read_manifest(run)["stages"]
+    assert set(second) == set(rundir.STAGES)
+    assert second["analyze"] == first["analyze"] and second["model"] == first["model"]
+    assert second["features"]["data"] == first["features"]["data"]
+
+    # An analysis that is up to date still records itself when its entry went missing.
+    manifest = rundir.read_manifest(run)
+    del manifest["stages"]["analyze"]
+    (run / rundir.MANIFEST).write_text(json.dumps(manifest))
+    analyze_run(run, AnalyzeConfig(umap=False, cache_dir=config.features.cache_dir))
+    assert rundir.stage_entry(run, "analyze") == first["analyze"]
+
+
+def test_rerun_into_a_v1_run_folder_upgrades_it_and_keeps_every_stage(tmp_path):
+    from drlcore.pipeline import run_pipeline
+
+    data, config = _tiny_pipeline(tmp_path)
+    run = run_pipeline(data, tmp_path / "run", config)
+    stages = rundir.read_manifest(run)["stages"]
+    # Rewrite the manifest as the code before schema_version left it.
+    v1 = {"stage": "features", **stages["features"],
+          **{name: {"stage": name, **stages[name]} if name in ("encode", "analyze")
+             else stages[name] for name in ("model", "encode", "pipeline", "analyze")}}
+    (run / rundir.MANIFEST).write_text(json.dumps(v1))
+    assert rundir.read_manifest(run)["stages"] == stages  # opens as it was written
+
+    run_pipeline(data, run, config)
+    raw = json.loads((run / rundir.MANIFEST).read_text())
+    assert raw["schema_version"] == 2 and set(raw["stages"]) == set(rundir.STAGES)
+    assert raw["stages"]["analyze"] == stages["analyze"]

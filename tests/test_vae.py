@@ -16,7 +16,7 @@ def test_config_round_trip_and_unknown_keys():
     cfg = VAEConfig(input_dim=32, latent_dim=4, hidden_dims=[16, 8], activation="gelu")
     assert cfg.hidden_dims == (16, 8)
     assert VAEConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(DrlError, match="unknown keys.*'width'"):
+    with pytest.raises(DrlError, match="unknown VAEConfig setting.*'width'"):
         VAEConfig.from_dict({**cfg.to_dict(), "width": 3})
     with pytest.raises(DrlError, match="activation"):
         VAEConfig(input_dim=4, activation="tanhh")
