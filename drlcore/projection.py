@@ -115,6 +115,10 @@ class PCAProjector(_Standardising):
         self.n_features_in_ = self.mean_.shape[0]
 
 
+# Standardised units: identical images encode a few ulps apart (batched float maths).
+SAME_POINT_TOLERANCE = 1e-5
+
+
 class UMAPProjector(_Standardising):
     """UMAP map of the standardised inputs; ``transform`` places new data on the same map.
 
@@ -161,7 +165,17 @@ class UMAPProjector(_Standardising):
         scaled = self._scale(X)
         if getattr(self, "reducer_", None) is None:
             self._refit_from_reference()
-        return np.asarray(self.reducer_.transform(scaled), dtype=np.float64)
+        coords = np.asarray(self.reducer_.transform(scaled), dtype=np.float64)
+        # umap-learn's transform re-optimises every new point, so an object that is already on
+        # the map (the same image encoded again) can land beside itself, even off the map on a
+        # small one. Such points take their reference point's place, so a map reads the same.
+        from sklearn.neighbors import NearestNeighbors
+
+        reference = np.asarray(self.reducer_._raw_data, dtype=np.float64)
+        distance, index = NearestNeighbors(n_neighbors=1).fit(reference).kneighbors(scaled)
+        same = distance[:, 0] <= SAME_POINT_TOLERANCE
+        coords[same] = self.embedding_[index[same, 0]]
+        return coords
 
     def _refit_from_reference(self) -> None:
         """After a cache hit only the embedding is known: refit on the reference data."""

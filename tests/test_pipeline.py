@@ -271,11 +271,9 @@ def test_new_images_encoded_with_the_reference_model_land_on_its_map(tmp_path, d
     np.testing.assert_allclose(coords, ref.loc[new["path"], ["pca_x", "pca_y"]].to_numpy(),
                                atol=1e-6)
     umap = project_onto(reference, tmp_path / "new-run", "umap")
-    ref_umap = ref[["umap_x", "umap_y"]].to_numpy()
-    # UMAP's transform re-optimises each new point against the fitted map, so on a 36-object map
-    # a single point can stray; most of them must land among the class they are copies of.
-    nearest = [ref.index[np.argmin(((ref_umap - point) ** 2).sum(axis=1))] for point in umap]
-    assert sum(ref.loc[n, "label"] == "round" for n in nearest) >= 4, nearest
+    # Copies of reference images land exactly where their originals are on the UMAP map (that
+    # new, unseen points land among their class is checked on clusters in test_projection).
+    np.testing.assert_allclose(umap, ref.loc[new["path"], ["umap_x", "umap_y"]].to_numpy(), atol=1e-6)
 
     other = run_pipeline(new_images, tmp_path / "other-model", config)  # fine-tuned anew
     with pytest.raises(DrlError, match="another model"):

@@ -112,7 +112,11 @@ def test_umap_transform_places_copies_on_the_reference_map(clusters, tmp_path):
     reference = fit_cached(projector, X, tmp_path)
     assert reference.shape == (len(X), 2)
     probes = np.arange(0, len(X), 20)
-    placed = projector.transform(X[probes])
+    # Exact copies take their reference point's place; new points near them land among their class.
+    np.testing.assert_array_equal(projector.transform(X[probes]), reference[probes])
+    nearby = X[probes] + np.random.default_rng(2).normal(scale=0.1, size=X[probes].shape)
+    placed = projector.transform(nearby)
+    assert not np.allclose(placed, reference[probes])  # really placed by UMAP's transform
     for row, point in zip(probes, placed):
         nearest = np.argsort(np.linalg.norm(reference - point, axis=1))[:5]
         assert (labels[nearest] == labels[row]).all()
@@ -123,7 +127,7 @@ def test_umap_transform_places_copies_on_the_reference_map(clusters, tmp_path):
     again = fit_cached(restored, X, tmp_path)
     np.testing.assert_array_equal(again, reference)
     assert restored.reducer_ is None
-    replaced = restored.transform(X[probes])
+    replaced = restored.transform(nearby)
     assert restored.note_ is None   # the refit reproduced the cached map
     np.testing.assert_allclose(replaced, placed, atol=1e-3)
     assert list(next(tmp_path.iterdir()).glob("*.npz")) == []   # nothing pickled for UMAP
