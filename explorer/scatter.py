@@ -161,22 +161,30 @@ def encode_points(x, y, color=None, *, categorical: bool | None = None, title: s
 
 def _category_codes(series: pd.Series, missing_label: str,
                     order: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
-    labels = series.astype("string").fillna(missing_label)
-    counts = labels.value_counts(sort=True)
+    # factorize once (fast on 10^6 strings), then name, order and fold the few distinct values.
+    raw_codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    names_of = [str(u) for u in uniques]
+    if (raw_codes < 0).any():
+        raw_codes = np.where(raw_codes < 0, len(names_of), raw_codes)
+        names_of.append(missing_label)
+    counts = np.bincount(raw_codes, minlength=len(names_of))
+    totals: dict[str, int] = {}
+    for name, c in zip(names_of, counts, strict=True):  # distinct values may share a string
+        totals[name] = totals.get(name, 0) + int(c)
     if order is not None:
-        names = [str(c) for c in order if c in counts.index]
-        names += sorted(str(c) for c in counts.index if str(c) not in set(names))
+        wanted = [str(c) for c in order]
+        names = [c for c in wanted if c in totals]
+        names += sorted(c for c in totals if c not in set(names))
     else:
-        names = sorted(str(c) for c in counts.index)
+        names = sorted(totals)
     if len(names) > MAX_CATEGORIES:
-        keep = set(str(c) for c in counts.index[:MAX_CATEGORIES - 1])  # most frequent
+        frequent = sorted(totals, key=lambda c: (-totals[c], c))[:MAX_CATEGORIES - 1]
+        keep = set(frequent)
         names = [c for c in names if c in keep] + [OTHER_LABEL]
     lookup = {name: i for i, name in enumerate(names)}
     other = lookup.get(OTHER_LABEL, 0)
-    cat = pd.Categorical(labels.to_numpy(dtype=object))
-    cat_codes = np.array([lookup.get(str(c), other) for c in cat.categories], dtype=np.uint8)
-    codes = cat_codes[cat.codes] if len(cat.categories) else np.zeros(len(labels), np.uint8)
-    return codes.astype(np.uint8), names
+    to_final = np.array([lookup.get(name, other) for name in names_of], dtype=np.uint8)
+    return to_final[raw_codes] if len(raw_codes) else np.zeros(0, np.uint8), names
 
 
 def _category_palette(names: list[str], palette, missing_label: str) -> list[str]:
@@ -262,7 +270,8 @@ def scatter_map(x, y, color=None, labels: Sequence[str] | None = None, key: str 
 
     ``labels`` are hover captions per point; ``images`` is ``(folder, file name per point)`` for
     the hover image; ``hover_key`` names the hover content cheaply (else it is hashed);
-    ``selected`` is the selection to show (pass back what was returned to keep it, [] clears)."""
+    ``selected`` (optional) is the selection to show: pass back what was returned to keep it
+    and [] to clear it; None leaves the selection to the browser."""
     import streamlit as st
 
     encoded = encode_points(x, y, color, categorical=categorical, title=title, palette=palette,
@@ -281,10 +290,12 @@ def scatter_map(x, y, color=None, labels: Sequence[str] | None = None, key: str 
             tag = hashlib.blake2b(str(Path(folder).resolve()).encode(), digest_size=8).hexdigest()
             files_route = _route(_declare(f"images_{tag}", Path(folder)))
         meta["images"] = {"index": _route(index), "files": files_route, "chunk": CHUNK}
-    chosen = np.asarray([] if selected is None else list(selected), dtype=np.int64)
-    chosen = np.unique(chosen[(chosen >= 0) & (chosen < n)]).astype("<u4")
-    value = component(meta=meta, xy=encoded.xy, codes=encoded.codes, selected=chosen.tobytes(),
-                      key=key, default=None, on_change=on_change)
+    extra = {}
+    if selected is not None:  # controlled: the plot shows exactly this selection
+        chosen = np.asarray(selected, dtype=np.int64).ravel()
+        extra["selected"] = np.unique(chosen[(chosen >= 0) & (chosen < n)]).astype("<u4").tobytes()
+    value = component(meta=meta, xy=encoded.xy, codes=encoded.codes, key=key, default=None,
+                      on_change=on_change, **extra)
     if value is None and key is not None:
         value = st.session_state.get(key)
     return decode_selection(value)

@@ -275,7 +275,9 @@ async function render(args) {
   const height = meta.height;
   ensurePlot(height);
   sendHeight();
-  const selected = args.selected ? copyView(args.selected, Uint32Array) : new Uint32Array(0);
+  // No `selected` argument: the browser keeps whatever the user selected.
+  const controlled = args.selected !== undefined && args.selected !== null;
+  const selected = controlled ? copyView(args.selected, Uint32Array) : current;
   if (meta.token !== token) {
     // New points (or new colours): decode the typed arrays and draw once.
     token = meta.token;
@@ -296,11 +298,15 @@ async function render(args) {
       opacity: n > 200000 ? 0.6 : 0.85,
     });
     window.__drlScatter.ready = false;
-    current = selected;
+    // New points: a selection Python holds is shown again; the browser's own is kept when the
+    // number of points is the same (a new colouring) and dropped (and reported) otherwise.
+    const kept = controlled || meta.n === window.__drlScatter.n;
+    if (!kept && current.length) sendSelection([]);
+    current = controlled ? selected : kept ? current : new Uint32Array(0);
     if (drawing) await drawing.catch(() => {});
     drawing = plot.draw(points, {
       zDataType: "categorical",
-      select: selected.length ? Array.from(selected) : undefined,
+      select: current.length ? Array.from(current) : undefined,
     });
     await drawing;
     // Wait for the frame that shows the points to be painted.
@@ -308,10 +314,10 @@ async function render(args) {
     window.__drlScatter.drawMs = performance.now() - t0;
     window.__drlScatter.n = n;
     window.__drlScatter.ready = true;
-    window.__drlScatter.selection = selected.length;
+    window.__drlScatter.selection = current.length;
     legend();
     showStatus();
-  } else {
+  } else if (controlled) {
     applySelection(selected);
   }
 }
