@@ -181,8 +181,16 @@ def test_map_box_selection_shows_gallery(server, page):
     _shot(page, "08-class-map-selection")
 
 
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file()}
+
+
 def test_bad_upload_shows_error_and_touches_no_run(server, page, runs_dir, tmp_path):
-    before = sorted(p.name for p in runs_dir.iterdir())
+    from explorer.data import list_runs
+
+    runs_before = list_runs(runs_dir)
+    before = {run.name: _snapshot(run) for run in runs_before}
     bad = tmp_path / "not-images.zip"
     import zipfile
 
@@ -194,7 +202,14 @@ def test_bad_upload_shows_error_and_touches_no_run(server, page, runs_dir, tmp_p
     page.get_by_role("button", name="Analyse").click()
     page.locator("[data-testid='stAlertContentError']").first.wait_for(timeout=120_000)
     _shot(page, "09-bad-upload")
-    assert sorted(p.name for p in runs_dir.iterdir()) == before
+    # The failed job keeps only its record (job.json and log, so any tab can say why it failed);
+    # no new run appears, earlier runs are byte for byte as they were, the upload is deleted.
+    assert list_runs(runs_dir) == runs_before
+    assert {run.name: _snapshot(run) for run in runs_before} == before
+    failed = runs_dir / "not-images"
+    assert not (failed / "objects.parquet").exists()
+    uploads = runs_dir / ".uploads"
+    assert not uploads.exists() or not any(uploads.iterdir())
 
 
 def test_zip_upload_creates_a_new_run(server, page, runs_dir, tmp_path, pipeline_settings, request):
@@ -249,11 +264,23 @@ def test_heatmap_cell_click_picks_the_pair(server, page):
     _open(page, server, "correlations")
     page.wait_for_selector(".js-plotly-plot .main-svg", timeout=90_000)
     page.wait_for_timeout(1000)
+    # Rows and columns are ordered by family (and the names come from the run's own data), so the
+    # cell for (z1, mean intensity) is looked up in the drawn figure, then clicked where it is drawn.
+    cell = page.evaluate("""() => {
+        const gd = document.querySelector('.js-plotly-plot');
+        const heat = gd._fullData[0];
+        const rows = heat.customdata.length, cols = heat.customdata[0].length;
+        for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) {
+            const [feature, dim] = heat.customdata[i][j];
+            if (dim === '1' && heat.x[j] === 'mean intensity') return {i, j, rows, cols, row: heat.y[i]};
+        }
+        return null; }""")
+    assert cell is not None
     heat = page.locator(".js-plotly-plot").first
     drag = heat.locator(".nsewdrag").first.bounding_box()
-    # Fixture grid: 6 dims x 4 features; click row z1 (second), column "mean intensity" (third).
-    page.mouse.click(drag["x"] + drag["width"] * (2.5 / 4), drag["y"] + drag["height"] * (1.5 / 6))
-    page.get_by_text("between z1: elongation and mean intensity").wait_for(timeout=30_000)
+    page.mouse.click(drag["x"] + drag["width"] * ((cell["j"] + 0.5) / cell["cols"]),
+                     drag["y"] + drag["height"] * ((cell["i"] + 0.5) / cell["rows"]))
+    page.get_by_text(f"between {cell['row']} and mean intensity").wait_for(timeout=30_000)
     _settle(page)
     title = page.evaluate("() => document.querySelectorAll('.js-plotly-plot')[1].layout.yaxis.title.text")
     assert title == "mean intensity"

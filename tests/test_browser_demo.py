@@ -60,9 +60,10 @@ def test_first_launch_builds_and_opens_the_demo(tmp_path):
         assert jobs.read_job(target).state == "done"
         assert jobs.log_path(target).read_text().count("job started") == 1  # one build
         # The first tab, still on Latent axes, now shows the demo's axes; back on Datasets, it is open.
-        images = page.locator("[data-testid='stImage'] img")
-        images.first.wait_for(timeout=60_000)
-        assert images.count() >= 9
+        # The traversal strip draws image by image, so wait for the count rather than read it once.
+        page.wait_for_function(
+            "() => document.querySelectorAll(\"[data-testid='stImage'] img\").length >= 9",
+            timeout=120_000)
         page.screenshot(path=str(SHOTS / "demo-02-latent-axes.png"), full_page=True)
         _nav(page, "Datasets")
         page.get_by_text(f"Open: {DEMO_NAME}").wait_for(timeout=60_000)
