@@ -36,12 +36,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import streamlit as st
 
 from drlcore.cache import cache_root
 from drlcore.io import atomic_write_text
 
-__all__ = ["BUILD_DIR", "CHUNK", "MAX_CATEGORIES", "HoverSource", "Encoded", "encode_points",
-           "decode_selection", "write_hover_index", "scatter_map"]
+__all__ = ["BUILD_DIR", "CHUNK", "MAX_CATEGORIES", "WEBGL_MIN_POINTS", "HoverSource", "Encoded",
+           "encode_points", "decode_selection", "write_hover_index", "scatter_map", "draw_encoded",
+           "webgl_wanted", "class_map_webgl"]
 
 BUILD_DIR = Path(__file__).parent / "components" / "scatter" / "frontend" / "build"
 CHUNK = 1024
@@ -225,19 +227,28 @@ def _hover_digest(source: HoverSource, n: int) -> str:
     return h.hexdigest()
 
 
+def _resolved(value):
+    return value() if callable(value) else value
+
+
 def write_hover_index(source: HoverSource, n: int, root: Path | None = None) -> Path:
     """Write (once) the JSON chunks ``<k>.json`` = ``[[file, caption], ...]`` for points
-    ``k*CHUNK ..``; returns their folder (under the cache root's ``scatter-hover/``)."""
-    for name, part in (("captions", source.captions), ("files", source.files)):
-        if part is not None and len(part) != n:
-            raise ValueError(f"hover {name} has {len(part)} values for {n} points")
+    ``k*CHUNK ..``; returns their folder (under the cache root's ``scatter-hover/``).
+    ``captions`` and ``files`` may be callables: with a ``key`` they are called only when the
+    folder for that key is not complete yet."""
+    if source.key is None:
+        source = HoverSource(_resolved(source.captions), source.folder, _resolved(source.files))
     folder = (root or cache_root() / "scatter-hover") / _hover_digest(source, n)
     done = folder / "complete"
     if done.exists():
         return folder
+    captions, files = _resolved(source.captions), _resolved(source.files)
+    for name, part in (("captions", captions), ("files", files)):
+        if part is not None and len(part) != n:
+            raise ValueError(f"hover {name} has {len(part)} values for {n} points")
     folder.mkdir(parents=True, exist_ok=True)
-    captions = None if source.captions is None else np.asarray(source.captions, dtype=object)
-    files = None if source.files is None else np.asarray(source.files, dtype=object)
+    captions = None if captions is None else np.asarray(captions, dtype=object)
+    files = None if files is None else np.asarray(files, dtype=object)
     for k, start in enumerate(range(0, n, CHUNK)):
         stop = min(start + CHUNK, n)
         rows = [[None if files is None or not files[i] else str(files[i]),
@@ -272,10 +283,18 @@ def scatter_map(x, y, color=None, labels: Sequence[str] | None = None, key: str 
     the hover image; ``hover_key`` names the hover content cheaply (else it is hashed);
     ``selected`` (optional) is the selection to show: pass back what was returned to keep it
     and [] to clear it; None leaves the selection to the browser."""
-    import streamlit as st
-
     encoded = encode_points(x, y, color, categorical=categorical, title=title, palette=palette,
                             colour_scale=colour_scale)
+    return draw_encoded(encoded, key=key, labels=labels, images=images, hover_key=hover_key,
+                        selected=selected, height=height, point_size=point_size, on_change=on_change)
+
+
+def draw_encoded(encoded: Encoded, key: str | None = None, *, labels=None, images=None,
+                 hover_key: str | None = None, selected: Sequence[int] | None = None,
+                 height: int = 560, point_size: float | None = None, on_change=None) -> list[int]:
+    """:func:`scatter_map` for points already encoded (a caller may cache :func:`encode_points`).
+    ``labels`` and ``images[1]`` may be callables returning the sequences: they are only called
+    when the hover index for ``hover_key`` is not written yet."""
     n = encoded.meta["n"]
     meta = dict(encoded.meta, height=int(height), point_size=point_size, images=None)
     component = _declare("drl_scatter", BUILD_DIR)
@@ -299,3 +318,96 @@ def scatter_map(x, y, color=None, labels: Sequence[str] | None = None, key: str 
     if value is None and key is not None:
         value = st.session_state.get(key)
     return decode_selection(value)
+
+
+# --------------------------------------------------------------------------- the class map page
+
+WEBGL_MIN_POINTS = 100_000  # above this the class map draws with WebGL; Plotly below
+REPORT_SAMPLE = 20_000  # points of the (Plotly) map figure that goes into an HTML report
+
+
+def webgl_wanted(n: int) -> bool:
+    """Whether the class map draws with WebGL: always above :data:`WEBGL_MIN_POINTS` objects,
+    else when the user ticks the box."""
+    if n > WEBGL_MIN_POINTS:
+        st.caption(f"{n:,} objects: the map is drawn with WebGL (Plotly is used up to "
+                   f"{WEBGL_MIN_POINTS:,}).")
+        return True
+    return st.checkbox("WebGL map (hover shows the image)", key="map.webgl",
+                       help="Draw the map with WebGL (regl-scatterplot): pans and zooms smoothly at "
+                            "a million points and shows each object's image on hover. Plotly's map "
+                            "(box select, modebar export) is used otherwise.")
+
+
+def _index_of_rows(df: pd.DataFrame, rows: Sequence[int]) -> np.ndarray:
+    return np.flatnonzero(df["row"].isin(list(rows)).to_numpy()) if len(rows) else np.zeros(0, int)
+
+
+def class_map_webgl(run, df: pd.DataFrame, x_col: str, y_col: str, colour_col: str | None,
+                    continuous: bool, title: str | None, *, key: str = "map.webgl_chart",
+                    flagged: np.ndarray | None = None, background: pd.DataFrame | None = None):
+    """The class map's WebGL path. The selection lives where the Plotly path keeps it
+    (``map.selected`` holds object rows, ``map.focus`` the one clicked); hover shows the
+    object's thumbnail and name. Returns a Plotly figure of a seeded sample of
+    :data:`REPORT_SAMPLE` objects for the page's HTML report."""
+    from drlcore import rundir
+    from explorer.figures import MISSING_LABEL, latent_map
+
+    title = title or (colour_col or "")
+    encoded = _encoded_map(str(run.path), run.objects_stamp, df, x_col, y_col, colour_col, continuous, title)
+    probe = rundir.thumb_path(run.path, "SHA")
+    hover_key = f"{run.path}@{run.objects_stamp}"
+
+    def captions():
+        text = df["path"].astype(str).map(lambda p: Path(p).name)
+        if "label" in df:
+            text = text + " · " + df["label"].astype("string").fillna(MISSING_LABEL)
+        return text.tolist()
+
+    def files():
+        return (df["sha256"].astype(str) + probe.name.removeprefix("SHA")).tolist() if "sha256" in df else None
+
+    # A new selection from the browser (its event id differs from the last one seen) becomes the
+    # page's selection before the map is drawn, so the map is sent the selection it just made.
+    value = st.session_state.get(key)
+    event = value.get("seq") if isinstance(value, dict) else None
+    if event is not None and event != st.session_state.get(f"{key}.seen"):
+        st.session_state[f"{key}.seen"] = event
+        positions = decode_selection(value)
+        rows = df["row"].to_numpy()[positions].astype(int).tolist() if positions else []
+        st.session_state["map.selected"] = rows
+        st.session_state["map.focus"] = rows[0] if len(rows) == 1 else None
+    selected = _index_of_rows(df, st.session_state.get("map.selected", []))
+    draw_encoded(encoded, key=key, labels=captions, images=(probe.parent, files), hover_key=hover_key,
+                 selected=selected, height=600)
+    notes = ["Drag to pan, scroll to zoom; choose Lasso (or shift-drag) to select a group and "
+             "compare it with the rest; hover a point for its image; click one to open it."]
+    if flagged is not None and np.any(flagged):
+        notes.append("Anomaly rings are drawn on the Plotly map only (untick WebGL below 100k objects).")
+    if background is not None and len(background):
+        notes.append("The other run is placed on the Plotly map only.")
+    st.caption(" ".join(notes))
+    sample = df if len(df) <= REPORT_SAMPLE else df.sample(REPORT_SAMPLE, random_state=0)
+    fig = latent_map(sample, x_col, y_col, colour_col, continuous, colour_title=title)
+    if len(sample) < len(df):
+        fig.update_layout(title=f"Seeded random sample of {len(sample):,} of {len(df):,} objects")
+    return fig
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _encoded_map(path: str, stamp, _df: pd.DataFrame, x_col: str, y_col: str, colour_col: str | None,
+                 continuous: bool, title: str) -> Encoded:
+    """:func:`encode_points` for a run's map, kept across reruns (the same object, no copy).
+    The run path and objects stamp name the table (``_df`` is not hashed: 10^6 rows)."""
+    from explorer.figures import MISSING_LABEL, class_colours
+
+    color, palette, scale = None, None, "Viridis"
+    if colour_col is not None and colour_col in _df:
+        color = _df[colour_col]
+        if continuous:
+            scale = "Cividis" if colour_col.startswith("anomaly") else "Viridis"
+        else:
+            names = sorted(str(v) for v in color.astype("string").fillna(MISSING_LABEL).unique())
+            palette = {g: c for g, (c, _) in class_colours(names).items()}
+    return encode_points(_df[x_col].to_numpy(), _df[y_col].to_numpy(), color, categorical=not continuous,
+                         title=title, palette=palette, colour_scale=scale, missing_label=MISSING_LABEL)

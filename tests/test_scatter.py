@@ -236,3 +236,79 @@ def test_component_route_serves_only_its_folder(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"x")
     assert build_safe_abspath(str(tmp_path), "a.jpg") == str(Path(tmp_path / "a.jpg").resolve())
     assert build_safe_abspath(str(tmp_path), "../secret") is None
+
+
+# --------------------------------------------------------------------------- the class map page
+
+APP = Path(__file__).resolve().parents[1] / "explorer" / "app.py"
+
+
+@pytest.fixture
+def class_map_run(tmp_path, monkeypatch):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from app_fixtures import make_run
+
+    root = tmp_path / "runs"
+    make_run(root, "cells", n=90)
+    monkeypatch.setenv("DRL_RUNS_DIR", str(root))
+    monkeypatch.setenv("DRL_CACHE_DIR", str(tmp_path / "cache"))
+    return root
+
+
+def _class_map():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception, at.exception
+    at.switch_page("views/class_map.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _map_component(at):
+    return [el.proto for el in at.get("component_instance")
+            if el.proto.component_name == "explorer.scatter.drl_scatter"]
+
+
+def test_class_map_uses_plotly_below_the_threshold_and_webgl_when_ticked(class_map_run):
+    at = _class_map()
+    assert not _map_component(at) and at.get("plotly_chart")
+    at.checkbox(key="map.webgl").check().run()
+    assert not at.exception
+    (proto,) = _map_component(at)
+    meta = json.loads(proto.json_args)["meta"]
+    assert meta["n"] == 90 and meta["mode"] == "categorical" and meta["title"] == "Class"
+    # The hover index names each object's thumbnail in the run's thumbs folder.
+    index_dir = next((class_map_run.parent / "cache" / "scatter-hover").iterdir())
+    rows = json.loads((index_dir / "0.json").read_text())
+    file, caption = rows[4]
+    assert (class_map_run / "cells" / "thumbs" / file).is_file() and caption.startswith("img_0004.jpg")
+
+    # A lasso in the browser: positions come back, the page holds object rows as the Plotly path does.
+    picked = np.arange(0, 90, 3, dtype="<u4")
+    at.session_state["map.webgl_chart"] = {"selection": base64.b64encode(picked.tobytes()).decode(),
+                                           "n": len(picked), "seq": 1}
+    at.run()
+    assert not at.exception
+    assert at.session_state["map.selected"] == list(range(0, 90, 3))
+    assert any("Selection: 30 of 90" in h.value for h in at.subheader)
+    # ... and goes back to the browser as the selection to show.
+    (proto,) = _map_component(at)
+    sent = {s.key: s.bytes for s in proto.special_args}
+    assert np.frombuffer(sent["selected"], dtype="<u4").tolist() == list(range(0, 90, 3))
+    # Colour by a number: a colour scale.
+    at.selectbox(key="map.color_by").set_value("morph_area").run()
+    (proto,) = _map_component(at)
+    assert json.loads(proto.json_args)["meta"]["mode"] == "continuous"
+
+
+def test_class_map_draws_with_webgl_above_the_threshold(class_map_run, monkeypatch):
+    import explorer.scatter
+
+    monkeypatch.setattr(explorer.scatter, "WEBGL_MIN_POINTS", 50)
+    at = _class_map()
+    assert _map_component(at)
+    assert not [c for c in at.get("plotly_chart") if "umap" in c.proto.spec[:4000].lower()]
+    assert any("drawn with WebGL" in c.value for c in at.caption)

@@ -13,7 +13,7 @@
 //   xy        bytes: float32 x[0..n) then y[0..n), already scaled to [-1, 1]
 //   codes     bytes: uint8 colour code per point (category, or continuous value in 0..254, 255 = missing)
 //   selected  bytes: uint32 point indices Python holds as selected (the component shows them)
-// Value sent back: {selection: base64 of uint32 indices, n, seq}.
+// Value sent back: {selection: base64 of uint32 indices, n, seq: a unique event id}.
 import createScatterplot from "regl-scatterplot";
 
 const send = (type, data) =>
@@ -29,6 +29,9 @@ let token = null;
 let meta = null;
 let drawing = null;
 let seq = 0;
+// Event ids are unique across reloads of this frame, so Python can tell a new selection from one
+// it has already seen.
+const session = Math.random().toString(36).slice(2, 10);
 let current = new Uint32Array(0); // the selection the plot shows
 let hovered = -1;
 let mouse = [0, 0];
@@ -75,7 +78,7 @@ function sendSelection(points) {
   seq += 1;
   window.__drlScatter.selection = current.length;
   send("streamlit:setComponentValue", {
-    value: { selection: toBase64(current), n: current.length, seq },
+    value: { selection: toBase64(current), n: current.length, seq: `${session}:${seq}` },
     dataType: "json",
   });
   showStatus();
