@@ -20,6 +20,7 @@ from drlcore.naming import axis_help, axis_label
 from explorer.data import file_stamp, is_run_dir, list_runs
 from explorer.figures import effect_size_chart, feature_label, latent_map
 from explorer.report import ReportSection, build_report
+from explorer.scatter import class_map_webgl, webgl_wanted
 from explorer.ui import (csv_download, image_grid, object_detail, report_download, require_run,
                          selected_rows_from_event, show_chart)
 
@@ -85,18 +86,20 @@ if other_path and is_run_dir(Path(other_path)):
         background = pd.DataFrame(coords, columns=[x_col, y_col])
         background_name = f"{Path(other_path).name} (placed on this map)"
 
-fig = latent_map(df, x_col, y_col, colour_col, continuous, colour_title=colour_options.get(colour),
-                 highlight=flagged, selected_rows=st.session_state["map.selected"], background=background,
-                 background_name=background_name)
+if webgl_wanted(len(df)):  # WebGL (explorer/scatter.py) above ~100k objects or when ticked
+    fig = class_map_webgl(run, df, x_col, y_col, colour_col, continuous, colour_options.get(colour),
+                          flagged=flagged, background=background)
+else:
+    fig = latent_map(df, x_col, y_col, colour_col, continuous, colour_title=colour_options.get(colour),
+                     highlight=flagged, selected_rows=st.session_state["map.selected"], background=background,
+                     background_name=background_name)
 
+    def _on_select() -> None:
+        rows = selected_rows_from_event("map.chart")
+        st.session_state["map.selected"] = rows
+        st.session_state["map.focus"] = rows[0] if len(rows) == 1 else None
 
-def _on_select() -> None:
-    rows = selected_rows_from_event("map.chart")
-    st.session_state["map.selected"] = rows
-    st.session_state["map.focus"] = rows[0] if len(rows) == 1 else None
-
-
-show_chart(fig, key="map.chart", filename=f"{run.name}-{proj}-map", on_select=_on_select)
+    show_chart(fig, key="map.chart", filename=f"{run.name}-{proj}-map", on_select=_on_select)
 trust = run.analysis.get("projections", {}).get(proj, {}).get("trustworthiness")
 note = f" Map trustworthiness {trust:.2f} (1 = neighbours on the map are neighbours in latent space)." if trust else ""
 st.caption("Hover a point for its name and class; click it to see the image; drag a box or lasso "
