@@ -139,7 +139,9 @@ def run_to_anndata(run_dir: str | Path, with_features: bool = False):
         features_path = run_dir / rundir.FEATURES
         if not features_path.is_file():
             raise DrlError(f"{run_dir} has no {rundir.FEATURES} to include")
-        obsm["X_backbone"] = np.load(features_path, mmap_mode="r").astype(np.float32)
+        # A plain ndarray (a view of the memory map): anndata has no writer for np.memmap, which
+        # .astype() keeps when the file is already float32.
+        obsm["X_backbone"] = np.asarray(np.load(features_path, mmap_mode="r"), dtype=np.float32)
 
     uns: dict[str, Any] = {
         "drl": _plain({"run": run_dir.name, "manifest": manifest,
