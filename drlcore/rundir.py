@@ -12,6 +12,7 @@ Every stage writes into one folder; this module owns what is in it::
         objects.parquet        images.parquet + latents (z_mean_<j>) + analysis columns
         correlations.parquet   latent axes x handcrafted features
         analysis.json          what `drl analyze` computed
+        views/<name>.json      explorer views saved by name (page + its URL parameters)
 
 The manifest is versioned and nested, one entry per stage::
 
@@ -46,6 +47,7 @@ __all__ = [
     "is_run_dir", "is_complete_run", "FeaturesInfo", "features_info", "load_features_dir",
     "latent_columns", "zscore_columns", "latent_index", "latent_column", "dim_names",
     "model_config", "model_metrics", "model_hash", "pipeline_notes", "provenance", "thumb_path",
+    "VIEWS", "VIEW_SCHEMA_VERSION", "view_path", "save_view", "list_views", "read_view",
 ]
 
 SCHEMA_VERSION = 2
@@ -61,6 +63,8 @@ MODEL = "model"
 CORRELATIONS = "correlations.parquet"
 ANALYSIS = "analysis.json"
 JOB = "job.json"  # written by drlcore.jobs while a background job builds the folder
+VIEWS = "views"  # saved explorer views, one <name>.json each (save_view / read_view)
+VIEW_SCHEMA_VERSION = 1
 # Inside MODEL (written by drlcore.artifacts; read here for the app and the analysis).
 MODEL_CONFIG = "config.json"
 MODEL_METRICS = "metrics.json"
@@ -68,6 +72,8 @@ MODEL_METRICS = "metrics.json"
 RUNS_DIR_ENV = "DRL_RUNS_DIR"
 _LATENT = re.compile(r"^z_mean_(\d+)$")
 _ZSCORE = re.compile(r"^z_score_(\d+)$")
+# A view name is its file name: letters, digits, space, '_', '.', '-'; no path, no hidden file.
+_VIEW_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9 _.-]{0,62}[A-Za-z0-9_-])?$")
 
 
 def default_runs_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -353,3 +359,51 @@ def provenance(run_dir: str | os.PathLike, manifest: Mapping | None = None,
         "objects": n_objects,
         "analysis parameters": analysis.get("config") or {},
     }
+
+
+# --------------------------------------------------------------------------- saved views
+
+
+def view_path(run_dir: str | os.PathLike, name: str) -> Path:
+    """``RUN/views/<name>.json``; a name that could leave the folder or hide the file is refused."""
+    name = str(name).strip()
+    if not _VIEW_NAME.match(name):
+        raise DrlError(f"a view name is 1-64 letters, digits, spaces, '_', '.' or '-', starting "
+                       f"with a letter or digit (not {name!r})")
+    return Path(run_dir) / VIEWS / f"{name}.json"
+
+
+def save_view(run_dir: str | os.PathLike, name: str, view: Mapping[str, Any]) -> Path:
+    """Write a saved view (what the explorer shows: page and parameters) atomically; an
+    existing view of the same name is replaced."""
+    path = view_path(run_dir, name)
+    atomic_write_json(path, {**dict(view), "schema_version": VIEW_SCHEMA_VERSION,
+                             "name": name.strip()})
+    return path
+
+
+def list_views(run_dir: str | os.PathLike) -> list[str]:
+    """Names of the views saved in this run, sorted (temporary and foreign files left out)."""
+    folder = Path(run_dir) / VIEWS
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.json") if p.is_file() and _VIEW_NAME.match(p.stem))
+
+
+def read_view(run_dir: str | os.PathLike, name: str) -> dict:
+    """A saved view as written by :func:`save_view`; a missing, unreadable or newer file is an
+    error that says which."""
+    path = view_path(run_dir, name)
+    if not path.is_file():
+        raise DrlError(f"no saved view {name!r} in {Path(run_dir).name}")
+    try:
+        view = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise DrlError(f"the saved view {path} cannot be read ({exc})") from exc
+    if not isinstance(view, dict):
+        raise DrlError(f"the saved view {path} is not a JSON object")
+    version = view.get("schema_version")
+    if version != VIEW_SCHEMA_VERSION:
+        raise DrlError(f"the saved view {path} has schema_version {version!r}; this drl reads "
+                       f"{VIEW_SCHEMA_VERSION}")
+    return view

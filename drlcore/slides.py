@@ -29,8 +29,8 @@ import pandas as pd
 from drlcore.errors import DrlError
 from drlcore.io import atomic_write_bytes, read_json
 
-__all__ = ["SlideConfig", "figure_stamp", "axis_montage", "correlation_figure", "map_figure",
-           "write_slide_set", "OKABE_ITO"]
+__all__ = ["SlideConfig", "figure_stamp", "axis_montage", "write_axis_montage", "correlation_figure",
+           "map_figure", "write_slide_set", "OKABE_ITO"]
 
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7",
              "#000000")
@@ -165,6 +165,24 @@ def axis_montage(run_dir: str | Path, dim: int, config: SlideConfig = SlideConfi
                  fontsize=16, x=0.01, ha="left")
     fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.1, wspace=0.04, hspace=0.04)
     return fig
+
+
+def write_axis_montage(run_dir: str | Path, dim: int, out_dir: str | Path,
+                       config: SlideConfig = SlideConfig()) -> list[Path]:
+    """One axis montage, stamped, as ``out_dir/axis-<j>-<name>[-<class>].<fmt>`` for each of
+    ``config.formats`` (the files :func:`write_slide_set` writes for that axis, or of one class)."""
+    from drlcore import rundir
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    names = _axis_names(run_dir, len(rundir.latent_columns(_objects(run_dir))))
+    if not 0 <= dim < len(names):
+        raise DrlError(f"latent axis {dim} does not exist; the run has {len(names)} (0..{len(names) - 1})")
+    fig = axis_montage(run_dir, dim, config)
+    which = f"-{_slug(config.label)}" if config.label else ""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    title = f"latent axis {_display(names[dim], dim)}" + (f", class {config.label}" if config.label else "")
+    return _save(fig, out_dir / f"axis-{dim}-{_slug(names[dim])}{which}", figure_stamp(run_dir), title,
+                 config.formats)
 
 
 def _axis_names(run_dir: Path, n: int) -> list[str]:

@@ -41,6 +41,15 @@ STATE_DEFAULTS: dict = {
     "anom.threshold": None,
     "corr.focus": None,
     "trav.show_all": False,
+    "trav.montage_class": "",  # axis montage download: one class ("" = all) and rows per axis
+    "trav.montage_rows": 3,
+    "corr.cluster": False,
+    # Class map, "Group A vs group B": each group by class, map selection or a threshold
+    # (explorer.share puts these in the URL).
+    "map.compare": "rest",
+    **{f"map.{g}.{field}": value for g in ("a", "b") for field, value in
+       (("kind", "class"), ("classes", []), ("rows", []), ("feature", None), ("op", ">="),
+        ("value", None))},
 }
 
 

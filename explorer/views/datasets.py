@@ -8,10 +8,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from drlcore import rundir
 from drlcore.errors import DrlError
 from explorer.data import (Run, backbone_summary, is_demo, list_runs, pipeline_config, pipeline_notes,
                            read_pipeline_settings)
 from explorer import jobs as app_jobs
+from explorer.downloads import EXPORT_MIME, export_bytes, file_download
 from explorer.ui import csv_download, current_run
 
 st.title("Datasets")
@@ -47,6 +49,19 @@ def _summary(run: Run) -> None:
         with st.expander("Objects per class"):
             st.dataframe(counts, hide_index=True, width="stretch")
             csv_download(counts, f"{run.name}-classes.csv", key="data.classes_csv")
+    with st.expander("Export for scanpy, R or Excel (h5ad, CSV, Parquet)", icon=":material/download:"):
+        st.caption("The files `drl export` writes. h5ad (AnnData, opens in scanpy): latent means as `X` "
+                   "with the axis names in `var`, image metadata, morphology and anomaly scores in "
+                   "`obs`, the UMAP/PCA maps in `obsm`, correlations and provenance in `uns`. CSV and "
+                   "Parquet: the per-object table, one row per image.")
+        st.checkbox("Include the backbone features in the h5ad (`obsm['X_backbone']`, larger file)",
+                    key="data.export_features", disabled=not (run.path / rundir.FEATURES).is_file())
+        with_features = bool(st.session_state.get("data.export_features"))
+        buttons = st.columns(3)
+        for col, fmt in zip(buttons, ("h5ad", "csv", "parquet"), strict=True):
+            with col:
+                file_download(f"{fmt} file", lambda fmt=fmt: export_bytes(run.path, fmt, with_features and fmt == "h5ad"),
+                              f"{run.name}.{fmt}", EXPORT_MIME[fmt], key=f"data.export_{fmt}")
     if skipped is not None and len(skipped):
         with st.expander(f"Skipped images ({len(skipped)})"):
             st.dataframe(skipped, hide_index=True, width="stretch")

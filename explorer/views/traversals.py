@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -10,6 +12,7 @@ from drlcore.correlation import best_matches
 from drlcore.naming import axis_help, axis_label
 from drlcore.traversal import traversal_indices, traversal_values
 from explorer.data import file_stamp
+from explorer.downloads import FIGURE_MIME, file_download, montage_bytes
 from explorer.figures import feature_label
 from explorer.report import ReportSection, axes_section, build_report
 from explorer.ui import caption_for, csv_download, image_grid, object_detail, report_download, require_run
@@ -114,3 +117,29 @@ def _report() -> str:
 
 with exports[1]:
     report_download(_report, f"{run.name}-latent-axes.html", key="trav.report")
+
+
+with st.expander("Slide montage of this axis (PNG / SVG, stamped)", icon=":material/photo_library:"):
+    st.caption("The strip from one extreme of the axis to the other, with the next-nearest objects "
+               "at each step as extra rows, drawn as `drl figures` draws it: one figure for a slide, "
+               "captioned with the run, model, backbone, data fingerprint and date (also in the "
+               "file's metadata).")
+    if st.session_state["trav.montage_class"] not in ("", *run.classes):
+        st.session_state["trav.montage_class"] = ""
+    options = st.columns(2)
+    options[0].selectbox("Objects of", ["", *run.classes], key="trav.montage_class",
+                         format_func=lambda c: c or "all classes", disabled=not run.classes)
+    options[1].slider("Rows per axis", 1, 5, key="trav.montage_rows")
+    montage_dim = st.session_state["trav.dim"]
+    montage_class = st.session_state["trav.montage_class"] or None
+    montage_rows = st.session_state["trav.montage_rows"]
+    stem = re.sub(r"[^\w.-]+", "-", f"{run.name}-axis-{montage_dim}" + (f"-{montage_class}" if montage_class else ""))
+    st.caption(f"Axis {names[montage_dim]}, {n_steps} steps x {montage_rows} rows"
+               + (f", class {montage_class} only." if montage_class else "."))
+    buttons = st.columns(2)
+    for col, fmt in zip(buttons, ("png", "svg"), strict=True):
+        with col:
+            file_download(f"Montage ({fmt.upper()})",
+                          lambda fmt=fmt: montage_bytes(run.path, montage_dim, fmt, n_steps=n_steps,
+                                                        n_rows=montage_rows, label=montage_class),
+                          f"{stem}.{fmt}", FIGURE_MIME[fmt], key=f"trav.montage_{fmt}")
