@@ -24,7 +24,7 @@ MISSING_LABEL = "(no label)"
 __all__ = [
     "OKABE_ITO", "FONT_SIZE", "plot_config", "style", "class_colours", "feature_label",
     "correlation_heatmap", "heatmap_order", "pair_scatter", "latent_map", "anomaly_histogram", "effect_size_chart",
-    "metric_bars", "factor_heatmap", "empty_figure",
+    "group_effect_chart", "metric_bars", "factor_heatmap", "empty_figure",
 ]
 
 
@@ -341,6 +341,37 @@ def effect_size_chart(effects: pd.DataFrame, labels: dict[str, str] | None = Non
     ))
     fig.add_vline(x=0, line={"color": "#52606d", "width": 1})
     fig.update_xaxes(title="Cohen's d (selection − rest)")
+    return style(fig, height=max(300, 40 + 30 * len(data)))
+
+
+def group_effect_chart(table: pd.DataFrame, labels: dict[str, str] | None = None, top: int = 15,
+                       names: tuple[str, str] = ("A", "B")) -> go.Figure:
+    """Hedges' g (group A minus group B) with its confidence interval, largest |g| on top.
+
+    ``table`` is ``drlcore.compare.compare_groups``' output (sorted by |g|); a bar is vermillion
+    where A is higher, blue where B is, and hollow where BH q >= 0.05."""
+    data = table.dropna(subset=["hedges_g"]).head(top).iloc[::-1]
+    if data.empty:
+        return empty_figure("Each group needs at least two objects with a measured value")
+    a, b = names
+    shown = [(labels or {}).get(c, feature_label(c)) for c in data["column"]]
+    colours = np.where(data["hedges_g"] >= 0, "#D55E00", "#0072B2")
+    significant = data["q_value"].fillna(1.0).to_numpy() < 0.05
+    fig = go.Figure(go.Bar(
+        x=data["hedges_g"], y=shown, orientation="h",
+        marker={"color": np.where(significant, colours, "rgba(0,0,0,0)"),
+                "line": {"color": colours, "width": 2}},
+        error_x={"type": "data", "symmetric": False, "color": "#52606d", "thickness": 1.5,
+                 "array": (data["ci_high"] - data["hedges_g"]).to_numpy(),
+                 "arrayminus": (data["hedges_g"] - data["ci_low"]).to_numpy()},
+        customdata=np.column_stack([data["mean_a"], data["mean_b"], data["ci_low"], data["ci_high"],
+                                    data["q_value"]]),
+        hovertemplate="%{y}<br>Hedges' g = %{x:.2f} (95% CI %{customdata[2]:.2f} to %{customdata[3]:.2f})"
+                      f"<br>mean {a} %{{customdata[0]:.3g}} vs {b} %{{customdata[1]:.3g}}"
+                      "<br>q = %{customdata[4]:.2g}<extra></extra>",
+    ))
+    fig.add_vline(x=0, line={"color": "#52606d", "width": 1})
+    fig.update_xaxes(title=f"Hedges' g ({a} − {b}); filled: BH q < 0.05")
     return style(fig, height=max(300, 40 + 30 * len(data)))
 
 
