@@ -34,9 +34,14 @@ def _add_force_option(p: argparse.ArgumentParser) -> None:
 
 
 def _add_ingest_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preprocess", choices=["auto", "pad", "canvas", "stretch"], default=None,
+                   help="how images become the backbone's square input: 'pad' each to a square "
+                        "(absolute size lost), 'canvas' (all on one canvas sized from the 95th "
+                        "percentile of crop sizes, so size stays visible; larger crops shrink), "
+                        "'stretch' (aspect lost), 'auto' (default: canvas when crop sizes vary "
+                        "widely, p90/p10 of the longest side >= 2, else pad)")
     p.add_argument("--no-pad", action="store_true",
-                   help="stretch images to a square instead of padding them (changes what "
-                        "'scale' means in the latent axes; see README)")
+                   help="same as --preprocess stretch (kept for old scripts)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--channels", default=None, metavar="SPEC",
                    help="display colours of fluorescence channels (2-8 channel TIFFs or "
@@ -176,7 +181,13 @@ def _reporter():
 def _feature_config(args, **overrides):
     from drlcore.features import FeatureConfig
 
-    kwargs = dict(batch_size=args.batch_size, pad_to_square=not args.no_pad,
+    preprocess = getattr(args, "preprocess", None)
+    if args.no_pad:
+        if preprocess not in (None, "stretch"):
+            raise DrlError(f"--no-pad means --preprocess stretch; it contradicts --preprocess "
+                           f"{preprocess}")
+        preprocess = "stretch"
+    kwargs = dict(batch_size=args.batch_size, preprocess=preprocess or "auto",
                   cache_dir=args.cache_dir, weights=args.weights,
                   channels=getattr(args, "channels", None))
     pattern = getattr(args, "channel_pattern", None)

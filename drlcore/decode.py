@@ -67,8 +67,8 @@ from .discover import (
 from .channels import MAX_CHANNELS, ChannelMap, channel_map, composite
 from .errors import SkipImage
 
-__all__ = ["DecodedImage", "read_bytes", "decode", "intensity_range", "intensity_ranges",
-           "channels_entry"]
+__all__ = ["DecodedImage", "read_bytes", "decode", "longest_side", "intensity_range",
+           "intensity_ranges", "channels_entry"]
 
 _PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF")
 # Pixels per image pooled for the dataset-wide percentiles: plenty for a 0.5 % tail, bounded memory.
@@ -405,6 +405,12 @@ def _header_pixels(data: bytes) -> int | None:
     Lets the per-call limit act before Pillow's module-global guard, which would otherwise warn
     (DecompressionBombWarning) on its own for images our limit is about to refuse anyway.
     """
+    size = _header_size(data)
+    return None if size is None else size[0] * size[1]
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) declared by a PNG/GIF/BMP/JPEG header, read without Pillow."""
     try:
         if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
             width, height = struct.unpack(">II", data[16:24])
@@ -440,7 +446,7 @@ def _header_pixels(data: bytes) -> int | None:
             return None
     except struct.error:
         return None
-    return abs(int(width)) * abs(int(height))
+    return abs(int(width)), abs(int(height))
 
 
 def _decode_pillow(data: bytes, config: IngestConfig) -> _Raw:
@@ -504,6 +510,39 @@ def _decode_pillow(data: bytes, config: IngestConfig) -> _Raw:
         if arr.ndim == 2:
             arr = arr[:, :, None]
         return _Raw(arr, _PIL_MODE_NAMES[mode], notes)
+
+
+def longest_side(data: bytes) -> int | None:
+    """max(width, height) of the image in ``data`` (a file's bytes or a channel group's payload)
+    from its header alone, without decoding pixels; None when the header cannot say.
+
+    The canvas preprocessing needs every crop's size before the first one is embedded; the
+    features stage calls this on the bytes it already holds for hashing, so no image is decoded
+    twice. EXIF rotation swaps width and height, which leaves the longest side as it is.
+    """
+    if not data:
+        return None
+    if data[:8] == _GROUP_MAGIC:  # the channel files share one size (checked when decoding)
+        try:
+            parts = _unpack_channels(data)[1]
+        except (ValueError, KeyError, struct.error):
+            return None
+        return longest_side(parts[0]) if parts else None
+    size = _header_size(data)  # PNG/GIF/BMP/JPEG: no Pillow, so no bomb warning either
+    if size is None and _is_tiff(data):
+        try:
+            with tifffile.TiffFile(io.BytesIO(data)) as tf:
+                page = tf.pages.first
+                size = int(page.imagewidth), int(page.imagelength)
+        except Exception:  # noqa: BLE001 - only a hint: tifffile raises many types
+            size = None
+    if size is None:
+        try:
+            with Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS) as im:
+                size = int(im.width), int(im.height)
+        except Exception:  # noqa: BLE001 - a file Pillow cannot open is skipped when decoded
+            return None
+    return max(size) or None
 
 
 def _pillow_bomb_reason(exc: Exception) -> str:

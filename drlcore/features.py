@@ -4,8 +4,10 @@
 
     result = extract_features("blood-cells/", "run/", FeatureConfig(), TqdmReporter())
 
-Steps: discover the images; read and sha256-hash every file; look the hashes up in the feature
-cache; decode, square and embed only the misses, batch by batch, writing a cache shard per batch
+Steps: discover the images; read and sha256-hash every file (reading each image's size from its
+header on the way, when the preprocessing needs the dataset's sizes: ``canvas`` and ``auto``,
+:mod:`drlcore.geometry`); choose the preprocessing; look the hashes up in the feature cache;
+decode, square and embed only the misses, batch by batch, writing a cache shard per batch
 (so an interrupted run resumes where it stopped and a second run does no forward pass at all);
 write ``features.npy``, ``images.parquet``, ``skipped.csv`` and the manifest's ``features`` entry
 (:mod:`drlcore.rundir`) atomically at the end, plus one thumbnail per image under ``thumbs/``.
@@ -34,13 +36,14 @@ from drlcore.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from drlcore.cache import CACHE_VERSION, FeatureCache, cache_key, feature_cache_dir
 from drlcore.discover import DEFAULT_CHANNEL_PATTERN
 from drlcore.errors import DrlError, SkipImage
+from drlcore.geometry import DEFAULT_CANVAS_PERCENTILE, PREPROCESS_MODES
 from drlcore.io import (atomic_save_npy, atomic_write_bytes, atomic_write_csv,
                         atomic_write_parquet, fingerprint, sha256_bytes)
 from drlcore.progress import NullReporter, Reporter
 from drlcore import rundir
 
 __all__ = ["FeatureConfig", "FeatureResult", "extract_features", "embed_arrays",
-           "preprocessing_of", "TABLE_COLUMNS"]
+           "preprocessing_of", "describe_preprocess", "TABLE_COLUMNS", "PREPROCESS_MODES"]
 
 TABLE_COLUMNS = ["row", "path", "label", "split", "sha256", "width", "height", "mode", "note",
                  "source"]
@@ -53,7 +56,13 @@ class FeatureConfig:
     backbone: str = DEFAULT_BACKBONE
     weights: str | None = None
     batch_size: int = 32
-    pad_to_square: bool = True
+    # pad | canvas | stretch | auto (drlcore.geometry): auto = canvas when crop sizes vary widely
+    preprocess: str = "auto"
+    # Older spelling, kept so old settings and run folders load: True = "pad", False = "stretch".
+    # Folded into ``preprocess`` on construction (and then None), so both spellings compare equal.
+    pad_to_square: bool | None = None
+    # canvas side = this percentile of the crops' longest sides (larger crops shrink to fit)
+    canvas_percentile: float = DEFAULT_CANVAS_PERCENTILE
     cache_dir: str | None = None
     pretrained: bool = True
     channels: str | None = None  # fluorescence channel colours, ``--channels`` (drlcore.channels)
@@ -63,6 +72,23 @@ class FeatureConfig:
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise DrlError(f"batch size must be a positive integer, not {self.batch_size!r}")
+        if self.preprocess not in PREPROCESS_MODES:
+            raise DrlError(f"unknown preprocessing {self.preprocess!r}; "
+                           f"choose one of {', '.join(PREPROCESS_MODES)}")
+        if self.pad_to_square is not None:
+            implied = "pad" if self.pad_to_square else "stretch"
+            # An old config says only pad_to_square (preprocess keeps its default): honour it, so
+            # an old run's settings reproduce its features. Old configs never said canvas.
+            if self.preprocess not in ("auto", implied):
+                raise DrlError(f"pad_to_square={self.pad_to_square} contradicts "
+                               f"preprocess={self.preprocess!r}; give preprocess only")
+            object.__setattr__(self, "preprocess", implied)
+            object.__setattr__(self, "pad_to_square", None)
+        if (isinstance(self.canvas_percentile, bool)
+                or not isinstance(self.canvas_percentile, (int, float))
+                or not 50 <= self.canvas_percentile <= 100):
+            raise DrlError(f"canvas percentile must be a number from 50 to 100, not "
+                           f"{self.canvas_percentile!r}")
         from drlcore.discover import IngestConfig
 
         # A bad channel spec or grouping rule is refused here, before any job starts.
@@ -88,16 +114,56 @@ class FeatureResult:
 
 def preprocessing_of(backbone: Backbone, pad_to_square: bool,
                      intensity_range: tuple[float, float] | None,
-                     channels: dict | None = None) -> dict:
-    """``channels`` (multi-channel data only, so other data keeps its cache key): per-channel
-    ranges, names and composite colours (drlcore.channels)."""
+                     channels: dict | None = None, canvas_side: int | None = None) -> dict:
+    """What decides the pixels the backbone sees; the feature cache key is made from it.
+
+    ``channels`` (multi-channel data only, so other data keeps its cache key): per-channel
+    ranges, names and composite colours (drlcore.channels). ``canvas_side`` (canvas mode only):
+    adds ``preprocess: "canvas"`` and the side, so canvas features never share a key with pad
+    features, nor with a canvas of another side. Pad and stretch keep the keys they had before
+    the canvas mode existed (their pixels did not change), so their caches stay valid. The rest
+    of the decision (the auto rule's numbers, how many crops shrank) is in the manifest's
+    ``preprocess`` entry: it does not change a pixel beyond what the side already says.
+    """
     spec = backbone.spec
     out = {"input_size": spec.input_size, "mean": list(spec.mean), "std": list(spec.std),
-           "interpolation": spec.interpolation, "pad_to_square": pad_to_square,
+           "interpolation": spec.interpolation, "pad_to_square": bool(pad_to_square),
            "intensity_range": list(intensity_range) if intensity_range is not None else None}
     if channels is not None:
         out["channels"] = channels
+    if canvas_side is not None:
+        out["preprocess"] = "canvas"
+        out["canvas_side"] = int(canvas_side)
     return out
+
+
+def describe_preprocess(features_entry: dict) -> str | None:
+    """One line, in words, on how a run's images were prepared for the backbone, from its
+    features manifest entry (runs from before the canvas mode say pad or stretch); None when
+    the entry records no preprocessing at all."""
+    record = features_entry.get("preprocess") or {}
+    prep = features_entry.get("preprocessing") or {}
+    if not record and not prep:
+        return None
+    mode = record.get("mode") or prep.get("preprocess") or (
+        "pad" if prep.get("pad_to_square", True) else "stretch")
+    size = prep.get("input_size")
+    at = f" {size}x{size}" if size else ""
+    if mode == "canvas":
+        side = record.get("canvas_side", prep.get("canvas_side"))
+        text = (f"canvas: every image pasted on one {side} px canvas, resized to{at} (one scale "
+                f"for all, so size stays visible)")
+        shrunk = record.get("shrunk")
+        if shrunk:
+            text += f"; {shrunk} image(s) larger than the canvas shrunk to fit"
+    elif mode == "pad":
+        text = f"pad: each image padded to a square and resized to{at} (absolute size not kept)"
+    else:
+        text = f"stretch: each image stretched to{at} (aspect ratio and absolute size not kept)"
+    reason = record.get("reason")
+    if reason and record.get("requested") == "auto":
+        text += f". Chosen by {reason}"
+    return text
 
 
 def _open_cache(backbone: Backbone, preprocessing: dict, cache_dir: str | None) -> FeatureCache:
@@ -128,7 +194,7 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
 
     reporter = reporter or NullReporter()
     out_dir = Path(out_dir)
-    ingest_config = ingest.IngestConfig(pad_to_square=config.pad_to_square,
+    ingest_config = ingest.IngestConfig(pad_to_square=config.preprocess != "stretch",
                                         channels=config.channels,
                                         channel_pattern=config.channel_pattern)
     # A run written inside its input folder must not read its own files as images.
@@ -138,9 +204,6 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
                                  batch_size=config.batch_size)
     spec = backbone.spec
     irange, cranges = ingest.intensity_ranges(dataset, ingest_config)
-    preprocessing = preprocessing_of(backbone, config.pad_to_square, irange,
-                                     ingest.channels_entry(dataset, ingest_config, cranges))
-    cache = _open_cache(backbone, preprocessing, config.cache_dir)
     thumbs = out_dir / rundir.THUMBS
     thumbs.mkdir(parents=True, exist_ok=True)
     # The model is the bottleneck (decode + square + thumbnail of a 360 px JPEG: ~4 ms of CPU,
@@ -150,9 +213,25 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
     workers = DECODE_WORKERS or max(2, min(8, _torch_threads() // 2))
     skipped: list[tuple[str, str]] = list(dataset.skipped)
 
-    # 1. Hash every file: the cache is keyed by content, not by name.
+    # 1. Hash every file: the cache is keyed by content, not by name. Canvas and auto need the
+    #    dataset's crop sizes before the first embedding: read from each header while the bytes
+    #    are in hand (microseconds; every mode records the spread), so no image is read or
+    #    decoded an extra time for it.
     records = dataset.records
-    digests = _hash_records(records, ingest.read_bytes, workers, reporter, skipped)
+    digests, sides = _hash_records(records, ingest.read_bytes, workers, reporter, skipped,
+                                   measure=ingest.longest_side)
+    first = {d: i for i, d in reversed(list(enumerate(digests))) if d is not None}
+    decision = ingest.choose_preprocess([sides[i] for i in first.values()],
+                                        config.preprocess, config.canvas_percentile)
+    mode, canvas_side = decision["mode"], decision.get("canvas_side")
+    if config.preprocess == "auto" or mode == "canvas":
+        reporter.message(f"features: preprocessing {mode}"
+                         + (f" on a {canvas_side} px canvas" if canvas_side else "")
+                         + f" ({decision['reason']})")
+    preprocessing = preprocessing_of(backbone, mode != "stretch", irange,
+                                     ingest.channels_entry(dataset, ingest_config, cranges),
+                                     canvas_side=canvas_side)
+    cache = _open_cache(backbone, preprocessing, config.cache_dir)
 
     # 2. Decode what the cache cannot answer: misses (to embed) and hits that lack their
     #    metadata or thumbnail here (decode only).
@@ -192,8 +271,8 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
                 "note": image.note}
         square = None
         if digest not in vectors:
-            square = ingest.to_square(image.rgb, spec.input_size, config.pad_to_square,
-                                      spec.interpolation)
+            square = ingest.prepare(image.rgb, spec.input_size, mode, canvas_side,
+                                    spec.interpolation)
         return i, square, info, None
 
     batch_digests: list[str] = []
@@ -256,7 +335,10 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
     table = _table(rows)
     skipped_df = pd.DataFrame(skipped, columns=["path", "reason"]).astype(
         {"path": "string", "reason": "string"})
+    if canvas_side is not None:  # recounted over the images kept (sizes as decoded)
+        decision["shrunk"] = int((np.maximum(table["width"], table["height"]) > canvas_side).sum())
     manifest = _manifest(dataset, backbone, preprocessing, table, skipped_df, cache)
+    manifest["preprocess"] = decision
     atomic_save_npy(out_dir / rundir.FEATURES, features)
     atomic_write_parquet(out_dir / rundir.IMAGES, table)
     atomic_write_csv(out_dir / rundir.SKIPPED, skipped_df)
@@ -266,27 +348,32 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
 
 
 def _hash_records(records, read_bytes, workers: int, reporter: Reporter,
-                  skipped: list[tuple[str, str]]) -> list[str | None]:
-    """sha256 of each record's file bytes (None where unreadable, with the reason in skipped)."""
-    def hash_one(i: int) -> tuple[str | None, str | None]:
+                  skipped: list[tuple[str, str]], measure=None
+                  ) -> tuple[list[str | None], list[int | None]]:
+    """sha256 of each record's file bytes (None where unreadable, with the reason in skipped),
+    and, with ``measure`` (bytes -> longest side or None), each image's longest side."""
+    def hash_one(i: int) -> tuple[str | None, str | None, int | None]:
         try:
-            return sha256_bytes(read_bytes(records[i])), None
+            data = read_bytes(records[i])
         except SkipImage as exc:
-            return None, exc.reason
+            return None, exc.reason, None
         except OSError as exc:
-            return None, f"cannot read: {exc}"
+            return None, f"cannot read: {exc}", None
+        return sha256_bytes(data), None, (measure(data) if measure is not None else None)
 
     digests: list[str | None] = []
+    sides: list[int | None] = []
     with reporter.stage("hashing", total=len(records), unit="img") as bar, \
             ThreadPoolExecutor(workers) as pool:
         for i, future in enumerate(_bounded_map(pool, hash_one, range(len(records)),
                                                 ahead=4 * workers)):
-            digest, reason = future.result()
+            digest, reason, side = future.result()
             digests.append(digest)
+            sides.append(side)
             if reason is not None:
                 skipped.append((records[i].path, reason))
             bar.update(1)
-    return digests
+    return digests, sides
 
 
 def _torch_threads() -> int:

@@ -1,13 +1,41 @@
-"""Geometry: make a decoded image square for a backbone, and small for a thumbnail."""
+"""Geometry: make a decoded image square for a backbone, and small for a thumbnail.
+
+Preprocessing modes (``FeatureConfig.preprocess``)
+--------------------------------------------------
+- ``pad``: each crop keeps its aspect ratio, is padded to a square with its own border colour and
+  resized to the backbone's input size (:func:`to_square`). Every crop then fills the input: a
+  30 px and a 400 px organism of the same shape look the same, absolute size is gone.
+- ``canvas``: every crop is pasted, centred, on ONE dataset-wide square canvas whose side is a
+  high percentile (``canvas_percentile``, 95th by default) of the crops' longest sides, and the
+  canvas is resized to the input size (:func:`to_canvas`). All crops share one scale, so a larger
+  object covers more of the input. Crops longer than the canvas shrink to fit (aspect kept); how
+  many did is recorded.
+- ``stretch``: each crop is resized to the square, aspect ratio lost (the old ``--no-pad``).
+- ``auto``: ``canvas`` when crop sizes vary widely, ``pad`` otherwise (:func:`choose_preprocess`).
+  The rule: the 90th percentile of the crops' longest sides is at least ``AUTO_SPREAD`` (2) times
+  the 10th. Tight crops of very different sizes (plankton, 30-400 px: crop size is object size)
+  pass it; framed images of one size (blood smears, ~360 px) do not, and there padding loses
+  nothing, while a canvas would only shrink the few larger images. The 10th/90th percentiles,
+  not min/max, so a handful of outliers cannot flip the choice.
+"""
 
 from __future__ import annotations
 
 import io
+import math
+from collections.abc import Iterable
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["to_square", "thumbnail"]
+__all__ = ["to_square", "to_canvas", "prepare", "shrinks", "choose_preprocess", "thumbnail",
+           "PREPROCESS_MODES", "AUTO_SPREAD", "DEFAULT_CANVAS_PERCENTILE"]
+
+PREPROCESS_MODES = ("auto", "pad", "canvas", "stretch")
+# auto picks canvas when p90 / p10 of the crops' longest sides reaches this (module docstring).
+AUTO_SPREAD = 2.0
+AUTO_PERCENTILES = (10.0, 90.0)
+DEFAULT_CANVAS_PERCENTILE = 95.0
 
 _RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
@@ -40,11 +68,7 @@ def to_square(rgb: np.ndarray, size: int, pad_to_square: bool,
     _check_rgb(rgb)
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
-    try:
-        resample = _RESAMPLING[interpolation.lower()]
-    except KeyError:
-        raise ValueError(f"unknown interpolation {interpolation!r}; "
-                         f"known: {', '.join(_RESAMPLING)}") from None
+    resample = _resample(interpolation)
     height, width = rgb.shape[:2]
     if height == width == size:
         return rgb.copy()
@@ -58,6 +82,123 @@ def to_square(rgb: np.ndarray, size: int, pad_to_square: bool,
     canvas = Image.new("RGB", (size, size), _median_border_colour(rgb))
     canvas.paste(image.resize((new_w, new_h), resample), ((size - new_w) // 2, (size - new_h) // 2))
     return np.asarray(canvas)
+
+
+def _resample(interpolation: str):
+    try:
+        return _RESAMPLING[interpolation.lower()]
+    except KeyError:
+        raise ValueError(f"unknown interpolation {interpolation!r}; "
+                         f"known: {', '.join(_RESAMPLING)}") from None
+
+
+def to_canvas(rgb: np.ndarray, size: int, canvas_side: int,
+              interpolation: str = "bicubic") -> np.ndarray:
+    """uint8 (size, size, 3): ``rgb`` pasted, centred, on a ``canvas_side`` square, which is then
+    resized to ``size``. One canvas side for a whole dataset gives every crop the same scale
+    (``size / canvas_side`` input pixels per image pixel); a crop longer than the canvas is shrunk
+    to fit it, aspect ratio kept (:func:`shrinks` says which).
+
+    Implemented as one resize of the crop by that scale and a paste onto a ``size`` square, which
+    equals paste-then-resize up to interpolation at the crop's edge and touches fewer pixels.
+
+    The fill is the crop's own median border colour, the same as ``pad`` mode uses. On a canvas
+    most of the input is fill for a small crop, so the fill matters more than when padding: a
+    dataset-wide constant would draw a visible rectangle around every crop whose background
+    differs from it (camera backgrounds drift from crop to crop), and the network would answer
+    that edge, whose size is the crop's and not the object's. The crop's own border colour
+    continues its background, so only the object stands out, and pad and canvas features differ
+    by scale alone.
+    """
+    _check_rgb(rgb)
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    if not (isinstance(canvas_side, (int, np.integer)) and canvas_side > 0):
+        raise ValueError(f"canvas side must be a positive integer, got {canvas_side!r}")
+    resample = _resample(interpolation)
+    height, width = rgb.shape[:2]
+    factor = size / max(int(canvas_side), height, width)
+    new_w = min(size, max(1, round(width * factor)))
+    new_h = min(size, max(1, round(height * factor)))
+    image = Image.fromarray(np.ascontiguousarray(rgb))
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), resample)
+    if new_w == new_h == size:
+        return np.asarray(image).copy()
+    canvas = Image.new("RGB", (size, size), _median_border_colour(rgb))
+    canvas.paste(image, ((size - new_w) // 2, (size - new_h) // 2))
+    return np.asarray(canvas)
+
+
+def shrinks(width: int, height: int, canvas_side: int) -> bool:
+    """Whether a ``width`` x ``height`` crop is shrunk to fit a ``canvas_side`` canvas."""
+    return max(int(width), int(height)) > int(canvas_side)
+
+
+def prepare(rgb: np.ndarray, size: int, mode: str, canvas_side: int | None = None,
+            interpolation: str = "bicubic") -> np.ndarray:
+    """The backbone's input for one decoded crop in a resolved mode (pad, canvas, stretch)."""
+    if mode == "pad":
+        return to_square(rgb, size, True, interpolation)
+    if mode == "stretch":
+        return to_square(rgb, size, False, interpolation)
+    if mode == "canvas":
+        if canvas_side is None:
+            raise ValueError("canvas mode needs the dataset's canvas side")
+        return to_canvas(rgb, size, canvas_side, interpolation)
+    raise ValueError(f"unknown preprocessing mode {mode!r}; resolved modes: pad, canvas, stretch"
+                     + (" (resolve 'auto' with choose_preprocess first)" if mode == "auto" else ""))
+
+
+def choose_preprocess(longest_sides: Iterable[int | None], requested: str = "auto",
+                      canvas_percentile: float = DEFAULT_CANVAS_PERCENTILE) -> dict:
+    """The preprocessing a dataset gets, with the numbers behind it (a JSON-ready dict).
+
+    ``longest_sides``: max(width, height) of each image (None where unknown; those are left
+    out). Keys: ``requested``, ``mode`` (pad, canvas or stretch), ``reason``, ``n_sized``,
+    ``longest_side`` (min, p10, median, p90, max), ``rule`` (the auto rule's statistic, its value
+    and threshold, whether it fired), and in canvas mode ``canvas_side``, ``canvas_percentile``
+    and ``shrunk`` (how many of the given sizes exceed the canvas; the features stage recounts it
+    over the images it kept).
+    """
+    if requested not in PREPROCESS_MODES:
+        raise ValueError(f"unknown preprocessing mode {requested!r}; "
+                         f"known: {', '.join(PREPROCESS_MODES)}")
+    if not 0 < canvas_percentile <= 100:
+        raise ValueError(f"canvas percentile must be in (0, 100], got {canvas_percentile!r}")
+    sides = np.asarray([int(s) for s in longest_sides if s is not None and s > 0], dtype=float)
+    record: dict = {"requested": requested, "n_sized": int(sides.size)}
+    spread = None
+    if sides.size:
+        low, median, high = np.percentile(sides, [AUTO_PERCENTILES[0], 50.0, AUTO_PERCENTILES[1]])
+        record["longest_side"] = {"min": int(sides.min()), "p10": float(low),
+                                  "median": float(median), "p90": float(high),
+                                  "max": int(sides.max())}
+        spread = float(high / low)
+    record["rule"] = {"statistic": "p90 / p10 of the longest side", "value": spread,
+                      "threshold": AUTO_SPREAD,
+                      "fired": bool(spread is not None and spread >= AUTO_SPREAD)}
+    if requested == "auto":
+        if spread is None:
+            mode, reason = "pad", "auto: no image size could be read, so padded"
+        elif spread >= AUTO_SPREAD:
+            mode = "canvas"
+            reason = (f"auto: crop sizes vary widely (p90/p10 of the longest side "
+                      f"{spread:.2f} >= {AUTO_SPREAD:g}), so one canvas keeps absolute size")
+        else:
+            mode = "pad"
+            reason = (f"auto: crop sizes are similar (p90/p10 of the longest side "
+                      f"{spread:.2f} < {AUTO_SPREAD:g}), so each crop is padded to a square")
+    else:
+        mode, reason = requested, f"{requested}: requested"
+    if mode == "canvas" and not sides.size:
+        mode, reason = "pad", "canvas requested but no image size could be read, so padded"
+    if mode == "canvas":
+        side = max(1, int(math.ceil(float(np.percentile(sides, canvas_percentile)) - 1e-9)))
+        record.update(canvas_side=side, canvas_percentile=float(canvas_percentile),
+                      shrunk=int((sides > side).sum()))
+    record.update(mode=mode, reason=reason)
+    return record
 
 
 def thumbnail(rgb: np.ndarray, max_side: int = 160) -> bytes:

@@ -7,7 +7,8 @@ The work is done in three modules, one per step; this one gathers their public n
   and safety, :class:`IngestConfig`, :class:`ImageRecord`, :class:`Dataset`.
 - :mod:`drlcore.decode`: reading a record's bytes, decoding to uint8 RGB, the dataset-wide
   intensity range of >8-bit data.
-- :mod:`drlcore.geometry`: :func:`to_square` and :func:`thumbnail`.
+- :mod:`drlcore.geometry`: :func:`to_square`, :func:`to_canvas` (the preprocessing modes,
+  :func:`choose_preprocess`) and :func:`thumbnail`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .decode import (
     decode,
     intensity_range,
     intensity_ranges,
+    longest_side,
     read_bytes,
 )
 from .discover import (
@@ -34,7 +36,7 @@ from .discover import (
     IngestConfig,
     discover,
 )
-from .geometry import thumbnail, to_square
+from .geometry import choose_preprocess, prepare, thumbnail, to_canvas, to_square
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -48,7 +50,11 @@ __all__ = [
     "intensity_range",
     "intensity_ranges",
     "channels_entry",
+    "longest_side",
     "to_square",
+    "to_canvas",
+    "prepare",
+    "choose_preprocess",
     "thumbnail",
     "R_EMPTY",
     "R_NOT_IMAGE",

@@ -10,6 +10,7 @@ import streamlit as st
 
 from drlcore import rundir
 from drlcore.errors import DrlError
+from drlcore.features import describe_preprocess
 from explorer.data import (Run, backbone_summary, is_demo, list_runs, pipeline_config, pipeline_notes,
                            read_pipeline_settings)
 from explorer import jobs as app_jobs
@@ -31,6 +32,9 @@ def _summary(run: Run) -> None:
     cols[3].metric("Latent dims", len(run.latent_columns))
     name, reason = backbone_summary(run)
     st.markdown(f"**Backbone:** `{name}` — {reason}.")
+    prepared = describe_preprocess(run.features_manifest)
+    if prepared:
+        st.caption(f"Images prepared by {prepared}.")
     model = run.manifest.get("model") or {}
     transferred = (run.manifest.get("pipeline") or {}).get("transferred")
     parent = model.get("parent_model_hash") or run.model_config.get("parent_model_hash")
@@ -140,6 +144,19 @@ with st.expander("Advanced: backbone and source model"):
                   placeholder=settings.get("source_model") or "shipped with drl")
     st.caption(f"The default {DEFAULT_BACKBONE} works offline; DINO backbones need their weights on this "
                "computer. The source model must have been trained on the same backbone.")
+    preprocess_modes = ["auto", "pad", "canvas", "stretch"]
+    feature_settings = settings.get("features") or {}
+    default_preprocess = feature_settings.get("preprocess") or {True: "pad", False: "stretch"}.get(
+        feature_settings.get("pad_to_square"), "auto")  # pad_to_square: an older settings file
+    if st.session_state.get("data.preprocess") not in preprocess_modes:
+        st.session_state["data.preprocess"] = (default_preprocess if default_preprocess in preprocess_modes
+                                               else "auto")
+    st.selectbox("Image preprocessing", preprocess_modes, key="data.preprocess",
+                 help="auto: canvas when crop sizes vary widely (90th/10th percentile of the longest side "
+                      ">= 2), else pad. pad: each image padded to a square (absolute size lost). canvas: "
+                      "all images on one canvas sized from the 95th percentile of crop sizes, so object "
+                      "size stays visible to the network (larger crops shrink to fit). stretch: each image "
+                      "stretched to a square.")
 
 
 with st.expander("Fluorescence channels (2-8 channel TIFFs, or one file per channel)"):
@@ -163,6 +180,9 @@ def _settings_for_job(base: dict) -> dict:
         features["backbone"] = st.session_state["data.backbone"]
     if st.session_state.get("data.source_model"):
         settings["source_model"] = st.session_state["data.source_model"]
+    if st.session_state.get("data.preprocess"):
+        features["preprocess"] = st.session_state["data.preprocess"]
+        features.pop("pad_to_square", None)  # an older settings file's spelling of the same choice
     if (st.session_state.get("data.channels") or "").strip():
         features["channels"] = st.session_state["data.channels"].strip()
     pattern = (st.session_state.get("data.channel_pattern") or "").strip()
