@@ -27,6 +27,21 @@ def _add_backbone_options(p: argparse.ArgumentParser, default: str | None = "eff
                         "$DRL_CACHE_DIR, else your user cache folder)")
 
 
+def _add_cluster_options(p: argparse.ArgumentParser, what: str) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--cluster", choices=["local"], default=None,
+                       help=f"compute the backbone features on a Dask cluster started for this "
+                            f"command on this machine (one worker per core, or per GPU); {what}. "
+                            f"Same features and cache as without it. Needs the extra: "
+                            f"pip install -e \".[dask]\"")
+    group.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="like --cluster, on a running Dask cluster (e.g. dask-jobqueue on "
+                            "SLURM): its scheduler address, tcp://HOST:PORT. Workers need drlcore "
+                            "installed and the images and --out on a shared file system")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="--cluster local: number of worker processes (default: one per core)")
+
+
 def _add_force_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true",
                    help="write into --out even if it holds other files and is not a drl run "
@@ -75,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backbone_options(p)
     _add_ingest_options(p)
     _add_force_option(p)
+    _add_cluster_options(p, "transfer, encoding and analysis (small models) run here")
 
     p = sub.add_parser("features", help="embed a folder of images with a pretrained backbone")
     p.add_argument("data", help="image folder or .zip")
@@ -82,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backbone_options(p)
     _add_ingest_options(p)
     _add_force_option(p)
+    _add_cluster_options(p, "images are read, decoded and embedded on the workers")
 
     p = sub.add_parser("train-source",
                        help="train the disentangling VAE on a rendered source (weakly supervised)")
@@ -116,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_force_option(p)
     _add_backbone_options(p, default=None)
     _add_ingest_options(p)
+    _add_cluster_options(p, "for image input; the encoding itself (a small MLP) runs here")
 
     p = sub.add_parser("analyze", help="morphology, correlations, classification, anomalies, maps")
     p.add_argument("run_dir")
@@ -199,6 +217,22 @@ def _feature_config(args, **overrides):
     return FeatureConfig(**kwargs)
 
 
+def _cluster_config(args):
+    """--cluster / --scheduler as a ClusterConfig (None without them). Checked before any work:
+    without Dask this is the one error the user sees."""
+    cluster, scheduler = getattr(args, "cluster", None), getattr(args, "scheduler", None)
+    workers = getattr(args, "workers", None)
+    if cluster is None and scheduler is None:
+        if workers is not None:
+            raise DrlError("--workers sizes the cluster of --cluster local; give that too")
+        return None
+    from drlcore.distributed import ClusterConfig, require_dask
+
+    config = ClusterConfig(cluster=cluster, scheduler=scheduler, n_workers=workers)
+    require_dask()
+    return config
+
+
 def _prepare_out(args, data: str | None) -> Path:
     """Every command that writes a run folder checks its --out (and --cache-dir) here first."""
     from drlcore.outdir import check_cache_dir, prepare_output_dir
@@ -207,7 +241,8 @@ def _prepare_out(args, data: str | None) -> Path:
     return prepare_output_dir(args.out, data, force=getattr(args, "force", False))
 
 
-def _features_for(args, data: str, out_dir: Path, model_backbone: str | None = None) -> Path:
+def _features_for(args, data: str, out_dir: Path, model_backbone: str | None = None,
+                  cluster=None) -> Path:
     """Accept either an image source or a folder `drl features` already wrote."""
     data_path = Path(data)
     if (data_path / "features.npy").is_file() and (data_path / "manifest.json").is_file():
@@ -216,15 +251,17 @@ def _features_for(args, data: str, out_dir: Path, model_backbone: str | None = N
 
     config = _feature_config(args, **({"backbone": model_backbone}
                                       if args.backbone is None and model_backbone else {}))
-    extract_features(data, out_dir, config, reporter=_reporter())
+    extract_features(data, out_dir, config, reporter=_reporter(), cluster=cluster)
     return out_dir
 
 
 def _cmd_features(args) -> None:
     from drlcore.features import extract_features
 
+    cluster = _cluster_config(args)
     out = _prepare_out(args, args.data)
-    result = extract_features(args.data, out, _feature_config(args), reporter=_reporter())
+    result = extract_features(args.data, out, _feature_config(args), reporter=_reporter(),
+                              cluster=cluster)
     m = result.manifest
     print(f"backbone: {m['backbone']} (weights {m['weights_hash'][:12]}, {m['dtype']})")
     print(f"{m['counts']['accepted']} images -> {out / 'features.npy'} "
@@ -283,10 +320,11 @@ def _cmd_encode(args) -> None:
     from drlcore.artifacts import read_model_config
     from drlcore.encode import encode_run
 
+    cluster = _cluster_config(args)
     model_cfg = read_model_config(args.model_dir)
     out = _prepare_out(args, args.data)
     features_dir = _features_for(args, args.data, out,
-                                 model_backbone=model_cfg["backbone"]["name"])
+                                 model_backbone=model_cfg["backbone"]["name"], cluster=cluster)
     path = encode_run(args.model_dir, features_dir, out, reporter=_reporter())
     print(f"encoded -> {path}")
 
@@ -311,6 +349,7 @@ def _cmd_run(args) -> None:
     from drlcore.pipeline import PipelineConfig, run_pipeline
     from drlcore.transfer import anchor_names
 
+    cluster = _cluster_config(args)
     config = PipelineConfig(
         features=_feature_config(args),
         source_model=args.source_model,
@@ -319,7 +358,8 @@ def _cmd_run(args) -> None:
         latent_dim=args.latent_dim,
         anchors=anchor_names(args.anchor) if args.anchor else (),
     )
-    out = run_pipeline(args.data, _prepare_out(args, args.data), config, reporter=_reporter())
+    out = run_pipeline(args.data, _prepare_out(args, args.data), config, reporter=_reporter(),
+                       cluster=cluster)
     from drlcore.io import read_json
 
     _print_summary(read_json(out / "analysis.json").get("summary", {}))

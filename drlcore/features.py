@@ -16,6 +16,10 @@ Decoding runs in a small thread pool a few batches ahead of the model (PIL and t
 release the GIL), so the CPU decodes the next batch while the network runs on this one.
 Batches are formed from the misses in discovery order, so a resumed run sees exactly the batches
 an uninterrupted run would and writes bit-identical features.
+
+With ``cluster`` (``--cluster local`` / ``--scheduler ADDRESS``) the embedding of the misses runs
+on Dask workers instead (:mod:`drlcore.distributed`), through the same per-image function and the
+same cache; everything else stays here.
 """
 
 from __future__ import annotations
@@ -188,8 +192,11 @@ def _bounded_map(pool: ThreadPoolExecutor, fn, items, ahead: int) -> Iterator[Fu
 
 def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
                      reporter: Reporter | None = None,
-                     backbone: Backbone | None = None) -> FeatureResult:
-    """Embed every readable image of ``data`` into ``out_dir`` (see module docstring)."""
+                     backbone: Backbone | None = None, cluster=None) -> FeatureResult:
+    """Embed every readable image of ``data`` into ``out_dir`` (see module docstring).
+
+    ``cluster``: a :class:`drlcore.distributed.ClusterConfig` to embed on Dask (started only
+    when something needs embedding, closed before this returns)."""
     from drlcore import ingest
 
     reporter = reporter or NullReporter()
@@ -256,24 +263,29 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
         reporter.message(f"features: all {len(unique)} images served from the cache "
                          f"({spec.name}); no forward pass")
 
-    def prepare(i: int):
-        record, digest = records[i], digests[i]
+    # One image in, (square to embed or None, metadata, skip reason) out. It closes over small
+    # settings only (no table, no cache), so drlcore.distributed can ship it to Dask workers.
+    def prepare_one(record, digest: str, need_vector: bool):
         try:
             image = ingest.decode(ingest.read_bytes(record), ingest_config, irange, cranges)
         except SkipImage as exc:
-            return i, None, None, exc.reason
+            return None, None, exc.reason
         except OSError as exc:
-            return i, None, None, f"cannot read: {exc}"
+            return None, None, f"cannot read: {exc}"
         thumb = rundir.thumb_path(out_dir, digest)
         if not thumb.exists():
             atomic_write_bytes(thumb, ingest.thumbnail(image.rgb))
         info = {"width": int(image.width), "height": int(image.height), "mode": image.mode,
                 "note": image.note}
         square = None
-        if digest not in vectors:
+        if need_vector:
             square = ingest.prepare(image.rgb, spec.input_size, mode, canvas_side,
                                     spec.interpolation)
-        return i, square, info, None
+        return square, info, None
+
+    def prepare(i: int):
+        digest = digests[i]
+        return i, *prepare_one(records[i], digest, digest not in vectors)
 
     batch_digests: list[str] = []
     batch_images: list[np.ndarray] = []
@@ -288,29 +300,53 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
         bar.update(len(batch_digests))
         batch_digests.clear(), batch_images.clear(), batch_meta.clear()
 
-    with reporter.stage("embedding", total=len(todo), unit="img") as bar, \
-            ThreadPoolExecutor(workers) as pool:
-        try:
-            ahead = 2 * config.batch_size + workers
-            for future in _bounded_map(pool, prepare, todo, ahead=ahead):
-                i, square, info, reason = future.result()
-                digest = digests[i]
-                if reason is not None:
-                    decode_failed[digest] = reason
-                    bar.update(1)
-                    continue
+    def take(batch: list[tuple], result: dict) -> None:
+        """A batch finished on a Dask worker: record it as the local loop would."""
+        for (i, _, digest, _), info, reason in zip(batch, result["infos"], result["reasons"]):
+            if reason is not None:
+                decode_failed[digest] = reason
+            else:
                 meta[digest] = info
-                if square is None:
-                    bar.update(1)  # cached vector, decoded only for metadata/thumbnail
-                    continue
-                batch_digests.append(digest), batch_images.append(square), batch_meta.append(info)
-                if len(batch_digests) == config.batch_size:
-                    flush(bar)
-            flush(bar)
-        except BaseException:
-            # Interrupted (Ctrl-C, error): drop queued decodes; finished batches stay cached.
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+        if result["digests"]:
+            cache.put(result["digests"], result["vectors"], [meta[d] for d in result["digests"]])
+            vectors.update(zip(result["digests"], result["vectors"]))
+        bar.update(len(batch))
+
+    if cluster is not None and todo:
+        from drlcore import distributed
+
+        settings = distributed.BackboneSettings.of(backbone, config.weights, config.pretrained)
+        items = [(i, records[i], digests[i], digests[i] not in vectors) for i in todo]
+        with reporter.stage("embedding", total=len(todo), unit="img") as bar, \
+                distributed.connect(cluster, reporter) as client:
+            distributed.embed_on_cluster(client, settings, prepare_one,
+                                         distributed.plan_batches(items, config.batch_size),
+                                         take, retries=cluster.retries)
+    else:
+        with reporter.stage("embedding", total=len(todo), unit="img") as bar, \
+                ThreadPoolExecutor(workers) as pool:
+            try:
+                ahead = 2 * config.batch_size + workers
+                for future in _bounded_map(pool, prepare, todo, ahead=ahead):
+                    i, square, info, reason = future.result()
+                    digest = digests[i]
+                    if reason is not None:
+                        decode_failed[digest] = reason
+                        bar.update(1)
+                        continue
+                    meta[digest] = info
+                    if square is None:
+                        bar.update(1)  # cached vector, decoded only for metadata/thumbnail
+                        continue
+                    batch_digests.append(digest), batch_images.append(square)
+                    batch_meta.append(info)
+                    if len(batch_digests) == config.batch_size:
+                        flush(bar)
+                flush(bar)
+            except BaseException:
+                # Interrupted (Ctrl-C, error): drop queued decodes; finished batches stay cached.
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
 
     # 3. Assemble in discovery order.
     rows, keep = [], []

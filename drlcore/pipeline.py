@@ -187,8 +187,12 @@ def _copy_source_model(source: Path, run_dir: Path) -> Path:
 
 
 def run_pipeline(data: str | Path, out_dir: str | Path, config: PipelineConfig | None = None,
-                 reporter: Reporter | None = None) -> Path:
-    """Run every stage on ``data`` into ``out_dir`` and return ``out_dir``."""
+                 reporter: Reporter | None = None, cluster=None) -> Path:
+    """Run every stage on ``data`` into ``out_dir`` and return ``out_dir``.
+
+    ``cluster`` (a :class:`drlcore.distributed.ClusterConfig`): embed the images on Dask; the
+    later stages (a small VAE, the analysis) run here. It is not a setting of the run: the
+    outputs are the same either way."""
     from drlcore.analyze import AnalyzeConfig, analyze_run
     from drlcore.encode import encode_run
     from drlcore.features import extract_features
@@ -210,7 +214,7 @@ def run_pipeline(data: str | Path, out_dir: str | Path, config: PipelineConfig |
                        f"{model_backbone} or a source model trained on {backbone!r}")
 
     reporter.message(f"[1/4] features ({backbone})")
-    extract_features(data, out_dir, config.features, reporter=reporter)
+    extract_features(data, out_dir, config.features, reporter=reporter, cluster=cluster)
     features = np.load(out_dir / rundir.FEATURES, mmap_mode="r")
     notes: list[str] = []
     finite = np.isfinite(features).all(axis=1)
