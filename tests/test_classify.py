@@ -4,7 +4,6 @@ split, degenerate label sets and determinism."""
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -162,13 +161,12 @@ def test_invalid_arguments_raise_user_errors(rng):
 
 
 @pytest.mark.slow
-def test_speed_on_raw_backbone_features():
+def test_raw_backbone_features_at_analysis_size():
+    # The time this takes is measured in benchmarks/bench_cores.py, not asserted here.
     generator = np.random.default_rng(0)
     n, n_classes = 2250, 8
     labels = np.arange(n) % n_classes
     X = np.abs(0.3 * generator.standard_normal((n_classes, 1280))[labels] + generator.standard_normal((n, 1280)))
-    start = time.perf_counter()
     result = evaluate_classifiers(X.astype(np.float32), labels)
-    assert time.perf_counter() - start < 300
     assert result["reduction"]["n_components"] == 128
     assert result["models"]["mlp"]["accuracy"] > 2 * result["chance"]["accuracy"]

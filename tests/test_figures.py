@@ -129,19 +129,16 @@ def test_latent_map_continuous_highlight_selection_and_background(objects):
     assert list(main.selectedpoints) == [0, 5]
 
 
-def test_latent_map_draws_100k_points_quickly():
-    import time
-
+def test_latent_map_draws_100k_points():
+    # The time this takes is measured in benchmarks/bench_cores.py, not asserted here.
     rng = np.random.default_rng(0)
     n = 100_000
     df = pd.DataFrame({"row": np.arange(n), "path": [f"img_{i}.png" for i in range(n)],
                        "label": rng.choice(list("abcdefghij"), n), "umap_x": rng.normal(size=n),
                        "umap_y": rng.normal(size=n), "z_mean_0": rng.normal(size=n)})
-    t0 = time.perf_counter()
     fig = figures.latent_map(df, "umap_x", "umap_y", "z_mean_0", continuous=True)
-    elapsed = time.perf_counter() - t0
     assert len(fig.data[0].x) == n
-    assert elapsed < 5.0
+    np.testing.assert_array_equal(fig.data[0].x, df["umap_x"].to_numpy())
 
 
 def test_pair_scatter_skips_missing_values(objects):
