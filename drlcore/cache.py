@@ -63,7 +63,8 @@ _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 class ContentStore:
     """Folders by content key: ``root/<key>/`` holds whatever was stored under ``key``.
 
-    The one cache primitive behind the model, morphology and projection caches. An entry is
+    The one cache primitive behind the model, morphology and projection caches (the feature
+    cache's shards, written batch by batch by several runs at once, have their own layout). An entry is
     filled in a hidden temporary folder beside it and renamed into place, so it exists complete
     or not at all: a run killed while storing leaves only a ``.<key>.*.partial`` folder, which
     readers never see. Two writers of the same key both succeed; the first rename wins and the
@@ -105,6 +106,19 @@ class ContentStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return final
+
+    def discard(self, key: str) -> None:
+        """Remove the entry stored under ``key`` (a damaged one, say), if any. It is first renamed
+        to a hidden name, so readers see it complete or not at all, never half deleted."""
+        folder = self.path(key)
+        if not folder.is_dir():
+            return
+        doomed = self.root / f".{key}.{os.getpid()}-{next(_shard_counter)}.partial"
+        try:
+            os.rename(folder, doomed)
+        except OSError:
+            return  # another process removed or replaced it first
+        shutil.rmtree(doomed, ignore_errors=True)
 
     def keys(self) -> list[str]:
         """Every complete entry's key, sorted."""

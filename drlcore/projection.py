@@ -240,17 +240,26 @@ def fit_cached(projector: PCAProjector | UMAPProjector, X,
                cache_dir: str | os.PathLike) -> np.ndarray:
     """Fit ``projector`` on ``X`` (in place) and return the map of ``X``, reusing a cached fit.
 
-    The cache entry lives in ``cache_dir/<key>/`` with ``meta.json`` written last, so a half
-    written entry is never read. A damaged entry is ignored and rewritten. See the module
+    The cache is a :class:`drlcore.cache.ContentStore` in ``cache_dir``: one entry per key, which
+    appears complete or not at all. A damaged entry is dropped and rewritten. See the module
     docstring for what is stored for each projector.
     """
+    from drlcore.cache import ContentStore
+
     X = as_finite_matrix(X)
-    entry = Path(cache_dir) / _cache_key(projector, X)
-    coords = _load_entry(projector, X, entry)
-    if coords is not None:
-        return coords
+    store = ContentStore(cache_dir)
+    key = _cache_key(projector, X)
+    entry = store.get(key)
+    if entry is not None:
+        coords = _load_entry(projector, X, entry)
+        if coords is not None:
+            return coords
+        store.discard(key)  # damaged or from another layout: costs one refit
     coords = projector.fit_transform(X)
-    _store_entry(projector, coords, entry)
+    try:
+        store.put(key, lambda folder: _store_entry(projector, coords, folder))
+    except OSError:  # a read-only cache only costs a refit next time
+        pass
     return coords
 
 
@@ -283,7 +292,6 @@ def _load_entry(projector, X: np.ndarray, entry: Path) -> np.ndarray | None:
 
 
 def _store_entry(projector, coords: np.ndarray, entry: Path) -> None:
-    entry.mkdir(parents=True, exist_ok=True)
     atomic_save_npy(entry / "embedding.npy", coords)
     meta: dict = {"version": PROJECTION_CACHE_VERSION, "kind": type(projector).__name__,
                   "params": projector.get_params(), "versions": _versions()}
