@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from .config import from_dict as _from_dict
 from .errors import DrlError
 from .progress import NullReporter, Reporter
-from .train import (METHODS, TrainResult, _from_dict, evaluate_disentanglement, train_unsupervised,
+from .train import (METHODS, TrainResult, evaluate_disentanglement, train_unsupervised,
                     train_weakly)
 
 __all__ = ["SOURCES", "SourceTrainConfig", "make_source", "train_source", "train_source_cli"]

@@ -50,12 +50,6 @@ def latent_activity(codes: np.ndarray) -> tuple[np.ndarray, list[int]]:
 METHODS = ("ada-gvae", "beta-vae")
 
 
-def _from_dict(cls, d: dict):
-    from .config import from_dict
-
-    return from_dict(cls, d)
-
-
 @dataclass
 class TrainResult:
     model: FeatureVAE

@@ -50,10 +50,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import from_dict as _from_dict
 from .errors import DrlError
 from .io import sha256_bytes
 from .progress import NullReporter, Reporter
-from .train import _as_features, _from_dict, _optimise, encode_means, latent_activity
+from .train import _as_features, _optimise, encode_means, latent_activity
 from .vae import FeatureVAE, beta_vae_loss
 
 __all__ = ["TransferConfig", "FREEZE", "transfer", "fine_tune", "split_rows", "anchor_report",
