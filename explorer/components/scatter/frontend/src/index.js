@@ -221,8 +221,19 @@ function sendHeight() {
   }
 }
 
-function ensurePlot(height) {
-  const width = document.body.clientWidth;
+// Streamlit shows the iframe only once it is ready and sizes it on setFrameHeight, so the first
+// render can find a frame of width or height 0 (regl-scatterplot sizes its offscreen canvas to
+// the window): ask for the height, then wait (a few frames at most) for a real size.
+async function frameWidth(height) {
+  $("plot").style.height = `${height}px`;
+  sendHeight();
+  for (let k = 0; k < 300 && (window.innerWidth === 0 || window.innerHeight === 0); k++) {
+    await new Promise((r) => requestAnimationFrame(r));
+  }
+  return Math.max(1, document.body.clientWidth);
+}
+
+function ensurePlot(width, height) {
   $("plot").style.height = `${height}px`;
   if (plot) {
     plot.set({ width, height });
@@ -240,13 +251,25 @@ function ensurePlot(height) {
     lassoMinDelay: 10,
     lassoMinDist: 2,
     opacityInactiveScale: 0.6,
-    opacityInactiveMax: 0.35,
     // Lasso with the toolbar's "Lasso" mode, or shift-drag in pan mode.
     actionKeyMap: { lasso: "shift", merge: "meta", remove: "alt" },
   });
   plot.subscribe("pointOver", showHover);
   plot.subscribe("pointOut", hideHover);
-  plot.subscribe("select", ({ points }) => sendSelection(points));
+  // regl-scatterplot also reads a lasso that ends where it began (within lassoMinDist) as a
+  // click, and selects the point under the cursor right after the lasso's selection: keep the
+  // lasso's selection then.
+  let lassoAt = Number.NEGATIVE_INFINITY;
+  plot.subscribe("lassoEnd", () => {
+    lassoAt = performance.now();
+  });
+  plot.subscribe("select", ({ points }) => {
+    if (points.length === 1 && current.length > 1 && performance.now() - lassoAt < 400) {
+      plot.select(Array.from(current), { preventEvent: true });
+      return;
+    }
+    sendSelection(points);
+  });
   plot.subscribe("deselect", () => {
     if (current.length) sendSelection([]);
   });
@@ -255,7 +278,10 @@ function ensurePlot(height) {
     if (tooltip.style.display === "block") placeTooltip();
   });
   canvas.addEventListener("mouseleave", hideHover);
-  window.addEventListener("resize", () => plot.set({ width: document.body.clientWidth }));
+  new ResizeObserver(() => {
+    const w = document.body.clientWidth;
+    if (w > 0) plot.set({ width: w });
+  }).observe(document.body);
   new ResizeObserver(sendHeight).observe(document.body);
   $("pan").onclick = () => setMode("panZoom");
   $("lasso").onclick = () => setMode("lasso");
@@ -276,7 +302,7 @@ async function render(args) {
   window.__drlScatter.renders += 1;
   meta = args.meta;
   const height = meta.height;
-  ensurePlot(height);
+  ensurePlot(plot ? document.body.clientWidth : await frameWidth(height), height);
   sendHeight();
   // No `selected` argument: the browser keeps whatever the user selected.
   const controlled = args.selected !== undefined && args.selected !== null;
@@ -299,6 +325,8 @@ async function render(args) {
       colorBy: meta.mode === "none" ? null : "valueA",
       pointColor: meta.mode === "none" ? "#4c78a8" : meta.palette,
       opacity: n > 200000 ? 0.6 : 0.85,
+      // With a selection, the other points fade; dense maps need them much fainter to show it.
+      opacityInactiveMax: n > 200000 ? 0.05 : n > 20000 ? 0.15 : 0.3,
     });
     window.__drlScatter.ready = false;
     // New points: a selection Python holds is shown again; the browser's own is kept when the
