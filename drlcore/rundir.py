@@ -13,6 +13,7 @@ Every stage writes into one folder; this module owns what is in it::
         correlations.parquet   latent axes x handcrafted features
         analysis.json          what `drl analyze` computed
         views/<name>.json      explorer views saved by name (page + its URL parameters)
+        demo.json              only in the built-in demo run (drlcore.demo): what built it
 
 The manifest is versioned and nested, one entry per stage::
 
@@ -48,6 +49,7 @@ __all__ = [
     "latent_columns", "zscore_columns", "latent_index", "latent_column", "dim_names",
     "model_config", "model_metrics", "model_hash", "pipeline_notes", "provenance", "thumb_path",
     "VIEWS", "VIEW_SCHEMA_VERSION", "view_path", "save_view", "list_views", "read_view",
+    "DEMO_MARKER", "read_analysis",
 ]
 
 SCHEMA_VERSION = 2
@@ -65,6 +67,7 @@ ANALYSIS = "analysis.json"
 JOB = "job.json"  # written by drlcore.jobs while a background job builds the folder
 VIEWS = "views"  # saved explorer views, one <name>.json each (save_view / read_view)
 VIEW_SCHEMA_VERSION = 1
+DEMO_MARKER = "demo.json"  # written by drlcore.demo once the demo run is complete
 # Inside MODEL (written by drlcore.artifacts; read here for the app and the analysis).
 MODEL_CONFIG = "config.json"
 MODEL_METRICS = "metrics.json"
@@ -305,6 +308,12 @@ def _json_or_empty(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def read_analysis(run_dir: str | os.PathLike) -> dict:
+    """``analysis.json`` of the run ({} when the run has not been analysed); a damaged file is a
+    DrlError that says to re-run the analysis."""
+    return _json_or_empty(Path(run_dir) / ANALYSIS)
+
+
 def model_config(run_dir: str | os.PathLike) -> dict:
     """``model/config.json`` of the run ({} when there is no model)."""
     return _json_or_empty(Path(run_dir) / MODEL / MODEL_CONFIG)
@@ -345,7 +354,7 @@ def provenance(run_dir: str | os.PathLike, manifest: Mapping | None = None,
     manifest = read_manifest(run_dir) if manifest is None else manifest
     config = model_config(run_dir) if config is None else config
     if analysis is None:
-        analysis = _json_or_empty(run_dir / ANALYSIS)
+        analysis = read_analysis(run_dir)
     info = features_info(manifest)
     backbone = config.get("backbone") or {}
     model = stage_entry(manifest, "model")

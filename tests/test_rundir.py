@@ -109,6 +109,15 @@ def test_dim_names_fall_back_per_axis(tmp_path):
     assert rundir.dim_names(tmp_path, 3) == ["z0: size", "z1", "z2"]
 
 
+def test_read_analysis_is_empty_before_the_analysis_and_refuses_damage(tmp_path):
+    assert rundir.read_analysis(tmp_path) == {}
+    (tmp_path / rundir.ANALYSIS).write_text(json.dumps({"schema_version": 1, "dim_names": ["z0"]}))
+    assert rundir.read_analysis(tmp_path)["dim_names"] == ["z0"]
+    (tmp_path / rundir.ANALYSIS).write_text("{")
+    with pytest.raises(DrlError, match="not valid JSON"):
+        rundir.read_analysis(tmp_path)
+
+
 def test_default_runs_dir_reads_the_environment_when_called(tmp_path):
     assert rundir.default_runs_dir({"DRL_RUNS_DIR": str(tmp_path)}) == tmp_path
     assert rundir.default_runs_dir({}).name == "runs"
