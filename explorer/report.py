@@ -18,6 +18,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from drlcore.naming import NamingConfig
+
 __all__ = ["ReportSection", "build_report", "axes_section"]
 
 
@@ -48,8 +50,8 @@ def axes_section(axes: Sequence[dict]) -> ReportSection | None:
         "q_value": a.get("q_value"), "reason": a.get("reason") or "",
         "provenance": a.get("provenance") or ""} for a in axes])
     return ReportSection("Axis names", text="Each axis is named after the morphology family it "
-                         "follows on this run's own images (|r| >= 0.4 and Benjamini-Hochberg "
-                         "q < 0.05); otherwise it is unnamed, with the reason.", table=table)
+                         f"follows on this run's own images (|r| >= {NamingConfig().min_abs_r:g} and "
+                         f"Benjamini-Hochberg q < {NamingConfig().alpha:g}); otherwise it is unnamed, with the reason.", table=table)
 
 
 _CSS = """

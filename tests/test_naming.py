@@ -57,11 +57,12 @@ def test_known_answer_named_unnamed_and_shared_family():
 
 
 def test_threshold_is_a_parameter_and_inactive_wins():
-    corr = _table([(0, "morph_area", 0.45, 1e-6), (1, "morph_hue", 0.9, 1e-9)])
+    corr = _table([(0, "morph_area", 0.55, 1e-6), (1, "morph_hue", 0.9, 1e-9)])
     src = ["z0: scale", "z1: colour"]
     assert name_axes(corr, src)[0]["status"] == "named"
-    strict = name_axes(corr, src, config=NamingConfig(min_abs_r=0.5))
-    assert strict[0]["status"] == "unnamed" and "|ρ| >= 0.5" in strict[0]["reason"]
+    assert name_axes(_table([(0, "morph_area", 0.45, 1e-6)]), src[:1])[0]["status"] == "unnamed"
+    strict = name_axes(corr, src, config=NamingConfig(min_abs_r=0.6))
+    assert strict[0]["status"] == "unnamed" and "|ρ| >= 0.6" in strict[0]["reason"]
     inactive = name_axes(corr, src, inactive=[1])
     assert inactive[1]["status"] == "inactive" and inactive[1]["name"] == "z1: inactive"
     assert "inactive" in inactive[1]["reason"]

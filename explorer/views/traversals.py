@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from drlcore.correlation import best_matches
-from drlcore.naming import axis_help, axis_label
+from drlcore.naming import NamingConfig, axis_help, axis_label
 from drlcore.traversal import traversal_indices, traversal_values
 from explorer.data import file_stamp
 from explorer.downloads import FIGURE_MIME, file_download, montage_bytes
@@ -66,7 +66,8 @@ active = [j for j in range(len(zcols)) if j not in run.inactive_dims]
 controls[0].selectbox("Dimension", list(range(len(zcols))), key="trav.dim", format_func=lambda j: names[j]
                       + ("  (inactive)" if j in run.inactive_dims and "inactive" not in names[j] else ""),
                       help="Axes are named after the morphology family they follow on this run's own "
-                           "images (|r| >= 0.4, BH q < 0.05); the synthetic-source name is provenance.")
+                           f"images (|r| >= {NamingConfig().min_abs_r:g}, BH q < {NamingConfig().alpha:g}); "
+                           "the synthetic-source name is provenance.")
 controls[1].slider("Images per axis", 5, 15, key="trav.n_steps", step=2)
 n_steps = st.session_state["trav.n_steps"]
 show_all = st.toggle("Show all active dimensions", key="trav.show_all")
