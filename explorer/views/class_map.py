@@ -19,7 +19,7 @@ from drlcore.analyze import project_onto
 from drlcore.compare import compare_groups, effect_sizes
 from drlcore.errors import DrlError
 from drlcore.naming import axis_help, axis_label
-from explorer.data import file_stamp, is_run_dir, list_runs
+from explorer.data import Run, is_run_dir, list_runs
 from explorer.figures import effect_size_chart, feature_label, group_effect_chart, latent_map
 from explorer.report import ReportSection, build_report
 from explorer.scatter import class_map_webgl, webgl_wanted
@@ -81,8 +81,8 @@ background, background_name = None, "other run"
 other_path = st.session_state.get("app.reference_run")
 if other_path and is_run_dir(Path(other_path)):
     try:
-        coords = _placed(str(run.path), file_stamp(run.path / "objects.parquet"), other_path,
-                         file_stamp(Path(other_path) / "objects.parquet"), proj)
+        coords = _placed(str(run.path), run.objects_stamp, other_path,
+                         Run(Path(other_path)).objects_stamp, proj)
     except DrlError as exc:
         st.info(str(exc), icon=":material/info:")
     else:
