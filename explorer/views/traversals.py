@@ -11,7 +11,6 @@ import streamlit as st
 from drlcore.correlation import best_matches
 from drlcore.naming import NamingConfig, axis_help, axis_label
 from drlcore.traversal import traversal_indices, traversal_values
-from explorer.data import file_stamp
 from explorer.downloads import FIGURE_MIME, file_download, montage_bytes
 from explorer.figures import feature_label
 from explorer.report import ReportSection, axes_section, build_report
@@ -60,7 +59,7 @@ def _match_text(dim: int) -> str:
     return ", ".join(f"{feature_label(f)} (r = {r:+.2f})" for f, r in zip(best["feature"], best["value"], strict=True))
 
 
-stamp = file_stamp(run.path / "objects.parquet")
+stamp = run.objects_stamp
 controls = st.columns([3, 1])
 active = [j for j in range(len(zcols)) if j not in run.inactive_dims]
 controls[0].selectbox("Dimension", list(range(len(zcols))), key="trav.dim", format_func=lambda j: names[j]
