@@ -87,7 +87,7 @@ st.caption(f"Runs are kept in `{runs_dir}` (change with `drl explore --runs-dir 
 if runs:
     table = pd.DataFrame({
         "run": [p.name + (" (demo)" if is_demo(p) else "") for p in runs],
-        "modified": [dt.datetime.fromtimestamp((p / "objects.parquet").stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+        "modified": [dt.datetime.fromtimestamp((p / rundir.OBJECTS).stat().st_mtime).strftime("%Y-%m-%d %H:%M")
                      for p in runs],
     })
     st.dataframe(table, hide_index=True, width="stretch")
