@@ -7,10 +7,16 @@ generated), times
   (b) the bare timm forward pass of the same model, batch size and dtype on ready-made tensors,
   (c) decoding + squaring alone, single-threaded (is the input pipeline the bottleneck?),
   (d) a second ``extract_features`` with a warm cache (same output folder, and a fresh one),
+  (e) with ``--dask-workers K`` (default 2; 0 skips it): ``extract_features`` with a cold cache on
+      a Dask LocalCluster of K single-threaded worker processes (drlcore.distributed), interleaved
+      with (a) and (b); the cluster is started once and its workers hold the model, so this is the
+      steady-state rate; the one-off start of ``--cluster local`` (processes + model load) is
+      timed on its own,
 
-and prints throughput (a)/(b) (goal >= 0.9) and first/cached time (goal >= 100x).
+and prints throughput (a)/(b) (goal >= 0.9), (e)/(b), and first/cached time (goal >= 100x).
 
     .venv/bin/python benchmarks/bench_features.py [--n 256] [--backbones effnet-lite0 dino-vitb16]
+        [--data ../shared/data/plankton-ndsb] [--dask-workers 2]
 
 effnet-lite0 runs with its packaged pretrained weights (offline, and its dtype choice depends on
 them); DINO runs random-init (timing only; no weights needed).
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import resource
 import sys
 import tempfile
@@ -32,16 +39,18 @@ ROOT = Path(__file__).resolve().parents[1]
 BLOOD = ROOT.parent / "shared" / "data" / "blood-cells-pbc"
 
 
-def make_dataset(folder: Path, n: int) -> str:
-    """A class-folder dataset of n images: symlinks to real blood cells, or generated JPEGs."""
-    if BLOOD.is_dir():
-        classes = sorted(p for p in BLOOD.iterdir() if p.is_dir())
+def make_dataset(folder: Path, n: int, source: Path | None = None) -> str:
+    """A class-folder dataset of n images: symlinks to a real class-folder set (``source``,
+    default the blood cells), or generated JPEGs."""
+    source = source or BLOOD
+    if source.is_dir():
+        classes = sorted(p for p in source.iterdir() if p.is_dir())
         per_class = -(-n // len(classes))
         picked = [(c.name, f) for c in classes for f in sorted(c.glob("*.jpg"))[:per_class]][:n]
         for label, file in picked:
             (folder / label).mkdir(parents=True, exist_ok=True)
             (folder / label / file.name).symlink_to(file)
-        return f"{len(picked)} blood-cell JPEGs ({BLOOD})"
+        return f"{len(picked)} real JPEGs ({source})"
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -93,6 +102,33 @@ def decode_only(data: Path, size: int) -> tuple[int, float]:
     return len(dataset.records), time.perf_counter() - start
 
 
+def warm_workers(client, backbone, batch_size: int) -> None:
+    """Load the backbone on every worker and run one full batch (oneDNN builds its kernels per
+    shape), as ``bare_forward`` warms up before it is timed."""
+    from drlcore import distributed
+
+    settings = distributed.BackboneSettings.of(backbone, None, backbone.weights_source
+                                               != "random-init")
+    size = backbone.spec.input_size
+
+    def warm(settings):
+        distributed._worker_backbone(settings).embed(np.zeros((batch_size, size, size, 3),
+                                                              np.uint8))
+
+    client.run(warm, settings)
+
+
+def cluster_start_time(n_workers: int, backbone, batch_size: int) -> float:
+    """Seconds for what ``--cluster local`` pays once per command: start the worker processes,
+    load the model in each, warm it."""
+    from drlcore.distributed import ClusterConfig, connect
+
+    start = time.perf_counter()
+    with connect(ClusterConfig(cluster="local", n_workers=n_workers)) as client:
+        warm_workers(client, backbone, batch_size)
+        return time.perf_counter() - start
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=256)
@@ -102,6 +138,11 @@ def main(argv=None) -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--random-init", action="store_true",
                         help="random-init effnet-lite0 too (timing only)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="class-folder image set to sample --n JPEGs from (default: the "
+                             "blood cells, else generated)")
+    parser.add_argument("--dask-workers", type=int, default=2,
+                        help="workers of the Dask LocalCluster path (0: skip it)")
     args = parser.parse_args(argv)
 
     import torch
@@ -109,15 +150,29 @@ def main(argv=None) -> None:
     from drlcore.backbones import load_backbone
     from drlcore.features import FeatureConfig, extract_features
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         tmp = Path(tmp)
         data = tmp / "data"
-        print(f"data: {make_dataset(data, args.n)}; batch size {args.batch_size}; "
+        print(f"data: {make_dataset(data, args.n, args.data)}; batch size {args.batch_size}; "
               f"torch threads {torch.get_num_threads()}", flush=True)
+        client = None
+        if args.dask_workers:
+            from dask.distributed import Client, LocalCluster
+
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=args.dask_workers, threads_per_worker=1, processes=True,
+                host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=40))
+            client = stack.enter_context(Client(cluster))
         for name in args.backbones:
             pretrained = name == "effnet-lite0" and not args.random_init
             backbone = load_backbone(name, pretrained=pretrained, dtype=args.dtype,
                                      batch_size=args.batch_size)
+            if client is not None:
+                from drlcore.distributed import ClusterConfig
+
+                warm_workers(client, backbone, args.batch_size)
+                on_cluster = ClusterConfig(scheduler=cluster.scheduler_address)
+            t_dask, dask_diff = [], 0.0
             n_dec, t_dec = decode_only(data, backbone.spec.input_size)
             # The machine is shared and its load comes in bursts: interleave (a) and (b), and
             # compare each pair (same moment, same load); also count CPU seconds, which
@@ -135,6 +190,16 @@ def main(argv=None) -> None:
                                           backbone=backbone)
                 t_full.append(time.perf_counter() - start)
                 cpu_full.append(process_cpu() - cpu)
+                if client is not None:
+                    start = time.perf_counter()
+                    dask_config = dataclasses.replace(
+                        config, cache_dir=str(tmp / f"cache-dask-{name}-{rep}"))
+                    on_dask = extract_features(data, tmp / f"dask-{name}-{rep}", dask_config,
+                                               backbone=backbone, cluster=on_cluster)
+                    t_dask.append(time.perf_counter() - start)
+                    assert on_dask.features.dtype == result.features.dtype
+                    dask_diff = max(dask_diff, float(np.abs(on_dask.features
+                                                            - result.features).max()))
             n = len(result.table)
             calls = backbone.forward_calls
             t_same = float("inf")
@@ -160,6 +225,19 @@ def main(argv=None) -> None:
             print(f"  ratio by CPU seconds per img : {cpu_ratio:7.2f}   "
                   f"(bare {min(cpu_bare) / args.n * 1e3:.0f} ms, "
                   f"full {min(cpu_full) / n * 1e3:.0f} ms CPU per image)")
+            if t_dask:
+                dask_ratios = [(n / d) / (args.n / b) for d, b in zip(t_dask, t_bare)]
+                start_s = cluster_start_time(args.dask_workers, backbone, args.batch_size)
+                print(f"  Dask LocalCluster, {args.dask_workers} workers x 1 thread, cold cache: "
+                      f"{n / min(t_dask):7.1f} img/s best   "
+                      f"(runs: {', '.join(f'{n / t:.1f}' for t in t_dask)})")
+                print(f"  ratio dask/bare, paired      : {float(np.median(dask_ratios)):7.2f} "
+                      f"median   (runs: {', '.join(f'{r:.2f}' for r in dask_ratios)})")
+                print(f"  dask vs single-process       : max |diff| {dask_diff:.2e} "
+                      f"(0 = identical; torch thread count differs: 1 per worker vs "
+                      f"{torch.get_num_threads()})")
+                print(f"  --cluster local start        : {start_s:7.1f} s once per command "
+                      f"({args.dask_workers} processes, model loaded and warmed in each)")
             print(f"  cached re-run, same out dir  : {t_same:7.2f} s  "
                   f"-> {min(t_full) / t_same:6.0f}x faster than the best cold run "
                   f"(goal >= 100x)")

@@ -34,6 +34,7 @@ when its ``with`` block ends, on success, error or Ctrl-C alike.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import uuid
@@ -148,7 +149,8 @@ def connect(config: ClusterConfig, reporter=None) -> Iterator:
             # installed, is on a random local port; the message below names it).
             cluster = stack.enter_context(distributed.LocalCluster(
                 n_workers=n_workers, threads_per_worker=threads, processes=config.processes,
-                host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=40))
+                host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                silence_logs=logging.CRITICAL))
             client = distributed.Client(cluster)
         stack.enter_context(client)
         if reporter is not None:
