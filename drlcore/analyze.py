@@ -30,7 +30,7 @@ import pandas as pd
 from drlcore import rundir, scale
 from drlcore.cache import ContentStore, cache_root
 from drlcore.errors import DrlError
-from drlcore.io import atomic_write_json, atomic_write_parquet, fingerprint, read_json, sha256_bytes
+from drlcore.io import atomic_write_json, atomic_write_parquet, fingerprint, sha256_bytes
 from drlcore.progress import NullReporter, Reporter
 
 __all__ = ["AnalyzeConfig", "analyze_run", "project_onto", "ANALYSIS_VERSION",
@@ -267,7 +267,10 @@ def project_onto(reference_dir: str | Path, other_dir: str | Path, name: str = "
             f"({str(hashes[1])[:12]} vs {str(hashes[0])[:12]}), so its latent axes are different "
             f"axes and it cannot be placed on this map. Encode the new images with the reference "
             f"model: drl encode {reference_dir / rundir.MODEL} NEW_IMAGES --out NEW_RUN")
-    analysis = read_json(reference_dir / rundir.ANALYSIS)
+    analysis = rundir.read_analysis(reference_dir)
+    if not analysis:
+        raise DrlError(f"{reference_dir.name} has not been analysed, so it has no map to place "
+                       f"objects on: run `drl analyze {reference_dir}` first")
     config = AnalyzeConfig.from_dict(analysis.get("config", {}))
     ref = pd.read_parquet(reference_dir / rundir.OBJECTS)
     other = pd.read_parquet(other_dir / rundir.OBJECTS)
@@ -369,7 +372,7 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
     reporter = reporter or NullReporter()
     objects_path = run_dir / rundir.OBJECTS
     if not objects_path.is_file():
-        raise DrlError(f"{run_dir} has no objects.parquet: encode the data first "
+        raise DrlError(f"{run_dir} has no {rundir.OBJECTS}: encode the data first "
                        f"(`drl encode MODEL_DIR DATA --out {run_dir}` or `drl run`)")
     objects = pd.read_parquet(objects_path)
     # Columns from a previous analysis are recomputed, never mixed with the new ones.
@@ -383,21 +386,23 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
     X = (np.load(features_path, mmap_mode="r") if features_path.is_file()
          else np.zeros((len(base), 0)))
     if len(X) != len(base):
-        raise DrlError(f"features.npy has {len(X)} rows but objects.parquet has {len(base)}: "
+        raise DrlError(f"{rundir.FEATURES} has {len(X)} rows but {rundir.OBJECTS} has {len(base)}: "
                        f"the run folder is inconsistent; rerun `drl run`")
 
     extra_notes = rundir.pipeline_notes(run_dir)
     key = _analysis_key(run_dir, base, Z, X, config, extra_notes)
     stage = {"key": key, "version": ANALYSIS_VERSION}
     previous = run_dir / rundir.ANALYSIS
-    if previous.is_file():
-        old = read_json(previous)
-        if old.get("key") == key:
-            reporter.message("analysis: up to date")
-            # Recorded even so: a rerun whose earlier stages rewrote the manifest keeps it.
-            if rundir.stage_entry(run_dir, "analyze") != stage:
-                rundir.record_stage(run_dir, "analyze", stage)
-            return old.get("summary", {})
+    try:
+        old = rundir.read_analysis(run_dir)
+    except DrlError:
+        old = {}  # a damaged analysis is simply recomputed
+    if old.get("key") == key:
+        reporter.message("analysis: up to date")
+        # Recorded even so: a rerun whose earlier stages rewrote the manifest keeps it.
+        if rundir.stage_entry(run_dir, "analyze") != stage:
+            rundir.record_stage(run_dir, "analyze", stage)
+        return old.get("summary", {})
 
     t0 = time.perf_counter()
     notes: list[str] = list(extra_notes)

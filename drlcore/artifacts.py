@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
-from . import __version__
+from . import __version__, rundir
 from .errors import DrlError
 from .io import atomic_write_bytes, atomic_write_json, sha256_bytes
 from .vae import FeatureVAE, VAEConfig
@@ -46,9 +46,9 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 KNOWN_SCHEMA_VERSIONS = (1,)
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-METRICS_FILE = "metrics.json"
+CONFIG_FILE = rundir.MODEL_CONFIG
+WEIGHTS_FILE = rundir.MODEL_WEIGHTS
+METRICS_FILE = rundir.MODEL_METRICS
 
 _BACKBONE_KEYS = ("name", "timm_name", "weights_hash", "feature_dim")
 

@@ -244,8 +244,10 @@ def _prepare_out(args, data: str | None) -> Path:
 def _features_for(args, data: str, out_dir: Path, model_backbone: str | None = None,
                   cluster=None) -> Path:
     """Accept either an image source or a folder `drl features` already wrote."""
+    from drlcore import rundir
+
     data_path = Path(data)
-    if (data_path / "features.npy").is_file() and (data_path / "manifest.json").is_file():
+    if (data_path / rundir.FEATURES).is_file() and (data_path / rundir.MANIFEST).is_file():
         return data_path
     from drlcore.features import extract_features
 
@@ -256,6 +258,7 @@ def _features_for(args, data: str, out_dir: Path, model_backbone: str | None = N
 
 
 def _cmd_features(args) -> None:
+    from drlcore import rundir
     from drlcore.features import extract_features
 
     cluster = _cluster_config(args)
@@ -264,9 +267,9 @@ def _cmd_features(args) -> None:
                               cluster=cluster)
     m = result.manifest
     print(f"backbone: {m['backbone']} (weights {m['weights_hash'][:12]}, {m['dtype']})")
-    print(f"{m['counts']['accepted']} images -> {out / 'features.npy'} "
+    print(f"{m['counts']['accepted']} images -> {out / rundir.FEATURES} "
           f"{tuple(result.features.shape)}; {m['counts']['skipped']} skipped "
-          f"(see {out / 'skipped.csv'})")
+          f"(see {out / rundir.SKIPPED})")
 
 
 def _cmd_train_source(args) -> None:
@@ -360,9 +363,9 @@ def _cmd_run(args) -> None:
     )
     out = run_pipeline(args.data, _prepare_out(args, args.data), config, reporter=_reporter(),
                        cluster=cluster)
-    from drlcore.io import read_json
+    from drlcore import rundir
 
-    _print_summary(read_json(out / "analysis.json").get("summary", {}))
+    _print_summary(rundir.read_analysis(out).get("summary", {}))
     print(f"run written to {out}  (open it with: drl explore {out})")
 
 
@@ -445,7 +448,8 @@ def _cmd_explore(args) -> None:
 
 
 def _cmd_demo(args) -> None:
-    from drlcore.demo import build_demo, default_runs_dir
+    from drlcore.demo import build_demo
+    from drlcore.rundir import default_runs_dir
 
     runs_dir = Path(args.runs_dir) if args.runs_dir else default_runs_dir()
     path = build_demo(runs_dir, reporter=_reporter())

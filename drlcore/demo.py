@@ -11,13 +11,14 @@ domain), so the demo exercises exactly the code a user's data goes through.
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 
+from drlcore import rundir
 from drlcore.io import atomic_write_bytes, atomic_write_json, atomic_write_parquet, read_json
 from drlcore.progress import NullReporter, Reporter
+from drlcore.rundir import default_runs_dir  # noqa: F401 - the one rule, importable from here
 
 __all__ = ["DEMO_NAME", "DEMO_VERSION", "build_demo", "default_runs_dir", "demo_run_dir"]
 
@@ -26,23 +27,13 @@ DEMO_VERSION = 1
 DEMO_IMAGES = 600
 
 
-def default_runs_dir() -> Path:
-    """Where runs live unless told otherwise: $DRL_RUNS_DIR, else the user data folder."""
-    env = os.environ.get("DRL_RUNS_DIR")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("drl")) / "runs"
-
-
 def demo_run_dir(runs_dir: str | Path) -> Path:
     return Path(runs_dir) / DEMO_NAME
 
 
 def _is_complete(run_dir: Path) -> bool:
-    marker = run_dir / "demo.json"
-    return (marker.is_file() and (run_dir / "analysis.json").is_file()
+    marker = run_dir / rundir.DEMO_MARKER
+    return (marker.is_file() and (run_dir / rundir.ANALYSIS).is_file()
             and read_json(marker).get("version") == DEMO_VERSION)
 
 
@@ -61,7 +52,7 @@ def build_demo(runs_dir: str | Path, reporter: Reporter | None = None,
         return run_dir
 
     source = shipped_source_model("effnet-lite0")
-    source_cfg = read_json(source / "config.json")
+    source_cfg = read_json(source / rundir.MODEL_CONFIG)
     dsprites_cfg = source_cfg.get("training", {}).get("dsprites")
     ds = TextureDSprites(DSpritesConfig.from_dict(dsprites_cfg) if dsprites_cfg
                          else DSpritesConfig())
@@ -93,6 +84,6 @@ def build_demo(runs_dir: str | Path, reporter: Reporter | None = None,
     config = PipelineConfig(features=FeatureConfig(cache_dir=cache_dir), transfer=False,
                             extra_columns=str(demo_root / "factors.parquet"))
     run_pipeline(data_dir, run_dir, config, reporter=reporter)
-    atomic_write_json(run_dir / "demo.json", {"version": DEMO_VERSION, "n_images": n_images,
-                                              "seed": seed, "source_model": str(source)})
+    atomic_write_json(run_dir / rundir.DEMO_MARKER, {"version": DEMO_VERSION, "n_images": n_images,
+                                                     "seed": seed, "source_model": str(source)})
     return run_dir

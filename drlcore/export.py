@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from drlcore.errors import DrlError
-from drlcore.io import atomic_write_csv, atomic_write_parquet, read_json
+from drlcore.io import atomic_write_csv, atomic_write_parquet
 
 __all__ = ["FORMATS", "export_run", "run_to_anndata"]
 
@@ -41,8 +41,7 @@ def _read_run(run_dir: Path) -> tuple[pd.DataFrame, dict, dict, pd.DataFrame | N
         raise DrlError(f"{run_dir} has no {rundir.OBJECTS}: it is not an encoded run folder "
                        f"(make one with `drl run DATA --out {run_dir}`)")
     objects = pd.read_parquet(objects_path)
-    analysis_path = run_dir / rundir.ANALYSIS
-    analysis = read_json(analysis_path) if analysis_path.is_file() else {}
+    analysis = rundir.read_analysis(run_dir)
     manifest = rundir.read_manifest(run_dir)
     corr_path = run_dir / rundir.CORRELATIONS
     corr = pd.read_parquet(corr_path) if corr_path.is_file() else None

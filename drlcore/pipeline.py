@@ -85,7 +85,7 @@ def shipped_source_model(backbone: str, source: str = "dsprites") -> Path:
     if source not in SHIPPED_SOURCES:
         raise DrlError(f"unknown source {source!r}; shipped sources: {sorted(SHIPPED_SOURCES)}")
     path = ASSETS_DIR / SHIPPED_SOURCES[source].format(backbone=backbone)
-    if not (path / "config.json").is_file():
+    if not (path / rundir.MODEL_CONFIG).is_file():
         raise DrlError(
             f"no shipped {source} source model for backbone {backbone!r} (looked in {path}). "
             f"Train one with `drl train-source --source {source} --backbone {backbone} --out "
@@ -113,15 +113,15 @@ def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporte
     if config.transfer_epochs is not None:
         settings["epochs"] = config.transfer_epochs
     tconfig = TransferConfig(**settings)
-    key = fingerprint(["transfer", PIPELINE_VERSION, sha256_file(source / "model.safetensors"),
+    key = fingerprint(["transfer", PIPELINE_VERSION, sha256_file(source / rundir.MODEL_WEIGHTS),
                        sha256_file(run_dir / rundir.FEATURES), dataclasses.asdict(tconfig)])
-    if (model_dir / "config.json").is_file() and _stage_key(model_dir) == key:
+    if (model_dir / rundir.MODEL_CONFIG).is_file() and _stage_key(model_dir) == key:
         reporter.message("transfer: up to date, reusing the run's model")
         return model_dir
 
     store = ContentStore(cache_root(config.features.cache_dir) / "models")
     cached = store.get(key)
-    if cached is not None and (cached / "model.safetensors").is_file():
+    if cached is not None and (cached / rundir.MODEL_WEIGHTS).is_file():
         reporter.message("transfer: served from the model cache")
         _replace_dir(cached, model_dir, copy=True)
         _write_stage_key(model_dir, key)
@@ -146,14 +146,14 @@ def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporte
 
 
 def _stage_key(model_dir: Path) -> str | None:
-    path = model_dir / "pipeline_key.json"
+    path = model_dir / rundir.MODEL_STAGE_KEY
     return read_json(path).get("key") if path.is_file() else None
 
 
 def _write_stage_key(model_dir: Path, key: str) -> None:
     from drlcore.io import atomic_write_json
 
-    atomic_write_json(model_dir / "pipeline_key.json", {"key": key})
+    atomic_write_json(model_dir / rundir.MODEL_STAGE_KEY, {"key": key})
 
 
 def _replace_dir(src: Path, dst: Path, copy: bool = False) -> None:
@@ -178,8 +178,8 @@ def _replace_dir(src: Path, dst: Path, copy: bool = False) -> None:
 
 def _copy_source_model(source: Path, run_dir: Path) -> Path:
     model_dir = run_dir / rundir.MODEL
-    key = fingerprint(["source-as-is", sha256_file(source / "model.safetensors")])
-    if (model_dir / "config.json").is_file() and _stage_key(model_dir) == key:
+    key = fingerprint(["source-as-is", sha256_file(source / rundir.MODEL_WEIGHTS)])
+    if (model_dir / rundir.MODEL_CONFIG).is_file() and _stage_key(model_dir) == key:
         return model_dir
     _replace_dir(source, model_dir, copy=True)
     _write_stage_key(model_dir, key)
@@ -203,8 +203,8 @@ def run_pipeline(data: str | Path, out_dir: str | Path, config: PipelineConfig |
     out_dir.mkdir(parents=True, exist_ok=True)
     backbone = config.features.backbone
     source = resolve_source_model(config.source_model, backbone)
-    if not (source / "config.json").is_file():
-        raise DrlError(f"source model folder {source} has no config.json")
+    if not (source / rundir.MODEL_CONFIG).is_file():
+        raise DrlError(f"source model folder {source} has no {rundir.MODEL_CONFIG}")
     from drlcore.artifacts import read_model_config
 
     model_backbone = read_model_config(source)["backbone"]["name"]  # strict: a clear DrlError

@@ -8,7 +8,8 @@ Every stage writes into one folder; this module owns what is in it::
         images.parquet         one row per accepted image (path, label, split, sha256, ...)
         skipped.csv            path, reason for each image left out
         thumbs/<sha256>.jpg    one thumbnail per image
-        model/                 the model that encoded the run (config.json, model.safetensors, ...)
+        model/                 the model that encoded the run: config.json, model.safetensors,
+                               metrics.json, pipeline_key.json (what `drl run` made it from)
         objects.parquet        images.parquet + latents (z_mean_<j>) + analysis columns
         correlations.parquet   latent axes x handcrafted features
         analysis.json          what `drl analyze` computed
@@ -49,7 +50,7 @@ __all__ = [
     "latent_columns", "zscore_columns", "latent_index", "latent_column", "dim_names",
     "model_config", "model_metrics", "model_hash", "pipeline_notes", "provenance", "thumb_path",
     "VIEWS", "VIEW_SCHEMA_VERSION", "view_path", "save_view", "list_views", "read_view",
-    "DEMO_MARKER", "read_analysis",
+    "DEMO_MARKER", "read_analysis", "MODEL_WEIGHTS", "MODEL_STAGE_KEY",
 ]
 
 SCHEMA_VERSION = 2
@@ -68,9 +69,11 @@ JOB = "job.json"  # written by drlcore.jobs while a background job builds the fo
 VIEWS = "views"  # saved explorer views, one <name>.json each (save_view / read_view)
 VIEW_SCHEMA_VERSION = 1
 DEMO_MARKER = "demo.json"  # written by drlcore.demo once the demo run is complete
-# Inside MODEL (written by drlcore.artifacts; read here for the app and the analysis).
+# Inside MODEL, and in any model folder (written by drlcore.artifacts, which takes these names).
 MODEL_CONFIG = "config.json"
+MODEL_WEIGHTS = "model.safetensors"
 MODEL_METRICS = "metrics.json"
+MODEL_STAGE_KEY = "pipeline_key.json"  # drlcore.pipeline: the key the run's model was made for
 
 RUNS_DIR_ENV = "DRL_RUNS_DIR"
 _LATENT = re.compile(r"^z_mean_(\d+)$")

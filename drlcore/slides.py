@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from drlcore.errors import DrlError
-from drlcore.io import atomic_write_bytes, read_json
+from drlcore.io import atomic_write_bytes
 
 __all__ = ["SlideConfig", "figure_stamp", "axis_montage", "write_axis_montage", "correlation_figure",
            "map_figure", "write_slide_set", "OKABE_ITO"]
@@ -188,8 +188,7 @@ def write_axis_montage(run_dir: str | Path, dim: int, out_dir: str | Path,
 def _axis_names(run_dir: Path, n: int) -> list[str]:
     from drlcore import rundir
 
-    analysis_path = run_dir / rundir.ANALYSIS
-    names = read_json(analysis_path).get("dim_names") if analysis_path.is_file() else None
+    names = rundir.read_analysis(run_dir).get("dim_names")
     if not names or len(names) != n:
         names = rundir.dim_names(run_dir, n)
     return [str(x) for x in names]
