@@ -90,7 +90,7 @@ def list_runs(runs_dir: Path) -> list[Path]:
 
 
 def is_demo(path: Path) -> bool:
-    return path.name == DEMO_RUN_NAME or (path / "demo.json").is_file()
+    return path.name == DEMO_RUN_NAME or (path / rundir.DEMO_MARKER).is_file()
 
 
 def file_stamp(path: Path) -> tuple[int, int]:
@@ -107,9 +107,19 @@ def _read_parquet(path: str, stamp: tuple[int, int]) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+# The run's JSON files, each through its drlcore.rundir reader (the one place that knows their
+# layout), cached by the run folder and the file's stamp.
+_READERS = {
+    rundir.MANIFEST: rundir.read_manifest,
+    rundir.ANALYSIS: rundir.read_analysis,
+    f"{rundir.MODEL}/{rundir.MODEL_CONFIG}": rundir.model_config,
+    f"{rundir.MODEL}/{rundir.MODEL_METRICS}": rundir.model_metrics,
+}
+
+
 @st.cache_data(max_entries=32, show_spinner=False)
-def _read_json(path: str, stamp: tuple[int, int]) -> dict:
-    return read_json(path)
+def _read_run_json(run_dir: str, name: str, stamp: tuple[int, int]) -> dict:
+    return _READERS[name](run_dir)
 
 
 @st.cache_data(max_entries=2048, show_spinner=False)
@@ -135,14 +145,8 @@ class Run:
         p = self.path / name
         return _read_parquet(str(p), file_stamp(p)) if p.is_file() else None
 
-    def _json(self, *parts: str) -> dict:
-        p = self.path.joinpath(*parts)
-        if not p.is_file():
-            return {}
-        try:
-            return _read_json(str(p), file_stamp(p))
-        except ValueError as exc:
-            raise DrlError(f"{p} is not valid JSON ({exc}); re-run the stage that writes it") from exc
+    def _json(self, name: str) -> dict:
+        return _read_run_json(str(self.path), name, file_stamp(self.path / name))
 
     @property
     def objects_stamp(self) -> tuple[int, int]:
@@ -170,16 +174,15 @@ class Run:
     def manifest(self) -> dict:
         """The manifest's stage entries by stage name (``features``, ``model``, ``encode``,
         ``pipeline``, ``analyze``), whatever layout the folder was written in."""
-        raw = self._json(rundir.MANIFEST)
-        return rundir.upgrade_manifest(raw)["stages"] if raw else {}
+        return self._json(rundir.MANIFEST)["stages"]
 
     @cached_property
     def model_config(self) -> dict:
-        return self._json(rundir.MODEL, rundir.MODEL_CONFIG)
+        return self._json(f"{rundir.MODEL}/{rundir.MODEL_CONFIG}")
 
     @cached_property
     def model_metrics(self) -> dict:
-        return self._json(rundir.MODEL, rundir.MODEL_METRICS)
+        return self._json(f"{rundir.MODEL}/{rundir.MODEL_METRICS}")
 
     @property
     def skipped(self) -> pd.DataFrame | None:
@@ -254,7 +257,7 @@ class Run:
     @cached_property
     def features_manifest(self) -> dict:
         """The features stage's manifest entry ({} when the features were not made here)."""
-        return dict(self.manifest.get("features") or {})
+        return rundir.stage_entry({"stages": self.manifest}, "features")
 
     def provenance(self) -> dict:
         """The stamp every export carries: what model, what data, which parameters."""
@@ -272,7 +275,7 @@ def backbone_summary(run: Run) -> tuple[str, str]:
     if not reason and model_backbone and model_backbone == name:
         reason = ("the model was trained on this backbone's features, so the images are embedded "
                   "with the same backbone")
-    reason = reason or "recorded in manifest.json without a reason"
+    reason = reason or f"recorded in {rundir.MANIFEST} without a reason"
     weights = feats.get("weights_source")
     if weights:
         reason += f"; weights: {weights}"

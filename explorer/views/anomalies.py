@@ -7,7 +7,6 @@ import pandas as pd
 import streamlit as st
 
 from drlcore import anomaly
-from explorer.data import file_stamp
 from explorer.figures import anomaly_histogram, latent_map
 from explorer.report import ReportSection, build_report
 from explorer.ui import csv_download, image_grid, object_detail, report_download, require_run, show_chart
@@ -54,7 +53,7 @@ if labelled and list(known_classes) != stored_known:
     if df["label"].isin(known_classes).sum() < 3:
         st.warning("Fewer than 3 objects in the known classes: choose more.")
         st.stop()
-    scores = rescore(str(run.path), file_stamp(run.path / "objects.parquet"), known_classes)
+    scores = rescore(str(run.path), run.objects_stamp, known_classes)
     st.caption("Scores recomputed for this choice of known classes.")
 if "anomaly_known" in scores:
     known_mask = scores["anomaly_known"].fillna(False).to_numpy(bool)

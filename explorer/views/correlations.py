@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from drlcore import rundir
 from drlcore.naming import axis_help, axis_label
 from explorer.figures import correlation_heatmap, feature_label, pair_scatter
 from explorer.report import ReportSection, axes_section, build_report
@@ -16,7 +17,7 @@ run = require_run()
 st.title("Correlations")
 corr = run.correlations
 if corr is None or corr.empty:
-    st.info("This run has no correlations.parquet: run `drl analyze` on it.")
+    st.info(f"This run has no {rundir.CORRELATIONS}: run `drl analyze` on it.")
     st.stop()
 df = run.objects
 names = run.dim_names

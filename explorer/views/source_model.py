@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from drlcore import rundir
 from drlcore.io import read_json
 from explorer.figures import factor_heatmap, metric_bars
 from explorer.report import ReportSection, build_report
@@ -29,11 +30,12 @@ if "evaluation" not in metrics and "headline" not in metrics:
         source_dir = shipped_source_model(backbone) if backbone else None
     except Exception:  # noqa: BLE001 - no shipped model for this backbone: say so below
         source_dir = None
-    if source_dir is not None and (Path(source_dir) / "metrics.json").is_file():
-        metrics = read_json(Path(source_dir) / "metrics.json")
+    if source_dir is not None and (Path(source_dir) / rundir.MODEL_METRICS).is_file():
+        metrics = read_json(Path(source_dir) / rundir.MODEL_METRICS)
         origin = f"the source model it was transferred from ({Path(source_dir).name})"
 if not metrics:
-    st.info("No disentanglement metrics found for this model (model/metrics.json).")
+    st.info(f"No disentanglement metrics found for this model "
+            f"({rundir.MODEL}/{rundir.MODEL_METRICS}).")
     st.stop()
 
 headline = metrics.get("headline", {})
