@@ -313,6 +313,9 @@ def draw_encoded(encoded: Encoded, key: str | None = None, *, labels=None, image
     if selected is not None:  # controlled: the plot shows exactly this selection
         chosen = np.asarray(selected, dtype=np.int64).ravel()
         extra["selected"] = np.unique(chosen[(chosen >= 0) & (chosen < n)]).astype("<u4").tobytes()
+        # Streamlit re-renders a component when its JSON arguments change, not its bytes: name
+        # the selection in JSON so a new one reaches the browser.
+        extra["selection_token"] = hashlib.blake2b(extra["selected"], digest_size=8).hexdigest()
     value = component(meta=meta, xy=encoded.xy, codes=encoded.codes, key=key, default=None,
                       on_change=on_change, **extra)
     if value is None and key is not None:

@@ -167,3 +167,66 @@ def _shots() -> Path:
     out = ARTIFACTS / "screenshots"
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+@pytest.fixture(scope="module")
+def explorer_server(tmp_path_factory):
+    from app_fixtures import make_run
+
+    runs = tmp_path_factory.mktemp("scatter-runs")
+    make_run(runs, "cells", n=150)
+    port = free_port()
+    env = {**os.environ, "HOME": str(tmp_path_factory.mktemp("home")), "DRL_RUNS_DIR": str(runs),
+           "DRL_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "explorer" / "app.py"),
+           "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
+           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+           "--", "--runs-dir", str(runs)]
+    with serve(cmd, port, tmp_path_factory.mktemp("log") / "streamlit.log", ROOT, env, timeout=90) as url:
+        yield url
+
+
+def test_class_map_webgl_hover_thumbnail_and_lasso_selection(explorer_server):
+    with chromium(playwright_api) as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(f"{e} {e.stack}"))
+        page.goto(f"{explorer_server}/class_map", wait_until="domcontentloaded")
+        page.get_by_text("WebGL map (hover shows the image)").click(timeout=60_000)
+        frame_el = page.wait_for_selector("iframe[title*='drl_scatter']", timeout=60_000)
+        frame = frame_el.content_frame()
+        frame.wait_for_function("window.__drlScatter && window.__drlScatter.ready", timeout=60_000)
+        assert frame.evaluate("window.__drlScatter.n") == 150
+        canvas = frame.evaluate("(() => { const r = document.getElementById('canvas').getBoundingClientRect();"
+                                " return [r.left, r.top, r.width, r.height]; })()")
+        box = frame_el.bounding_box()
+        positions = np.array(frame.evaluate("Array.from({length: 150}, (_, i) => window.__drlScatter.screenPosition(i))"))
+        positions[:, 0] += box["x"] + canvas[0]
+        positions[:, 1] += box["y"] + canvas[1]
+
+        # Hover: the object's thumbnail from the run folder, served by the app.
+        lonely = int(np.argmax([np.min(np.hypot(*(np.delete(positions, i, axis=0) - p).T))
+                                for i, p in enumerate(positions)]))
+        page.mouse.move(*positions[lonely])
+        frame.wait_for_function(f"document.getElementById('tooltip-caption').textContent.startsWith('img_{lonely:04d}.jpg')",
+                                timeout=20_000)
+        frame.wait_for_function("(() => { const im = document.getElementById('tooltip-img');"
+                                " return im.complete && im.naturalWidth > 0; })()", timeout=20_000)
+        assert "/component/explorer.scatter.images_" in frame.evaluate("document.getElementById('tooltip-img').src")
+
+        # Lasso around every point: the page's selection panel opens for all 150.
+        frame.click("#lasso")
+        lo, hi = positions.min(axis=0) - 12, positions.max(axis=0) + 12
+        corners = [(lo[0], lo[1]), (hi[0], lo[1]), (hi[0], hi[1]), (lo[0], hi[1]), (lo[0], lo[1] + 20)]
+        page.mouse.move(*corners[0])
+        page.mouse.down()
+        for corner in corners[1:]:
+            page.mouse.move(*corner, steps=15)
+        page.mouse.up()
+        page.get_by_text("Selection: 150 of 150 objects").wait_for(timeout=60_000)
+        frame.wait_for_function("window.__drlScatter.selection === 150", timeout=20_000)
+        page.screenshot(path=str(_shots() / "class-map-webgl.png"))
+        # Clearing on the page clears the map (the selection is Python's).
+        page.get_by_role("button", name="Clear selection").last.click()
+        frame.wait_for_function("window.__drlScatter.selection === 0", timeout=60_000)
+        assert not errors, "\n".join(errors)

@@ -227,6 +227,11 @@ def test_component_call_under_apptest(tmp_path, monkeypatch):
     at.run()
     sent = {s.key: s.bytes for s in _component(at).special_args}
     assert np.frombuffer(sent["selected"], dtype="<u4").tolist() == [5, 17, 2999]
+    # ... named in the JSON arguments too (Streamlit re-renders a component on those only).
+    token = json.loads(_component(at).json_args)["selection_token"]
+    at.session_state["held"] = [5]
+    at.run()
+    assert json.loads(_component(at).json_args)["selection_token"] != token
 
 
 def test_component_route_serves_only_its_folder(tmp_path):

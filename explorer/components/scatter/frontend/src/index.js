@@ -293,6 +293,7 @@ function ensurePlot(width, height) {
 function applySelection(selected) {
   if (sameIndices(selected, current)) return;
   current = selected;
+  window.__drlScatter.selection = current.length;
   if (selected.length) plot.select(Array.from(selected), { preventEvent: true });
   else plot.deselect({ preventEvent: true });
   showStatus();
