@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -233,6 +234,43 @@ def test_zip_upload_creates_a_new_run(server, page, runs_dir, tmp_path, pipeline
     page.wait_for_selector(".js-plotly-plot .main-svg", timeout=90_000)
     assert sum(_points_per_chart(page)) == 8
     _shot(page, "10b-upload-class-map")
+
+
+def test_two_sessions_adding_data_at_once_each_get_their_own_run(server, browser, runs_dir, tmp_path,
+                                                                  pipeline_settings, request):
+    """Two people upload a zip of the same name at the same moment: two runs, each complete."""
+    if pipeline_settings[0] is None:
+        pytest.skip(f"engine pipeline not available: {pipeline_settings[1]}")
+    from drlcore import rundir
+
+    zips = []
+    for i, who in enumerate("ab"):
+        (tmp_path / who).mkdir()
+        zips.append(make_zip(tmp_path / who / "plates.zip", n_per_class=3 + i))
+    before = {p.name for p in runs_dir.iterdir()}
+    request.addfinalizer(lambda: [shutil.rmtree(p, ignore_errors=True) for p in runs_dir.iterdir()
+                                  if p.name not in before])
+    pages = []
+    for path in zips:
+        ctx = browser.new_context(viewport={"width": 1440, "height": 1800})
+        request.addfinalizer(ctx.close)
+        pg = ctx.new_page()
+        _open(pg, server)
+        pg.locator("input[type='file']").set_input_files(str(path))
+        _settle(pg)
+        pages.append(pg)
+    for pg in pages:  # both clicks before either job has finished
+        pg.get_by_role("button", name="Analyse").click()
+    for pg in pages:
+        pg.get_by_text("is open. Explore it").first.wait_for(timeout=600_000)
+    new_runs = sorted(p for p in runs_dir.iterdir() if p.name not in before and rundir.is_complete_run(p))
+    assert len(new_runs) == 2, [p.name for p in runs_dir.iterdir()]
+    assert all(p.name.startswith("plates") for p in new_runs)
+    # Each session opened its own run, holding its own images (3 vs 4 per class).
+    sizes = sorted(len(pd.read_parquet(p / rundir.OBJECTS)) for p in new_runs)
+    assert sizes == [6, 8]
+    opened = {pg.locator("h3", has_text="Open: ").first.inner_text().strip() for pg in pages}
+    assert opened == {f"Open: {p.name}" for p in new_runs}, opened
 
 
 def test_html_report_downloads_and_draws_offline(server, page, browser, tmp_path):
