@@ -36,7 +36,7 @@ from drlcore.progress import NullReporter, Reporter
 __all__ = ["AnalyzeConfig", "analyze_run", "project_onto", "ANALYSIS_VERSION",
            "MIN_OBJECTS_FOR_MAPS"]
 
-ANALYSIS_VERSION = 2  # 2: data-derived axis names (drlcore.naming)
+ANALYSIS_VERSION = 3  # 2: data-derived axis names (drlcore.naming); 3: names need |rho| >= 0.5
 MORPHOLOGY_CACHE_VERSION = 3  # 3: one ContentStore entry per measured batch
 MIN_OBJECTS_FOR_MAPS = 5
 # umap-learn needs a handful of neighbours; below this a map says nothing anyway.
