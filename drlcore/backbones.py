@@ -61,6 +61,8 @@ __all__ = [
     "effnet_lite_state_dict",
     "effnet_lite_key",
     "resolve_precision",
+    "precision_decision",
+    "PRECISIONS",
     "default_device",
     "check_images",
 ]
@@ -402,7 +404,7 @@ class Backbone:
 
     def __init__(self, spec: BackboneSpec, model, weights_hash: str, dtype: str,
                  weights_source: str, batch_size: int = 32, device: str = "cpu",
-                 precision: str | None = None):
+                 precision: str | None = None, precision_reason: str | None = None):
         import torch
 
         self.spec = spec
@@ -414,6 +416,8 @@ class Backbone:
         self.device = device
         # What was asked for ("auto", "fp32", "bf16"); ``dtype`` is what it resolved to.
         self.precision = precision or dtype
+        # Why ``dtype`` was chosen, in words (drlcore.backbones.precision_decision).
+        self.precision_reason = precision_reason or f"requested {dtype}"
         # Forward passes run so far; lets callers (and tests) prove the cache spared the model.
         self.forward_calls = 0
         self._mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
@@ -507,21 +511,60 @@ def _bf16_native(device: str) -> bool:
     return _native_bf16()
 
 
-def resolve_precision(spec: BackboneSpec, precision: str, device: str = "cpu",
-                      pretrained: bool = True) -> str:
-    """``precision`` ("auto", "fp32", "bf16") -> the dtype the forward pass runs in.
+def precision_decision(spec: BackboneSpec, precision: str, device: str = "cpu",
+                       pretrained: bool = True) -> dict:
+    """``precision`` ("auto", "fp32", "bf16") -> ``{"requested", "used", "reason"}``.
 
     "auto" is bf16 only where the hardware runs bf16 natively (emulated bf16 is slower than
     fp32) *and* the registry records that bf16 features of these weights passed the downstream
     agreement check (:func:`drlcore.precision.agreement`); everything else runs fp32. The choice
     is deterministic (no timing at load time), so a machine always writes the same features.
-    Random-init weights were never checked, so they count as unchecked (fp32).
+    ``pretrained=False`` (random init, or weights the user named, which are not the registry's
+    measured ones) counts as unchecked: fp32. ``reason`` says which rule decided, in words.
     """
     if precision not in PRECISIONS:
         raise DrlError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    kind = _device_type(device)
+    native = _bf16_native(device)
+    hardware = (f"this {kind} runs bf16 natively" if native
+                else f"this {kind} has no native bf16 (emulated bf16 is slower than fp32)")
     if precision != "auto":
-        return precision
-    return "bf16" if (pretrained and spec.bf16_agrees and _bf16_native(device)) else "fp32"
+        reason = f"requested {precision}"
+        if precision == "bf16":
+            reason += f"; {hardware}"
+        return {"requested": precision, "used": precision, "reason": reason}
+    if not pretrained:
+        reason = (f"auto: fp32, because bf16 agreement was measured only for the registry's "
+                  f"pretrained {spec.name} weights, not these")
+        used = "fp32"
+    elif spec.bf16_agrees is None:
+        reason = f"auto: fp32, because bf16 was never checked for {spec.name}"
+        used = "fp32"
+    elif not spec.bf16_agrees:
+        reason = f"auto: fp32, because bf16 failed the downstream agreement check for {spec.name}"
+        used = "fp32"
+    elif not native:
+        reason = (f"auto: fp32, because {hardware}, although bf16 passed the downstream "
+                  f"agreement check for {spec.name}")
+        used = "fp32"
+    else:
+        reason = (f"auto: bf16, because it passed the downstream agreement check for "
+                  f"{spec.name} and {hardware}")
+        used = "bf16"
+    return {"requested": "auto", "used": used, "reason": reason}
+
+
+def _device_type(device: str) -> str:
+    import torch
+
+    return torch.device(device).type
+
+
+def resolve_precision(spec: BackboneSpec, precision: str, device: str = "cpu",
+                      pretrained: bool = True) -> str:
+    """``precision`` ("auto", "fp32", "bf16") -> the dtype the forward pass runs in
+    (``precision_decision``'s ``used``)."""
+    return precision_decision(spec, precision, device, pretrained)["used"]
 
 
 def load_backbone(name: str, weights: str | Path | None = None, pretrained: bool = True, *,
@@ -545,7 +588,7 @@ def load_backbone(name: str, weights: str | Path | None = None, pretrained: bool
     device = device or default_device()
     # Resolve before building: a bad precision fails fast. User-named weights are not the
     # registry's measured weights, so "auto" keeps them fp32 (resolve_precision's pretrained).
-    resolved = resolve_precision(spec, dtype, device, pretrained and weights is None)
+    decision = precision_decision(spec, dtype, device, pretrained and weights is None)
     # Read a named file first: a wrong path fails before the model is built.
     state = _read_weight_file(Path(weights).expanduser()) if weights is not None else None
     torch.set_num_threads(num_threads or _usable_threads())
@@ -568,5 +611,5 @@ def load_backbone(name: str, weights: str | Path | None = None, pretrained: bool
 
     weights_hash = state_dict_hash(model.state_dict())
     model.to(device)
-    return Backbone(spec, model, weights_hash, resolved, source, batch_size=batch_size,
-                    device=device, precision=dtype)
+    return Backbone(spec, model, weights_hash, decision["used"], source, batch_size=batch_size,
+                    device=device, precision=dtype, precision_reason=decision["reason"])

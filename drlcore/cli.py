@@ -58,6 +58,11 @@ def _add_ingest_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pad", action="store_true",
                    help="same as --preprocess stretch (kept for old scripts)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="arithmetic of the backbone forward pass (features are stored float32 "
+                        "either way): 'bf16' autocast, 'fp32', or 'auto' (default: bf16 where "
+                        "the backbone passed the downstream agreement check and this machine "
+                        "runs bf16 natively, else fp32; the choice and why go in the manifest)")
     p.add_argument("--channels", default=None, metavar="SPEC",
                    help="display colours of fluorescence channels (2-8 channel TIFFs or "
                         "per-channel files), which make the composite the network sees: "
@@ -207,7 +212,8 @@ def _feature_config(args, **overrides):
         preprocess = "stretch"
     kwargs = dict(batch_size=args.batch_size, preprocess=preprocess or "auto",
                   cache_dir=args.cache_dir, weights=args.weights,
-                  channels=getattr(args, "channels", None))
+                  channels=getattr(args, "channels", None),
+                  precision=getattr(args, "precision", None) or "auto")
     pattern = getattr(args, "channel_pattern", None)
     if pattern is not None:
         kwargs["channel_pattern"] = None if pattern.lower() == "none" else pattern

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from drlcore.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
+from drlcore.backbones import DEFAULT_BACKBONE, PRECISIONS, Backbone, load_backbone
 from drlcore.cache import CACHE_VERSION, FeatureCache, cache_key, feature_cache_dir
 from drlcore.discover import DEFAULT_CHANNEL_PATTERN
 from drlcore.errors import DrlError, SkipImage
@@ -72,10 +72,17 @@ class FeatureConfig:
     channels: str | None = None  # fluorescence channel colours, ``--channels`` (drlcore.channels)
     # one-file-per-channel grouping rule (drlcore.discover); None or "" turns grouping off
     channel_pattern: str | None = DEFAULT_CHANNEL_PATTERN
+    # auto | fp32 | bf16 (``--precision``): the backbone forward's arithmetic; auto = bf16 only
+    # where the registry records that bf16 agrees downstream and the hardware has native bf16
+    # (drlcore.backbones.precision_decision). Features are stored as float32 either way.
+    precision: str = "auto"
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise DrlError(f"batch size must be a positive integer, not {self.batch_size!r}")
+        if not isinstance(self.precision, str) or self.precision not in PRECISIONS:
+            raise DrlError(f"unknown precision {self.precision!r}; choose one of "
+                           f"{', '.join(PRECISIONS)}")
         if self.preprocess not in PREPROCESS_MODES:
             raise DrlError(f"unknown preprocessing {self.preprocess!r}; "
                            f"choose one of {', '.join(PREPROCESS_MODES)}")
@@ -208,7 +215,10 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
     dataset = ingest.discover(data, ingest_config, exclude=(out_dir,))
     if backbone is None:
         backbone = load_backbone(config.backbone, config.weights, config.pretrained,
-                                 batch_size=config.batch_size)
+                                 dtype=config.precision, batch_size=config.batch_size)
+    elif config.precision != "auto" and backbone.dtype != config.precision:
+        raise DrlError(f"the backbone passed in runs {backbone.dtype}, but the feature settings "
+                       f"ask for precision {config.precision}")
     spec = backbone.spec
     irange, cranges = ingest.intensity_ranges(dataset, ingest_config)
     thumbs = out_dir / rundir.THUMBS
@@ -239,6 +249,8 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
                                      ingest.channels_entry(dataset, ingest_config, cranges),
                                      canvas_side=canvas_side)
     cache = _open_cache(backbone, preprocessing, config.cache_dir)
+    if backbone.dtype != "fp32" or backbone.precision != "fp32":
+        reporter.message(f"features: precision {backbone.dtype} ({backbone.precision_reason})")
 
     # 2. Decode what the cache cannot answer: misses (to embed) and hits that lack their
     #    metadata or thumbnail here (decode only).
@@ -438,6 +450,9 @@ def _manifest(dataset, backbone: Backbone, preprocessing: dict, table: pd.DataFr
         "weights_hash": backbone.weights_hash,
         "weights_source": backbone.weights_source,
         "dtype": backbone.dtype,
+        # What was asked, what ran (= dtype, the cache key's part) and why; stored float32.
+        "precision": {"requested": backbone.precision, "used": backbone.dtype,
+                      "reason": backbone.precision_reason},
         "feature_dim": int(backbone.spec.feature_dim),
         "pooling": backbone.spec.pooling,
         "preprocessing": preprocessing,
