@@ -1,8 +1,11 @@
-"""A small synthetic run directory in the schema the explorer reads (contract: "Run directory").
+"""A small synthetic run directory in the layout the engine writes (drlcore.rundir).
 
 Objects are drawn ellipses whose size, elongation and brightness are known, so latent dims and
-morphology features are correlated by construction. The lead may later swap this for a tiny
-real pipeline run; the app tests only rely on the schema.
+morphology features are correlated by construction. The tables are hand-made (a 100k-object run
+takes seconds) but follow what ``drl run`` writes: same files, column names and dtypes, JSON
+structure and manifest layout. tests/test_app_fixtures.py runs the tiny real pipeline and checks
+this folder against it, so the two cannot drift apart. Derived parts (axis names, the summary,
+open-set scores) are computed with the engine's own pure functions.
 """
 
 from __future__ import annotations
@@ -15,11 +18,20 @@ import pandas as pd
 from PIL import Image
 from skimage.draw import ellipse
 
+from drlcore import rundir
 from drlcore.io import atomic_write_csv, atomic_write_json, atomic_write_parquet, fingerprint, sha256_bytes
 
 CLASSES = ("lymphocyte", "neutrophil", "platelet")
-MORPH = ("morph_area", "morph_eccentricity", "morph_mean_intensity", "morph_solidity")
+MORPH = ("morph_area", "morph_eccentricity", "morph_intensity_mean", "morph_solidity")
 FACTORS = ("size", "elongation", "brightness")
+KNOWN = ("lymphocyte", "neutrophil")
+MODEL_HASH = "feedbeef" * 8  # sha256 of the (fictional) weights
+PARENT_HASH = "0123abcd" * 8
+WEIGHTS_HASH = "ab12cd34ef567890"  # the backbone's, 16 hex digits like drlcore.backbones'
+CREATED = "2026-11-28T04:00:00Z"
+STRING_COLUMNS = ("path", "label", "split", "sha256", "mode", "note", "source")
+IMAGE_COLUMNS = ("row", "path", "label", "split", "sha256", "width", "height", "mode", "note",
+                 "source")
 
 
 def _draw(size: float, elong: float, bright: float, rng: np.random.Generator, side: int = 64) -> bytes:
@@ -40,8 +52,8 @@ def make_run(root: Path, name: str = "demo", n: int = 120, n_dims: int = 6, seed
     """Write a complete analysed run folder ``root/name`` and return its path."""
     rng = np.random.default_rng(seed)
     run = Path(root) / name
-    (run / "thumbs").mkdir(parents=True, exist_ok=True)
-    (run / "model").mkdir(exist_ok=True)
+    (run / rundir.THUMBS).mkdir(parents=True, exist_ok=True)
+    (run / rundir.MODEL).mkdir(exist_ok=True)
     labels = np.array(CLASSES)[np.arange(n) % len(CLASSES)]
     factors = rng.uniform(0, 1, size=(n, len(FACTORS)))
     factors[labels == "platelet", 0] *= 0.3  # platelets are small
@@ -52,107 +64,201 @@ def make_run(root: Path, name: str = "demo", n: int = 120, n_dims: int = 6, seed
         jpeg = _draw(*factors[i], rng) if thumbs else f"{seed}-{i}".encode()
         sha = sha256_bytes(jpeg)
         if thumbs:
-            (run / "thumbs" / f"{sha}.jpg").write_bytes(jpeg)
+            rundir.thumb_path(run, sha).write_bytes(jpeg)
         shas.append(sha)
         rows.append(f"{labels[i]}/img_{i:04d}.jpg")
+    # images.parquet columns, then encode's, then analyze's, in the engine's order and dtypes.
     df = pd.DataFrame({
         "row": np.arange(n), "path": rows, "label": labels,
         "split": np.where(np.arange(n) % 5 == 0, "test", "train"), "sha256": shas,
         "width": 64, "height": 64, "mode": "RGB", "note": None, "source": [f"/nonexistent/{p}" for p in rows],
-    })
+    }).astype({c: "string" for c in STRING_COLUMNS})
     for j in range(n_dims):
-        df[f"z_mean_{j}"] = z[:, j].astype(np.float32)
-    df["z_std_mean"] = rng.uniform(0.1, 0.5, n).astype(np.float32)
-    df["recon_error"] = rng.gamma(2.0, 0.5, n).astype(np.float32)
+        df[rundir.latent_column(j)] = z[:, j]
+    df["z_std_mean"] = rng.uniform(0.1, 0.5, n)
+    df["recon_error"] = rng.gamma(2.0, 0.5, n)
     df["morph_area"] = np.pi * (6 + 20 * factors[:, 0]) ** 2 * (1 - 0.7 * factors[:, 1])
     df["morph_eccentricity"] = np.sqrt(1 - (1 - 0.7 * factors[:, 1]) ** 2)
-    df["morph_mean_intensity"] = 120 + 100 * factors[:, 2] + rng.normal(0, 3, n)
+    df["morph_intensity_mean"] = 120 + 100 * factors[:, 2] + rng.normal(0, 3, n)
     df["morph_solidity"] = rng.uniform(0.9, 1.0, n)
     df.loc[7, "morph_solidity"] = np.nan  # one failed measurement, as real runs have
     df["morph_ok"] = df["morph_solidity"].notna()
-    df["morph_note"] = np.where(df["morph_ok"], None, "segmentation failed")
+    df["morph_note"] = pd.Series(np.where(df["morph_ok"], None, "segmentation failed"), dtype=object)
     centred = z - z.mean(0)
     u, s, vt = np.linalg.svd(centred, full_matrices=False)
     df["pca_x"], df["pca_y"] = u[:, 0] * s[0], u[:, 1] * s[1]
     if with_umap:
         df["umap_x"] = df["pca_x"] + rng.normal(0, 0.1, n)
         df["umap_y"] = df["pca_y"] + rng.normal(0, 0.1, n)
-    known = labels != "platelet"
+    known = np.isin(labels, KNOWN)
     mu, sd = z[known].mean(0), z[known].std(0)
     zs = (z - mu) / sd
-    for j in range(n_dims):
-        df[f"z_score_{j}"] = zs[:, j].astype(np.float32)
     df["anomaly_knn"] = np.abs(zs).max(1)
     df["anomaly_mahalanobis"] = np.sqrt((zs ** 2).sum(1))
     df["anomaly_recon"] = df["recon_error"]
     df["anomaly_score"] = df["anomaly_mahalanobis"]
-    atomic_write_parquet(run / "images.parquet", df[["row", "path", "label", "split", "sha256", "width",
-                                                    "height", "mode", "note", "source"]])
-    atomic_write_csv(run / "skipped.csv", pd.DataFrame({"path": ["broken.jpg"], "reason": ["truncated JPEG"]}))
-    np.save(run / "features.npy", rng.normal(size=(n, 8)).astype(np.float32))
+    df["anomaly_known"] = known
+    for j in range(n_dims):
+        df[f"z_score_{j}"] = zs[:, j]
+    atomic_write_parquet(run / rundir.IMAGES, df[list(IMAGE_COLUMNS)])
+    atomic_write_csv(run / rundir.SKIPPED, pd.DataFrame({"path": ["broken.jpg"], "reason": ["truncated JPEG"]}))
+    np.save(run / rundir.FEATURES, rng.normal(size=(n, 8)).astype(np.float32))
 
     corr_rows = []
     for j in range(n_dims):
         for feat in MORPH:
-            x, y = df[f"z_mean_{j}"].to_numpy(float), df[feat].to_numpy(float)
+            x, y = df[rundir.latent_column(j)].to_numpy(float), df[feat].to_numpy(float)
             ok = np.isfinite(y)
             r = float(np.corrcoef(x[ok], y[ok])[0, 1])
             rho = float(pd.Series(x[ok]).rank().corr(pd.Series(y[ok]).rank()))
             for method, value in (("pearson", r), ("spearman", rho), ("mi", abs(r) * 0.8)):
                 corr_rows.append({"dim": j, "dim_name": _dim_name(j), "feature": feat, "method": method,
-                                  "value": value, "ci_low": value - 0.1, "ci_high": value + 0.1,
+                                  "value": value, "ci_low": max(-1.0, value - 0.1), "ci_high": min(1.0, value + 0.1),
                                   "p_value": 0.001 if abs(value) > 0.3 else 0.5,
-                                  "q_value": 0.002 if abs(value) > 0.3 else 0.6})
-    atomic_write_parquet(run / "correlations.parquet", pd.DataFrame(corr_rows))
+                                  "q_value": 0.002 if abs(value) > 0.3 else 0.6, "n": int(ok.sum())})
+    corr = pd.DataFrame(corr_rows)
+    atomic_write_parquet(run / rundir.OBJECTS, df)
 
-    df["anomaly_known"] = known
-    atomic_write_parquet(run / "objects.parquet", df)
-    atomic_write_json(run / "analysis.json", {
-        "schema_version": 1, "n_objects": n, "dim_names": [_dim_name(j) for j in range(n_dims)],
-        "config": {"known_classes": ["lymphocyte", "neutrophil"], "umap": with_umap, "seed": seed},
-        "classification": {"latent": {"logistic": {"balanced_accuracy": 0.9}}},
-        "anomaly": {"known_classes": ["lymphocyte", "neutrophil"], "n_known": int(known.sum()),
-                    "known_vs_rest": {"anomaly_score": {"auroc": 0.88, "aupr": 0.7, "n_known": int(known.sum()),
-                                                        "n_unknown": int((~known).sum()), "note": None}}},
-        "projections": {"umap": {"trustworthiness": 0.93}, "pca": {"trustworthiness": 0.88}},
-        "notes": ["Synthetic fixture run: numbers are illustrative."],
-        "summary": {"headline": ["classification (logistic, latent): balanced accuracy 0.900"], "notes": []},
-    })
+    source_names = [_dim_name(j) for j in range(n_dims)]
+    dim_factor = [*FACTORS, *([None] * (n_dims - 3))]
+    inactive = list(range(3, n_dims))
+    analysis = _analysis(df, corr, labels, known, source_names, dim_factor, inactive, seed,
+                         with_umap)
+    corr["dim_name"] = [analysis["dim_names"][d] for d in corr["dim"]]
+    atomic_write_parquet(run / rundir.CORRELATIONS, corr)
+    atomic_write_json(run / rundir.ANALYSIS, analysis)
+
     importance = np.zeros((n_dims, len(FACTORS)))
     importance[:3, :3] = np.eye(3) * 0.8 + 0.05
-    atomic_write_json(run / "model" / "config.json", {
-        "schema_version": 1, "architecture": {"input_dim": 8, "latent_dim": n_dims, "hidden_dims": [16]},
-        "backbone": {"name": "test-tiny", "timm_name": "test_vit", "weights_hash": "ab12cd34"},
-        "dim_names": [_dim_name(j) for j in range(n_dims)],
-        "dim_factor": [*FACTORS, *([None] * (n_dims - 3))],
-        "inactive_dims": list(range(3, n_dims)),
-        "training": {"source": "texture-dsprites", "epochs": 2},
+    backbone = {"feature_dim": 8, "name": "test-tiny", "timm_name": "test_vit",
+                "weights_hash": WEIGHTS_HASH}
+    atomic_write_json(run / rundir.MODEL / rundir.MODEL_CONFIG, {
+        "schema_version": 1,
+        "architecture": {"activation": "relu", "dropout": 0.0, "hidden_dims": [16], "input_dim": 8,
+                         "latent_dim": n_dims},
+        "backbone": backbone, "dim_names": source_names, "dim_factor": dim_factor,
+        "inactive_dims": inactive, "extra": {"anchored": [False] * n_dims},
+        "feature_standardisation": "per-feature mean/std fitted on the training features",
+        "provenance": {"created": CREATED, "drlcore": "0.1.0", "parent_model_hash": PARENT_HASH,
+                       "torch": "2.0"},
+        "training": {"method": "ada-gvae", "source": "texture-dsprites", "epochs": 2},
+        "weights_sha256": MODEL_HASH,
     })
     evaluation = {"mig": 0.41, "dci": {"disentanglement": 0.72, "completeness": 0.68, "informativeness": 0.9,
                                        "importance": importance.tolist()},
                   "omes": {"omes": 0.64, "per_factor": [0.7, 0.6, 0.62]}}
-    atomic_write_json(run / "model" / "metrics.json", {
-        "method": "ada-gvae", "model_hash": "feedbeef" * 8,
+    atomic_write_json(run / rundir.MODEL / rundir.MODEL_METRICS, {
+        "method": "ada-gvae", "model_hash": MODEL_HASH,
         "headline": {"mig": 0.41, "dci_disentanglement": 0.72, "dci_completeness": 0.68,
                      "dci_informativeness": 0.9, "omes": 0.64, "active_dims": 3},
         "evaluation": evaluation, "data": {"factor_names": list(FACTORS)},
     })
-    (run / "model" / "model.safetensors").write_bytes(b"")
+    (run / rundir.MODEL / rundir.MODEL_WEIGHTS).write_bytes(b"")
+    atomic_write_json(run / rundir.MODEL / rundir.MODEL_STAGE_KEY,
+                      {"key": fingerprint(["fixture-model", MODEL_HASH])})
+    atomic_write_json(run / rundir.MANIFEST, _manifest(run, n, n_dims, shas, source_names,
+                                                       dim_factor, inactive, backbone,
+                                                       analysis["key"]))
+    return run
+
+
+def _analysis(df, corr, labels, known, source_names, dim_factor, inactive, seed, with_umap) -> dict:
+    """analysis.json as drlcore.analyze writes it; names, summary and open-set scores come from
+    the engine's own pure functions."""
+    import dataclasses
+
+    from drlcore import anomaly
+    from drlcore.analyze import AnalyzeConfig, _summary
+    from drlcore.naming import name_axes
+
+    n = len(df)
+    axes = name_axes(corr, source_names, inactive=inactive, source_factors=dim_factor)
+    counts = {c: int((labels == c).sum()) for c in CLASSES}
+
+    def scores(balanced: float) -> dict:
+        k = len(CLASSES)
+        return {"accuracy": balanced, "accuracy_std": 0.02, "balanced_accuracy": balanced,
+                "confusion_matrix": [[counts[c] if a == b else 0 for b in range(k)]
+                                     for a, c in enumerate(CLASSES)],
+                "fit_seconds": 0.1, "labels": list(CLASSES),
+                "folds": [{"accuracy": balanced, "balanced_accuracy": balanced}] * 5}
+
+    def classification(n_features: int, balanced: float) -> dict:
+        return {"chance": {"accuracy": 1 / len(CLASSES), "balanced_accuracy": 1 / len(CLASSES)},
+                "class_counts": counts,
+                "dropped": {"non_finite": 0, "outside_split": 0, "rare_class": 0, "unlabelled": 0},
+                "labels": list(CLASSES), "models": {"gbt": scores(balanced - 0.05),
+                                                     "mlp": scores(balanced)},
+                "n_features": n_features, "n_samples": n, "n_splits": 5, "notes": [],
+                "protocol": "stratified-kfold", "reduction": None}
+
+    n_dims = len(source_names)
+    classes = {"latent": classification(n_dims, 0.9), "features": classification(8, 0.85)}
+    is_unknown = ~known
+    per_class = {c: {"aupr": 0.7, "auroc": 0.8, "n_known": n - counts[c], "n_unknown": counts[c],
+                     "note": None} for c in CLASSES}
+    anomaly_summary = {
+        "known_classes": list(KNOWN), "n_known": int(known.sum()),
+        "known_vs_rest": {name: anomaly.open_set_evaluation(df[name].to_numpy(float), is_unknown)
+                          for name in ("anomaly_knn", "anomaly_mahalanobis", "anomaly_score")},
+        "holdout_each_class": {"mean_aupr": 0.7, "mean_auroc": 0.8, "per_class": per_class,
+                               "scorer": "KNNScorer", "worst_auroc": 0.8,
+                               "worst_class": CLASSES[-1]},
+    }
+    projections = {"pca": {"trustworthiness": 0.88}}
+    if with_umap:
+        projections["umap"] = {"trustworthiness": 0.93}
+    notes = ["Synthetic fixture run: numbers are illustrative."]
+    config = dataclasses.asdict(AnalyzeConfig(known_classes=KNOWN, umap=with_umap, seed=seed))
+    return {
+        "schema_version": 1, "key": fingerprint(["fixture-analysis", n, seed]),
+        "config": config, "n_objects": n, "dim_names": [a["name"] for a in axes],
+        "source_dim_names": list(source_names), "axes": axes, "classification": classes,
+        "anomaly": anomaly_summary, "projections": projections, "notes": notes,
+        "summary": _summary(classes, anomaly_summary, projections, corr, axes, notes),
+        "seconds": 1.0,
+    }
+
+
+def _manifest(run, n, n_dims, shas, source_names, dim_factor, inactive, backbone, analysis_key):
+    """manifest.json as `drl run` writes it (schema_version 2, one entry per stage)."""
     data_fp = fingerprint(shas)
-    # As `drl run` writes it: the features manifest at the top level, later stages beside it.
-    atomic_write_json(run / "manifest.json", {
-        "stage": "features", "backbone": "test-tiny", "timm_name": "test_vit",
-        "weights_hash": "ab12cd34", "weights_source": "random-init", "dtype": "fp32",
+    features = {
+        "backbone": "test-tiny", "timm_name": "test_vit", "weights_hash": WEIGHTS_HASH,
+        "weights_source": "random-init", "dtype": "fp32",
+        "precision": {"requested": "auto", "used": "fp32",
+                      "reason": "auto: no bf16 agreement recorded for this backbone, so fp32"},
+        "feature_dim": 8, "pooling": "cls",
+        "preprocessing": {"input_size": 64, "intensity_range": None, "interpolation": "bicubic",
+                          "mean": [0.5] * 3, "pad_to_square": True, "std": [0.5] * 3},
+        "preprocess": {"longest_side": {"max": 64, "median": 64.0, "min": 64, "p10": 64.0,
+                                        "p90": 64.0},
+                       "mode": "pad", "n_sized": n,
+                       "reason": "auto: crop sizes are similar (p90/p10 of the longest side 1.00 "
+                                 "< 2), so each crop is padded to a square",
+                       "requested": "auto",
+                       "rule": {"fired": False, "statistic": "p90 / p10 of the longest side",
+                                "threshold": 2.0, "value": 1.0}},
         "data": {"root": "/data/blood", "layout": "class-folders", "fingerprint": data_fp},
         "counts": {"accepted": n, "skipped": 1, "labels": len(CLASSES)},
-        "created": "2026-11-28T04:00:00Z",
-        "model": {"model_hash": "feedbeef" * 4, "parent_model_hash": "0123abcd" * 8,
-                  "backbone": {"name": "test-tiny"}},
+        "cache": {"key": fingerprint(["fixture-features"]), "root": "/cache/features", "version": 1},
+        "versions": {"drlcore": "0.1.0", "python": "3.11", "timm": "1.0", "torch": "2.0"},
+        "created": CREATED,
+    }
+    model = {"backbone": backbone, "dim_factor": dim_factor, "dim_names": source_names,
+             "inactive_dims": inactive, "latent_dim": n_dims, "method": "transfer",
+             "model_dir": str(run / rundir.MODEL), "model_hash": MODEL_HASH,
+             "parent_model_hash": PARENT_HASH}
+    encode = {"backbone": "test-tiny",
+              "columns": [*(rundir.latent_column(j) for j in range(n_dims)), "z_std_mean",
+                          "recon_error"],
+              "created": CREATED, "data_fingerprint": data_fp, "features_sha256": "f" * 64,
+              "model_hash": MODEL_HASH, "n_objects": n, "version": 1, "weights_hash": WEIGHTS_HASH}
+    return {"schema_version": rundir.SCHEMA_VERSION, "stages": {
+        "features": features, "model": model, "encode": encode,
         "pipeline": {"notes": ["Fixture note from the pipeline."], "transferred": True, "version": 1},
-        "encode": {"stage": "encode"},
-        "analyze": {"stage": "analyze"},
-    })
-    return run
+        "analyze": {"key": analysis_key, "version": 2},
+    }}
 
 
 def _dim_name(j: int) -> str:

@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 sys.path.insert(0, str(Path(__file__).parent))
 from app_fixtures import make_run, make_source_model, make_zip  # noqa: E402
 
+from drlcore import rundir  # noqa: E402
 from explorer.data import list_runs as list_runs_  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[1] / "explorer" / "app.py")
@@ -125,7 +126,7 @@ def test_traversal_dimension_and_steps_change_the_strip(runs_dir):
 
     first = heading()
     at.selectbox(key="trav.dim").set_value(2).run()
-    assert heading() != first and "brightness" in heading()
+    assert heading() != first and "z2: intensity" in heading()  # named from the run's data
     at.slider(key="trav.n_steps").set_value(5).run()
     assert len(at.get("image")) == 5
     at.toggle(key="trav.show_all").set_value(True).run()
@@ -146,9 +147,9 @@ def test_correlation_method_and_pair_drive_the_charts(runs_dir):
     at.segmented_control(key="corr.method").set_value("mi").run()
     heat, _ = _charts(at)
     assert "zmid" not in heat["data"][0] and heat["data"][0]["zmin"] == 0
-    at.selectbox(key="corr.feature").set_value("morph_mean_intensity").run()
+    at.selectbox(key="corr.feature").set_value("morph_intensity_mean").run()
     _, scatter = _charts(at)
-    assert scatter["layout"]["yaxis"]["title"]["text"] == "mean intensity"
+    assert scatter["layout"]["yaxis"]["title"]["text"] == "intensity mean"
     # family labels over the grouped features; the cluster toggle reorders without error
     assert any(a["text"] == "<b>size</b>" for a in heat["layout"]["annotations"])
     at.toggle(key="corr.cluster").set_value(True).run()
@@ -477,9 +478,9 @@ def test_class_map_places_a_run_of_the_same_model_and_refuses_another(runs_dir, 
                                                                          monkeypatch):
     monkeypatch.setenv("DRL_CACHE_DIR", str(tmp_path / "cache"))
     foreign = make_run(runs_dir, "other-model", n=30, seed=4)
-    manifest = json.loads((foreign / "manifest.json").read_text())
-    manifest["model"]["model_hash"] = "0" * 32
-    (foreign / "manifest.json").write_text(json.dumps(manifest))
+    manifest = json.loads((foreign / rundir.MANIFEST).read_text())
+    manifest["stages"]["model"]["model_hash"] = "0" * 64
+    (foreign / rundir.MANIFEST).write_text(json.dumps(manifest))
     make_run(runs_dir, "new-images", n=30, seed=3)  # newest: opens first; same model as "cells"
 
     at = _app("class_map")
