@@ -91,7 +91,7 @@ def test_a_link_opens_the_latent_axis_it_names(server, page):
     _open(page, f"{server}/traversals?run=cells&dim=2&steps=7")
     heading = page.locator("h4").filter(has_text="z2")
     heading.first.wait_for(timeout=30_000)
-    assert "brightness" in heading.first.inner_text()
+    assert "z2: intensity" in heading.first.inner_text()
     images = page.locator("[data-testid='stImage'] img")
     images.first.wait_for(timeout=30_000)
     assert images.count() == 7
