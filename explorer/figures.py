@@ -65,7 +65,7 @@ def empty_figure(message: str) -> go.Figure:
 
 
 def feature_label(column: str) -> str:
-    """``morph_mean_intensity`` -> ``mean intensity`` (axis labels a biologist reads)."""
+    """``morph_intensity_mean`` -> ``intensity mean`` (axis labels a biologist reads)."""
     name = column.removeprefix("morph_")
     return name.replace("_", " ")
 
