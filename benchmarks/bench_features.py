@@ -12,11 +12,15 @@ generated), times
       with (a) and (b); the cluster is started once and its workers hold the model, so this is the
       steady-state rate; the one-off start of ``--cluster local`` (processes + model load) is
       timed on its own,
+  (f) with ``--reduced bf16`` (the default; ``none`` skips it): the bare forward in fp32 and in
+      bf16 autocast, and ``extract_features`` cold in bf16 (``precision="bf16"``), interleaved,
+      as paired ratios against the bare fp32 forward (goal: >= 2x; whether bf16 may be used is
+      decided by ``benchmarks/precision_check.py``, not here),
 
 and prints throughput (a)/(b) (goal >= 0.9), (e)/(b), and first/cached time (goal >= 100x).
 
     .venv/bin/python benchmarks/bench_features.py [--n 256] [--backbones effnet-lite0 dino-vitb16]
-        [--data ../shared/data/plankton-ndsb] [--dask-workers 2]
+        [--data ../shared/data/plankton-ndsb] [--dask-workers 2] [--reduced bf16]
 
 effnet-lite0 runs with its packaged pretrained weights (offline, and its dtype choice depends on
 them); DINO runs random-init (timing only; no weights needed).
@@ -129,6 +133,45 @@ def cluster_start_time(n_workers: int, backbone, batch_size: int) -> float:
         return time.perf_counter() - start
 
 
+def reduced_precision_pair(name: str, pretrained: bool, data: Path, tmp: Path, args) -> None:
+    """(f): fp32 and bf16 forward and bf16 end to end, interleaved, ratios to bare fp32."""
+    from drlcore.backbones import _native_bf16, load_backbone
+    from drlcore.features import FeatureConfig, extract_features
+
+    pair = {p: load_backbone(name, pretrained=pretrained, dtype=p, batch_size=args.batch_size)
+            for p in ("fp32", "bf16")}
+    for backbone in pair.values():
+        bare_forward(backbone, min(args.n, 2 * args.batch_size), args.batch_size)  # warm-up
+    t32, t16, tfull, c32, c16 = [], [], [], [], []
+    for rep in range(args.repeat):
+        for times, cpus, p in ((t32, c32, "fp32"), (t16, c16, "bf16")):
+            wall, cpu = bare_forward(pair[p], args.n, args.batch_size)
+            times.append(wall), cpus.append(cpu)
+        config = FeatureConfig(backbone=name, batch_size=args.batch_size, precision="bf16",
+                               cache_dir=str(tmp / f"cache-bf16-{name}-{rep}"),
+                               pretrained=pretrained)
+        start = time.perf_counter()
+        result = extract_features(data, tmp / f"bf16-{name}-{rep}", config,
+                                  backbone=pair["bf16"])
+        tfull.append(time.perf_counter() - start)
+    n = len(result.table)
+    bare = [b / a for a, b in zip(t16, t32)]
+    full = [(n / f) / (args.n / b) for f, b in zip(tfull, t32)]
+    print(f"  reduced precision (native bf16: {_native_bf16()}); {args.repeat} interleaved runs")
+    print(f"    bare forward fp32          : {args.n / min(t32):7.1f} img/s best   "
+          f"(runs: {', '.join(f'{args.n / t:.1f}' for t in t32)})")
+    print(f"    bare forward bf16 autocast : {args.n / min(t16):7.1f} img/s best   "
+          f"(runs: {', '.join(f'{args.n / t:.1f}' for t in t16)})")
+    print(f"    ratio bf16/fp32 bare, paired: {float(np.median(bare)):6.2f} median   "
+          f"(runs: {', '.join(f'{r:.2f}' for r in bare)}; goal >= 2)")
+    # CPU seconds are less inflated than wall time by other people's processes on a shared box.
+    print(f"    ratio by CPU seconds per img: {min(c32) / min(c16):6.2f}   (fp32 "
+          f"{min(c32) / args.n * 1e3:.0f} ms, bf16 {min(c16) / args.n * 1e3:.0f} ms CPU per image)")
+    print(f"    extract_features bf16, cold: {n / min(tfull):7.1f} img/s best; ratio to bare "
+          f"fp32, paired {float(np.median(full)):.2f} median "
+          f"(runs: {', '.join(f'{r:.2f}' for r in full)})", flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=256)
@@ -143,6 +186,8 @@ def main(argv=None) -> None:
                              "blood cells, else generated)")
     parser.add_argument("--dask-workers", type=int, default=2,
                         help="workers of the Dask LocalCluster path (0: skip it)")
+    parser.add_argument("--reduced", choices=["bf16", "none"], default="bf16",
+                        help="(f) the bf16 path against the bare fp32 forward ('none': skip)")
     args = parser.parse_args(argv)
 
     import torch
@@ -244,6 +289,8 @@ def main(argv=None) -> None:
             print(f"  cached re-run, new out dir   : {t_fresh:7.2f} s  "
                   f"-> {min(t_full) / t_fresh:6.0f}x faster (decodes for thumbnails)",
                   flush=True)
+            if args.reduced == "bf16":
+                reduced_precision_pair(name, pretrained, data, tmp, args)
 
 if __name__ == "__main__":
     sys.exit(main())
