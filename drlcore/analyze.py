@@ -206,7 +206,9 @@ def _classification(Z, X, labels, split, finite, config, notes) -> dict:
     return out
 
 
-def _anomalies(Z, objects, labels, finite, config, notes):
+def _anomalies(Z, objects, labels, finite, config, notes, holdout_rows=None):
+    """Anomaly columns for every object, and their summary. The hold-one-class-out evaluation
+    uses ``holdout_rows`` (a mask; the classification sample above the threshold)."""
     from drlcore import anomaly
 
     cols: dict[str, np.ndarray] = {}
@@ -222,20 +224,28 @@ def _anomalies(Z, objects, labels, finite, config, notes):
         notes.append("fewer than 3 known objects: no anomaly scores")
         return cols, summary
 
+    method = anomaly.knn_method(int(known.sum()))
     cols.update(anomaly.score_against_known(
         Z, known, labels=labels,
         recon_error=objects["recon_error"].to_numpy(float) if "recon_error" in objects else None,
-        k=config.knn_k))
+        k=config.knn_k, knn=method, seed=config.seed))
     summary["known_classes"] = (list(config.known_classes) if config.known_classes else None)
     summary["n_known"] = int(known.sum())
+    summary["knn"] = {"k": int(config.knn_k), "method": method,
+                      "index": "pynndescent" if method == "approximate" else "scikit-learn"}
+    if method == "approximate":
+        notes.append(f"{int(known.sum())} known objects: the kNN anomaly score uses approximate "
+                     f"nearest neighbours (pynndescent, seed {config.seed}); exact up to "
+                     f"{scale.KNN_EXACT_MAX}")
     if labels is not None and (finite & ~known).any():
         is_unknown = ~known[finite]
         summary["known_vs_rest"] = {
             name: anomaly.open_set_evaluation(cols[name][finite], is_unknown)
             for name in ("anomaly_knn", "anomaly_mahalanobis", "anomaly_score")}
-    if labels is not None and pd.Series(labels[finite]).nunique() >= 3:
+    held = finite if holdout_rows is None else (np.asarray(holdout_rows, bool) & finite)
+    if labels is not None and pd.Series(labels[held]).nunique() >= 3:
         summary["holdout_each_class"] = anomaly.holdout_each_class(
-            Z[finite], labels[finite], seed=config.seed)
+            Z[held], labels[held], seed=config.seed)
     elif labels is not None:
         notes.append("fewer than 3 classes: no hold-one-class-out open-set evaluation")
     return cols, summary
@@ -276,8 +286,14 @@ def project_onto(reference_dir: str | Path, other_dir: str | Path, name: str = "
     other = pd.read_parquet(other_dir / rundir.OBJECTS)
     Z_ref = ref[rundir.latent_columns(ref.columns)].to_numpy(np.float64)
     Z_other = other[rundir.latent_columns(other.columns)].to_numpy(np.float64)
-    X_ref = np.load(reference_dir / rundir.FEATURES)
-    Z_ref = Z_ref[_finite_rows(Z_ref, X_ref)]
+    X_ref = np.load(reference_dir / rundir.FEATURES, mmap_mode="r")
+    finite_ref = _finite_rows(Z_ref, X_ref)
+    # A large reference's UMAP map was fitted on a sample: refit exactly that one.
+    _, rows = _samples(finite_ref, _labels(ref), config, [])
+    sample = _fit_sample(finite_ref, rows["umap_fit"]) if name == "umap" else None
+    Z_ref = Z_ref[finite_ref]
+    if sample is not None:
+        Z_ref = Z_ref[sample]
     from drlcore import projection
 
     projector = _make_projector(name, config.seed)
@@ -289,7 +305,10 @@ def project_onto(reference_dir: str | Path, other_dir: str | Path, name: str = "
     return coords
 
 
-def _projections(Z, finite, config, notes) -> tuple[dict, dict]:
+def _projections(Z, finite, config, notes, fit_rows=None) -> tuple[dict, dict]:
+    """PCA and UMAP maps of the finite rows. ``fit_rows`` (a boolean mask inside ``finite``):
+    when it leaves rows out, UMAP is fitted on those rows only and the others are placed with
+    ``transform`` (:func:`drlcore.projection.map_from_sample`); PCA always uses every row."""
     from drlcore import projection
 
     n = len(Z)
@@ -311,9 +330,15 @@ def _projections(Z, finite, config, notes) -> tuple[dict, dict]:
             names.append("umap")
         else:
             notes.append(f"fewer than {MIN_OBJECTS_FOR_UMAP} objects: PCA map only, no UMAP")
+    sample = _fit_sample(finite, fit_rows)
     for name in names:
+        projector = _make_projector(name, config.seed)
         try:
-            coords = projection.fit_cached(_make_projector(name, config.seed), Zf, cache)
+            if name == "umap" and sample is not None:
+                coords = projection.map_from_sample(projector, Zf, sample, cache,
+                                                    chunk_size=scale.MAP_TRANSFORM_CHUNK)
+            else:
+                coords = projection.fit_cached(projector, Zf, cache)
         except Exception as err:  # a map that cannot be made must not sink the analysis
             notes.append(f"{name.upper()} map could not be computed: {err}")
             continue
@@ -321,33 +346,55 @@ def _projections(Z, finite, config, notes) -> tuple[dict, dict]:
         full[finite] = coords
         cols[f"{name}_x"], cols[f"{name}_y"] = full[:, 0], full[:, 1]
         summary[name] = {"trustworthiness": float(projection.trustworthiness(Zf, coords))}
+        if name == "umap" and sample is not None:
+            summary[name]["fitted_on"] = int(len(sample))
     return cols, summary
+
+
+def _fit_sample(finite: np.ndarray, fit_rows) -> np.ndarray | None:
+    """Positions among the finite rows that the UMAP map is fitted on; None for all of them."""
+    if fit_rows is None:
+        return None
+    inside = np.asarray(fit_rows, bool)[finite]
+    return None if inside.all() else np.flatnonzero(inside)
 
 
 # --------------------------------------------------------------------------- the stage
 
 
-def _samples(finite, labels, config, notes):
-    """Rows used for correlations and classification: all finite rows up to
-    ``scale.ANALYZE_FULL_MAX`` objects, a stated stratified sample above it."""
+SAMPLED_PARTS = ("correlations", "classification", "umap_fit")
+
+
+def _samples(finite, labels, config, notes) -> tuple[dict, dict[str, np.ndarray]]:
+    """Rows each sampled part uses (boolean masks by part, :data:`SAMPLED_PARTS`): all finite
+    rows up to ``scale.ANALYZE_FULL_MAX`` objects, a stated, seeded, stratified sample above it
+    (the open-set hold-out evaluation uses the classification sample)."""
     n = len(finite)
     if n <= scale.ANALYZE_FULL_MAX:
-        return {}, finite, finite
+        return {}, {part: finite for part in SAMPLED_PARTS}
     fidx = np.flatnonzero(finite)
     strata = labels[fidx] if labels is not None else None
-    masks = []
-    for size in (scale.CORRELATION_SAMPLE, scale.CLASSIFICATION_SAMPLE):
+    masks = {}
+    for part, size in zip(SAMPLED_PARTS, (scale.CORRELATION_SAMPLE, scale.CLASSIFICATION_SAMPLE,
+                                          scale.UMAP_FIT_SAMPLE)):
         mask = np.zeros(n, bool)
         mask[fidx[scale.stratified_sample(len(fidx), size, strata, seed=config.seed)]] = True
-        masks.append(mask)
-    samples = {"n_objects": int(n), "correlations": int(masks[0].sum()),
-               "classification": int(masks[1].sum())}
+        masks[part] = mask
+    samples = {"n_objects": int(n), **{part: int(m.sum()) for part, m in masks.items()}}
     how = "stratified by label" if labels is not None else "uniform"
     notes.append(f"{n} objects: latent-morphology correlations use a {how} sample of "
-                 f"{samples['correlations']} and classification one of "
-                 f"{samples['classification']} (seed {config.seed}); maps and anomaly scores "
-                 f"cover every object")
-    return samples, masks[0], masks[1]
+                 f"{samples['correlations']}, classification and the open-set hold-out one of "
+                 f"{samples['classification']}, and the UMAP map is fitted on one of "
+                 f"{samples['umap_fit']} with every other object placed on it (transform) "
+                 f"(seed {config.seed}); the PCA map and the anomaly scores cover every object")
+    return samples, masks
+
+
+def _labels(table: pd.DataFrame) -> np.ndarray | None:
+    """The class labels when every object has one, else None (analysed as unlabelled)."""
+    if "label" in table and table["label"].notna().all():
+        return table["label"].to_numpy(object)
+    return None
 
 
 def _analysis_key(run_dir: Path, objects: pd.DataFrame, Z: np.ndarray, X: np.ndarray,
@@ -410,8 +457,7 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
     if not finite.all():
         notes.append(f"{int((~finite).sum())} object(s) have non-finite (NaN/inf) features or "
                      f"latents and were left out of maps, scores and models")
-    labels = base["label"].to_numpy(object) if "label" in base and base["label"].notna().all() \
-        else None
+    labels = _labels(base)
     if "label" in base and labels is None and base["label"].notna().any():
         notes.append("some images have no label: analysing as unlabelled")
     split = base["split"].to_numpy(object) if "split" in base and base["split"].notna().all() \
@@ -421,7 +467,8 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
         notes.append("only one image: nothing to compare it with, so no correlations, maps, "
                      "classification or anomaly scores")
 
-    samples, corr_rows, class_rows = _samples(finite, labels, config, notes)
+    samples, rows = _samples(finite, labels, config, notes)
+    corr_rows, class_rows = rows["correlations"], rows["classification"]
 
     with reporter.stage("analysis", total=5, unit="part") as bar:
         morph = _morphology(base, run_dir, config, reporter, notes)
@@ -433,9 +480,11 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
         classification = (_classification(Z, X, labels, split, class_rows, config, notes)
                           if config.classify else {})
         bar.update(1)
-        anomaly_cols, anomaly_summary = _anomalies(Z, base, labels, finite, config, notes)
+        anomaly_cols, anomaly_summary = _anomalies(Z, base, labels, finite, config, notes,
+                                                   holdout_rows=class_rows)
         bar.update(1)
-        proj_cols, proj_summary = _projections(Z, finite, config, notes)
+        proj_cols, proj_summary = _projections(Z, finite, config, notes,
+                                               fit_rows=rows["umap_fit"])
         bar.update(1)
 
     source_dim_names = dim_names

@@ -18,6 +18,13 @@ Caching (``fit_cached``), keyed by the data's bytes, the parameters and library 
   refitted map is adopted and ``note_`` says so, so new points are never placed on a map other
   than the one returned.
 
+Large runs (``map_from_sample``): the projector is fitted on a stated sample of the rows (through
+``fit_cached``, so the fit is the one ``transform`` later places new objects on), and every other
+row is placed on that map with ``transform``, a chunk at a time (bounded memory). New points
+never pull on each other, but umap-learn draws its negative samples from one seeded stream per
+call, so the coordinates depend on the chunking: the whole map is cached under a key of all the
+rows, the sample and the chunk size.
+
 UMAP's first fit in a process also pays numba's JIT compilation (several seconds, measured in
 the project report), on top of the fit itself; later fits in the same process do not.
 """
@@ -46,6 +53,7 @@ __all__ = [
     "UMAPProjector",
     "trustworthiness",
     "fit_cached",
+    "map_from_sample",
     "PROJECTION_CACHE_VERSION",
 ]
 
@@ -302,3 +310,57 @@ def _store_entry(projector, coords: np.ndarray, entry: Path) -> None:
         meta["mean"] = projector.mean_.tolist()
         meta["scale"] = projector.scale_.tolist()
     atomic_write_json(entry / "meta.json", meta)
+
+
+def _sampled_key(projector, X: np.ndarray, rows: np.ndarray, chunk_size: int) -> str:
+    from drlcore.scale import sha256_array
+
+    return fingerprint(["projection-sampled", PROJECTION_CACHE_VERSION, type(projector).__name__,
+                        projector.get_params(), list(X.shape), sha256_array(X),
+                        sha256_array(rows.astype(np.int64)), int(chunk_size), _versions()])
+
+
+def map_from_sample(projector: PCAProjector | UMAPProjector, X, fit_rows,
+                    cache_dir: str | os.PathLike, chunk_size: int = 50_000) -> np.ndarray:
+    """The map of every row of ``X``, with ``projector`` fitted on ``X[fit_rows]`` only.
+
+    The sample rows get their fitted coordinates (:func:`fit_cached`, so a later
+    ``project_onto`` refits exactly this map); the other rows are placed with ``transform``, in
+    chunks of ``chunk_size`` rows. The result is cached whole (one ContentStore entry keyed by
+    ``X``, the sample and the chunk size): a rerun reads it back without fitting anything, and
+    leaves ``projector`` unfitted.
+    """
+    from drlcore.cache import ContentStore
+
+    X = as_finite_matrix(X)
+    rows = np.unique(np.asarray(fit_rows, dtype=np.int64))
+    if rows.size == 0 or rows[0] < 0 or rows[-1] >= X.shape[0]:
+        raise DrlError(f"fit_rows must be row indices of X (0..{X.shape[0] - 1})")
+    if chunk_size < 1:
+        raise DrlError(f"chunk_size must be at least 1, got {chunk_size}")
+    store = ContentStore(cache_dir)
+    key = _sampled_key(projector, X, rows, chunk_size)
+    entry = store.get(key)
+    if entry is not None:
+        try:
+            coords = np.load(entry / "embedding.npy", allow_pickle=False)
+            if coords.shape == (X.shape[0], projector.n_components):
+                return coords.astype(np.float64)
+        except (OSError, ValueError):
+            pass
+        store.discard(key)  # damaged: costs one fit and transform
+    coords = np.empty((X.shape[0], projector.n_components), dtype=np.float64)
+    coords[rows] = fit_cached(projector, X[rows], cache_dir)
+    rest = np.setdiff1d(np.arange(X.shape[0]), rows, assume_unique=True)
+    for start in range(0, rest.size, chunk_size):
+        chunk = rest[start:start + chunk_size]
+        coords[chunk] = projector.transform(X[chunk])
+    if getattr(projector, "note_", None):
+        # The fit could not reproduce the cached sample map: the sample rows take the map the
+        # other rows were placed on.
+        coords[rows] = projector.embedding_
+    try:
+        store.put(key, lambda folder: atomic_save_npy(folder / "embedding.npy", coords))
+    except OSError:  # a read-only cache only costs a refit next time
+        pass
+    return coords

@@ -2,7 +2,11 @@
 
 Above ``ANALYZE_FULL_MAX`` objects, the analysis fits its models on a stated, seeded, stratified
 sample (by class label when there are labels, else uniform) and records each sample size in
-``analysis.json["samples"]``. Below it, nothing is sampled and nothing changes.
+``analysis.json["samples"]``: correlations, classification and the open-set hold-out evaluation
+on samples; the UMAP map fitted on a sample, with every other object placed on it by
+``transform``; PCA on everything. Anomaly scores cover every object, their kNN part from an
+approximate neighbour index (pynndescent) above ``KNN_EXACT_MAX`` known objects. Below the
+thresholds, nothing is sampled or approximated and nothing changes.
 """
 
 from __future__ import annotations
@@ -16,6 +20,13 @@ ANALYZE_FULL_MAX = 100_000
 # Sample sizes used above the threshold.
 CORRELATION_SAMPLE = 20_000
 CLASSIFICATION_SAMPLE = 20_000
+# The UMAP map above the threshold: fitted on this many objects (stratified like the others),
+# the rest placed with ``transform`` in chunks of MAP_TRANSFORM_CHUNK (bounded memory).
+UMAP_FIT_SAMPLE = 100_000
+MAP_TRANSFORM_CHUNK = 50_000
+# kNN anomaly scores: an exact neighbour search (scikit-learn) up to this many known objects,
+# approximate nearest neighbours (pynndescent, seeded) above it.
+KNN_EXACT_MAX = 100_000
 
 # Bytes hashed per step by :func:`sha256_array` (a bounded copy, never the whole matrix).
 HASH_CHUNK_BYTES = 64 << 20

@@ -199,6 +199,7 @@ def _analysis(df, corr, labels, known, source_names, dim_factor, inactive, seed,
                      "note": None} for c in CLASSES}
     anomaly_summary = {
         "known_classes": list(KNOWN), "n_known": int(known.sum()),
+        "knn": {"k": 10, "method": "exact", "index": "scikit-learn"},
         "known_vs_rest": {name: anomaly.open_set_evaluation(df[name].to_numpy(float), is_unknown)
                           for name in ("anomaly_knn", "anomaly_mahalanobis", "anomaly_score")},
         "holdout_each_class": {"mean_aupr": 0.7, "mean_auroc": 0.8, "per_class": per_class,

@@ -180,3 +180,53 @@ def test_score_against_known_flags_the_unknown_cluster_and_its_axis():
     assert cols["anomaly_known"].sum() == 200
     shifted = np.abs([cols[f"z_score_{j}"][200:240].mean() for j in range(4)])
     assert shifted.argmax() == 2 and shifted[2] > 5 and np.delete(shifted, 2).max() < 1
+
+
+def _separated_clusters(rng, n: int, n_dims: int = 8, spread: float = 4.0):
+    centres = rng.normal(0, spread, (5, n_dims))
+    return centres[rng.integers(0, 5, n)] + rng.normal(size=(n, n_dims))
+
+
+@pytest.mark.parametrize("spread", [4.0, 1.0], ids=["separated", "overlapping"])
+def test_approximate_knn_agrees_with_exact(spread, rng):
+    """pynndescent's neighbours give nearly the exact kNN distances, for the known objects
+    (leave-one-out) and for new ones, far-out ones included (well-separated classes make a
+    neighbour graph in pieces; each piece is searched on its own)."""
+    from scipy.stats import spearmanr
+
+    X = _separated_clusters(rng, 6000, spread=spread)
+    queries = np.r_[_separated_clusters(rng, 500, spread=spread),
+                    rng.normal(0, 3 * spread, (500, X.shape[1]))]
+    exact = KNNScorer(k=10, method="exact").fit(X)
+    approx = KNNScorer(k=10, method="approximate", seed=0).fit(X)
+    assert exact.method_ == "exact" and approx.method_ == "approximate"
+    train_e, train_a = exact.score_training(), approx.score_training()
+    query_e, query_a = exact.score_samples(queries), approx.score_samples(queries)
+    assert spearmanr(train_e, train_a)[0] > 0.95
+    assert spearmanr(query_e, query_a)[0] > 0.95
+    assert spearmanr(query_e[500:], query_a[500:])[0] > 0.95  # the far-out ones alone
+    # Found neighbours are real neighbours: never nearer than the exact ones (pynndescent works
+    # in float32), rarely farther.
+    for e, a in ((train_e, train_a), (query_e, query_a)):
+        assert np.all(a >= e * (1 - 1e-5))
+        assert np.median(a / e - 1) < 0.01
+    # Seeded: the same fit twice gives the same scores.
+    again = KNNScorer(k=10, method="approximate", seed=0).fit(X)
+    np.testing.assert_array_equal(again.score_training(), train_a)
+
+
+def test_knn_method_auto_switches_at_the_threshold(monkeypatch, rng):
+    from drlcore import anomaly, scale
+
+    monkeypatch.setattr(scale, "KNN_EXACT_MAX", 100)
+    assert anomaly.knn_method(100) == "exact" and anomaly.knn_method(101) == "approximate"
+    assert anomaly.knn_method(10**6, "exact") == "exact"
+    with pytest.raises(DrlError, match="kNN method"):
+        anomaly.knn_method(10, "fast")
+    assert KNNScorer().fit(rng.normal(size=(150, 3))).method_ == "approximate"
+    # The leave-one-out rule holds on the approximate path too: an object is not its own
+    # neighbour, an exact duplicate of it is.
+    X = rng.normal(size=(150, 3))
+    X[1] = X[0]
+    scores = KNNScorer(k=1).fit(X).score_training()
+    assert scores[0] == 0.0 and scores[1] == 0.0 and np.all(scores[2:] > 0)

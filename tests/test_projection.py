@@ -136,3 +136,40 @@ def test_umap_transform_places_copies_on_the_reference_map(clusters, tmp_path):
 def test_umap_rejects_too_few_points():
     with pytest.raises(DrlError, match="at least"):
         UMAPProjector().fit(np.zeros((3, 4)))
+
+
+@pytest.mark.slow
+def test_umap_fitted_on_a_sample_places_the_rest_with_transform(clusters, tmp_path):
+    """map_from_sample: the sample keeps its fitted map (the one a later transform refits), the
+    other rows land among their own class, and the whole map comes back from the cache."""
+    from drlcore.projection import map_from_sample
+
+    X, labels = clusters
+    rows = np.arange(0, len(X), 3)  # a third of the points fit the map
+    projector = UMAPProjector(n_neighbors=15, random_state=0)
+    coords = map_from_sample(projector, X, rows, tmp_path, chunk_size=50)
+    assert coords.shape == (len(X), 2) and np.isfinite(coords).all()
+    np.testing.assert_array_equal(coords[rows], fit_cached(UMAPProjector(n_neighbors=15,
+                                                                         random_state=0),
+                                                           X[rows], tmp_path))
+    rest = np.setdiff1d(np.arange(len(X)), rows)
+    for i in rest:
+        nearest = rows[np.argsort(np.linalg.norm(coords[rows] - coords[i], axis=1))[:5]]
+        assert (labels[nearest] == labels[i]).all()
+    assert trustworthiness(X, coords) > 0.9
+    # Cached whole: the same map again, without fitting anything.
+    restored = UMAPProjector(n_neighbors=15, random_state=0)
+    np.testing.assert_array_equal(map_from_sample(restored, X, rows, tmp_path, chunk_size=50),
+                                  coords)
+    assert not hasattr(restored, "embedding_")
+    with pytest.raises(DrlError, match="row indices"):
+        map_from_sample(restored, X, [len(X)], tmp_path)
+
+
+def test_pca_from_a_sample_equals_pca_fitted_on_the_sample(rng, tmp_path):
+    from drlcore.projection import map_from_sample
+
+    X, _ = low_rank(rng, n=300, noise=0.1)
+    rows = np.arange(0, 300, 4)
+    coords = map_from_sample(PCAProjector(), X, rows, tmp_path, chunk_size=7)
+    np.testing.assert_allclose(coords, PCAProjector().fit(X[rows]).transform(X), atol=1e-10)

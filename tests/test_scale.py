@@ -53,18 +53,36 @@ def test_analysis_above_the_threshold_records_its_samples(tmp_path, monkeypatch)
     monkeypatch.setattr(scale, "ANALYZE_FULL_MAX", 30)
     monkeypatch.setattr(scale, "CORRELATION_SAMPLE", 20)
     monkeypatch.setattr(scale, "CLASSIFICATION_SAMPLE", 24)
+    monkeypatch.setattr(scale, "UMAP_FIT_SAMPLE", 22)
+    monkeypatch.setattr(scale, "MAP_TRANSFORM_CHUNK", 5)
+    monkeypatch.setattr(scale, "KNN_EXACT_MAX", 30)
     make_dataset(tmp_path / "cells")
     model = _make_source_model(tmp_path)
     run = run_pipeline(tmp_path / "cells", tmp_path / "run", _config(tmp_path, model))
     analysis = json.loads((run / "analysis.json").read_text())
-    assert analysis["samples"] == {"n_objects": 36, "correlations": 20, "classification": 24}
-    assert any("stratified by label" in n and "20" in n for n in analysis["notes"])
+    assert analysis["samples"] == {"n_objects": 36, "correlations": 20, "classification": 24,
+                                   "umap_fit": 22}
+    assert any("stratified by label" in n and "20" in n and "fitted on one of 22" in n
+               for n in analysis["notes"])
+    assert analysis["projections"]["umap"]["fitted_on"] == 22
+    assert "fitted_on" not in analysis["projections"]["pca"]
+    assert analysis["anomaly"]["knn"] == {"k": 10, "method": "approximate",
+                                          "index": "pynndescent"}
+    assert any("approximate nearest neighbours" in n for n in analysis["notes"])
     objects = pd.read_parquet(run / "objects.parquet")
     for col in ("morph_area", "pca_x", "umap_y", "anomaly_knn", "anomaly_score", "z_score_0"):
         assert col in objects and objects[col].notna().all(), col
     assert set(analysis["classification"]) == {"latent", "features"}
     corr = pd.read_parquet(run / "correlations.parquet")
     assert set(corr["method"]) == {"pearson", "spearman", "mi"}
+    # Placing objects on this map refits the very map drawn: the sample's own copies land on
+    # their places (transform puts exact copies on their reference point).
+    from drlcore.analyze import project_onto
+
+    placed = project_onto(run, run, "umap")
+    on_map = objects[["umap_x", "umap_y"]].to_numpy()
+    same = np.isclose(placed, on_map, atol=1e-6).all(axis=1)
+    assert same.sum() >= 22
 
 
 def _make_source_model(tmp_path):
