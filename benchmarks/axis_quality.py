@@ -11,7 +11,8 @@ against what the raw backbone features already hold:
   an intensity feature (intensity mean): the best |Pearson r| and best |Spearman rho| of one
   latent axis (active axes only), next to the best single PCA axis of the raw features (PCA on
   the standardised raw features, fitted on all images, best of the first 10 PCs; the first 20 are
-  in the JSON) and next to the ceiling, a 5-fold ``RidgeCV`` read-out of the raw features (r and
+  in the JSON, and the goal text also gives PCA of the centred, unstandardised features, which
+  can be the stronger baseline) and next to the ceiling, a 5-fold ``RidgeCV`` read-out of the raw features (r and
   rho of the out-of-fold predictions);
 - **names**: the share of named axes (``drlcore.naming`` on the run's own correlations, exactly
   what ``analysis.json`` ``axes`` holds) whose data supports the name: |rho| >= 0.5 (Spearman,
@@ -186,11 +187,13 @@ def ridge_ceiling(X: np.ndarray, values: np.ndarray) -> dict:
     return {"pred": pred, "alphas": alphas}
 
 
-def pca_axes(X: np.ndarray, n: int = PCA_AXES_WIDE) -> np.ndarray:
+def pca_axes(X: np.ndarray, n: int = PCA_AXES_WIDE, standardise: bool = True) -> np.ndarray:
+    """Scores on the first ``n`` principal components of the standardised (or only centred)
+    raw features."""
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 
-    Xs = StandardScaler().fit_transform(np.asarray(X, np.float64))
+    Xs = StandardScaler(with_std=standardise).fit_transform(np.asarray(X, np.float64))
     return PCA(min(n, *Xs.shape), random_state=SEED).fit_transform(Xs)
 
 
@@ -217,7 +220,7 @@ def raw_reference(X: np.ndarray, y: np.ndarray, morph: pd.DataFrame) -> dict:
     X = np.asarray(X, np.float64)
     targets = {**TARGETS, **EXTRA_TARGETS}
     return {"classification": class_information(X, y), "open_set": open_set_auroc(X, y),
-            "pca": pca_axes(X),
+            "pca": pca_axes(X), "pca_centred": pca_axes(X, PCA_AXES, standardise=False),
             "ridge": {t: ridge_ceiling(X, morph_values(morph, col)) for t, col in targets.items()},
             "colour_measurable": colour_measurable(morph)}
 
@@ -230,7 +233,10 @@ def correlation_block(Z: np.ndarray, active: list[int], ref: dict, morph: pd.Dat
         v = morph_values(morph, col)[rows]
         entry = {"feature": col, "latent": best_axis(Z[rows], v, active),
                  "pca10": best_axis(ref["pca"][rows], v, range(min(PCA_AXES, ref["pca"].shape[1]))),
-                 "pca20": best_axis(ref["pca"][rows], v)}
+                 "pca20": best_axis(ref["pca"][rows], v),
+                 # PCA of the centred, unstandardised features: a second, sometimes stronger
+                 # baseline (standardising lifts near-dead backbone units to unit variance)
+                 "pca10_centred": best_axis(ref["pca_centred"][rows], v)}
         r, rho, n = correlations(ref["ridge"][target]["pred"][rows], v)
         entry["ceiling"] = {"r": abs(r) if np.isfinite(r) else math.nan,
                             "rho": abs(rho) if np.isfinite(rho) else math.nan, "n": n,
@@ -328,7 +334,8 @@ def goals(m: dict) -> dict:
     ok = bool(np.isfinite(frac) and frac >= GOAL_AREA_OF_CEILING and lat > pca)
     out["area"] = {"pass": ok, "fraction_of_ceiling": frac,
                    "text": f"area: best axis rho {lat:.2f} vs ceiling {ceil:.2f} -> {frac:.2f} of "
-                           f"ceiling, goal {GOAL_AREA_OF_CEILING}; best PCA {pca:.2f}"}
+                           f"ceiling, goal {GOAL_AREA_OF_CEILING}; best PCA {pca:.2f} (of centred, "
+                           f"unstandardised features {a['pca10_centred']['rho']:.2f})"}
     s = m["names"]["support"]
     if s["n_named"] == 0:
         out["names"] = {"pass": None, "text": f"no named axis (of {s['n_axes']})"}
@@ -431,7 +438,8 @@ def prepare(name: str, preprocess: str, workdir: Path, cache_dir: str | None, qu
         raise SystemExit(f"{name}: {int((~finite).sum())} rows with non-finite features")
     y = images["label"].astype(str).to_numpy()
     return {"run_dir": run_dir, "features": feats, "labels": y, "morph": morph,
-            "preprocessing": entry.get("preprocessing"), "notes": notes,
+            "preprocessing": entry.get("preprocessing"),
+            "preprocess_decision": entry.get("preprocess"), "notes": notes,
             "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -528,8 +536,16 @@ def render_tables(rows: list[dict], skipped: list[str]) -> str:
                          f" | {r['metrics']['n_correlation_rows']}"
                          f"{' held-out' if r['mode'] == 'anchored' else ''} | " +
                          " | ".join(_corr_cell(corr[t], stat) for t in TARGETS) + " |")
+    from drlcore.naming import NamingConfig
+
+    bar = NamingConfig()
     lines += ["", "## Axis names (from the run's own data) and their support "
-                  f"(|rho| >= {SUPPORT_R} with the named family)", ""]
+                  f"(|rho| >= {SUPPORT_R} with the named family)", "",
+              f"Names as `drl analyze` gives them (drlcore.naming: |{bar.method}| >= "
+              f"{bar.min_abs_r:g}, BH q < {bar.alpha:g}, on all images). Support is checked on "
+              f"the same images in discovered runs (with a naming bar of {bar.min_abs_r:g} >= "
+              f"{SUPPORT_R} it then holds by construction, so the informative figure is how many "
+              f"axes earn a name) and on the held-out images only in anchored runs.", ""]
     lines.append(head + " dim_names | not supported |")
     lines.append(sep + "---|---|")
     for r in rows:
@@ -555,16 +571,52 @@ def render_tables(rows: list[dict], skipped: list[str]) -> str:
                   "Goals passed (of 4 per dataset), then mean area fraction of the ceiling, mean "
                   "MLP ratio and mean open-set AUROC margin over raw.", ""]
         lines.append("| source | prep | mode | datasets | goals passed | area / ceiling | "
-                     "BA ratio MLP | AUROC - raw | names supported |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
+                     "BA ratio MLP | AUROC - raw | names supported | named axes per run |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for x in ranking:
             lines.append(f"| {x['source']} | {x['preprocess']} | {x['mode']} | "
                          f"{', '.join(x['datasets'])} | {x['passed']}/{x['possible']} | "
                          f"{_f(x['area_fraction'])} | {_f(x['ratio_mlp'])} | "
-                         f"{x['auroc_margin']:+.3f} | {_f(x['names_share'])} |")
+                         f"{x['auroc_margin']:+.3f} | {_f(x['names_share'])} | "
+                         f"{x['named_per_run']:.1f} |")
+    decisions = {}
+    for r in rows:
+        decisions.setdefault((r["dataset"], r["preprocess"]), r.get("preprocess_decision"))
+    if any(decisions.values()):
+        lines += ["", "## Preprocessing as recorded in the features manifest", ""]
+        for (name, prep), d in decisions.items():
+            if not d:
+                continue
+            extra = {k: v for k, v in d.items() if k not in ("longest_side", "rule", "requested")}
+            rule = d.get("rule") or {}
+            sides = d.get("longest_side") or {}
+            lines.append(f"- {name} [{prep}]: {extra}; longest side median {sides.get('median')}, "
+                         f"p10 {sides.get('p10')}, p90 {sides.get('p90')}; auto rule "
+                         f"{rule.get('statistic')} = {_f(rule.get('value'))} (threshold "
+                         f"{rule.get('threshold')}): {'canvas' if rule.get('fired') else 'pad'}")
+    notes = row_notes(rows)
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     if skipped:
         lines += ["", "## Not run", ""] + [f"- {s}" for s in skipped]
     return "\n".join(lines) + "\n"
+
+
+def row_notes(rows: list[dict]) -> list[str]:
+    """Things a reader of the table must know about single rows."""
+    out = []
+    for r in rows:
+        t = r["transfer"]
+        where = f"{r['dataset']} {r['source']} {r['preprocess']} {r['mode']}"
+        if t.get("best_epoch") == 0:
+            if r["mode"] == "anchored":
+                out.append(f"{where}: early stopping kept epoch 0 (the validation loss, which has "
+                           f"no anchor term, never improved on the source's), so the anchoring "
+                           f"was discarded and this row is the source model as is")
+            else:
+                out.append(f"{where}: early stopping kept epoch 0 (the validation loss never "
+                           f"improved on the source's), so this row is the source model as is")
+    return out
 
 
 def rank_combinations(rows: list[dict]) -> list[dict]:
@@ -587,7 +639,9 @@ def rank_combinations(rows: list[dict]) -> list[dict]:
             "names_share": float(np.nanmean([r["metrics"]["names"]["support"]["share"]
                                              for r in rs]))
             if any(np.isfinite(r["metrics"]["names"]["support"]["share"]) for r in rs)
-            else math.nan})
+            else math.nan,
+            "named_per_run": float(np.mean([r["metrics"]["names"]["support"]["n_named"]
+                                            for r in rs]))})
     out.sort(key=lambda x: (x["mode"] != "discovered", -x["passed"], -x["area_fraction"],
                             -x["ratio_mlp"]))
     return out
@@ -600,13 +654,13 @@ def _git_state() -> dict:
     def git(*args):
         try:
             return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                                  timeout=20).stdout.strip()
+                                  timeout=20).stdout
         except (OSError, subprocess.SubprocessError):
             return None
 
     dirty = git("status", "--porcelain", "--", "drlcore")
-    return {"commit": git("rev-parse", "HEAD"),
-            "drlcore_uncommitted": [line[3:] for line in (dirty or "").splitlines()]}
+    return {"commit": (git("rev-parse", "HEAD") or "").strip() or None,
+            "drlcore_uncommitted": [line[3:] for line in (dirty or "").splitlines() if line]}
 
 
 def _jsonable(obj):
@@ -666,6 +720,7 @@ def run(datasets, sources, preprocesses, modes, workdir: Path, cache_dir: str | 
                     row = {"dataset": name, "source": source, "preprocess": prep, "mode": mode,
                            "transfer": tinfo, "metrics": metrics, "goals": goals(metrics),
                            "preprocessing": data["preprocessing"],
+                           "preprocess_decision": data["preprocess_decision"],
                            "seconds": round(time.perf_counter() - start, 1)}
                     rows.append(row)
                     c, a = metrics["classification"], metrics["correlations"]["area"]
