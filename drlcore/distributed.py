@@ -8,10 +8,11 @@
 :func:`drlcore.features.extract_features` does everything it does on one machine (discovery,
 hashing, the cache lookup, assembling the outputs) and hands only the embedding of what the
 cache cannot answer to the cluster, in batches of ``batch_size`` images (:func:`plan_batches`):
-each task gets a batch of image records and returns their vectors, metadata and decode failures
-(:func:`run_batch`: read, decode, square and thumbnail with the very function the single-process
-path uses, then one ``Backbone.embed``). The driver writes each finished batch as a cache shard
-the moment it arrives, so
+each task gets a batch of image records and returns their vectors, metadata, thumbnails and
+decode failures (:func:`run_batch`: read, decode, square and thumbnail with the very function the
+single-process path uses, then one ``Backbone.embed``). The driver writes each finished batch as
+a cache shard the moment it arrives, and the thumbnails into the run's thumbnail shards in batch
+order, so
 
 - the features are the single-process path's (same cache key, same dtype, same values: on this
   CPU a row does not depend on its batch companions; it does on the torch thread count for some
@@ -22,9 +23,9 @@ the moment it arrives, so
 
 Each worker loads the backbone once (a per-process cache keyed by its settings) and checks its
 weights hash against the driver's, so a worker with other weights fails loudly instead of filling
-the cache with foreign vectors. Workers read the images by path and write thumbnails into the
-run folder: on a cluster both must be on a file system every worker sees (as on SLURM), and every
-worker needs the same drlcore installed.
+the cache with foreign vectors. Workers read the images by path (on a cluster, the images must be
+on a file system every worker sees, as on SLURM) and write nothing: the run folder is the
+driver's. Every worker needs the same drlcore installed.
 
 Dask is an optional extra (``pip install -e ".[dask]"``); without it, :func:`require_dask` raises
 one :class:`~drlcore.errors.DrlError` that says so. The cluster :func:`connect` starts is closed
@@ -246,15 +247,16 @@ def _worker_backbone(settings: BackboneSettings):
 
 
 def run_batch(backbone, prepare: Callable, items: list[tuple]) -> dict:
-    """Batch in, batch out: ``items`` are ``(record, digest, need_vector)``; ``prepare`` is the
-    features stage's per-image function ``(record, digest, need_vector) -> (square, info,
-    reason)``. Returns ``infos`` and ``reasons`` per item, and ``digests`` / ``vectors`` (float32)
-    of the items embedded, in item order."""
-    infos, reasons, digests, squares = [], [], [], []
-    for record, digest, need_vector in items:
-        square, info, reason = prepare(record, digest, need_vector)
+    """Batch in, batch out: ``items`` are ``(record, digest, need_thumb, need_vector)``;
+    ``prepare`` is the features stage's per-image function of those, returning ``(square, info,
+    reason, thumbnail)``. Returns ``infos``, ``reasons`` and ``thumbs`` (JPEG bytes or None) per
+    item, and ``digests`` / ``vectors`` (float32) of the items embedded, in item order."""
+    infos, reasons, thumbs, digests, squares = [], [], [], [], []
+    for record, digest, *needs in items:
+        square, info, reason, thumb = prepare(record, digest, *needs)
         infos.append(info)
         reasons.append(reason)
+        thumbs.append(thumb)
         if square is not None:
             digests.append(digest)
             squares.append(square)
@@ -262,7 +264,8 @@ def run_batch(backbone, prepare: Callable, items: list[tuple]) -> dict:
         vectors = backbone.embed(np.stack(squares))
     else:
         vectors = np.zeros((0, backbone.spec.feature_dim), np.float32)
-    return {"infos": infos, "reasons": reasons, "digests": digests, "vectors": vectors}
+    return {"infos": infos, "reasons": reasons, "thumbs": thumbs, "digests": digests,
+            "vectors": vectors}
 
 
 def embed_task(settings: BackboneSettings, prepare: Callable, items: list[tuple]) -> dict:

@@ -10,7 +10,9 @@ header on the way, when the preprocessing needs the dataset's sizes: ``canvas`` 
 decode, square and embed only the misses, batch by batch, writing a cache shard per batch
 (so an interrupted run resumes where it stopped and a second run does no forward pass at all);
 write ``features.npy``, ``images.parquet``, ``skipped.csv`` and the manifest's ``features`` entry
-(:mod:`drlcore.rundir`) atomically at the end, plus one thumbnail per image under ``thumbs/``.
+(:mod:`drlcore.rundir`) atomically at the end, plus a thumbnail per image in the run's thumbnail
+shards (:class:`drlcore.rundir.ThumbWriter`, written by this process in discovery order, so the
+shards are byte-identical however the embedding was spread).
 
 Decoding runs in a small thread pool a few batches ahead of the model (PIL and the JPEG decoder
 release the GIL), so the CPU decodes the next batch while the network runs on this one.
@@ -41,7 +43,7 @@ from drlcore.cache import CACHE_VERSION, FeatureCache, cache_key, feature_cache_
 from drlcore.discover import DEFAULT_CHANNEL_PATTERN
 from drlcore.errors import DrlError, SkipImage
 from drlcore.geometry import DEFAULT_CANVAS_PERCENTILE, PREPROCESS_MODES
-from drlcore.io import (atomic_save_npy, atomic_write_bytes, atomic_write_csv,
+from drlcore.io import (atomic_save_npy, atomic_write_csv,
                         atomic_write_parquet, fingerprint, sha256_bytes)
 from drlcore.progress import NullReporter, Reporter
 from drlcore import rundir
@@ -221,8 +223,6 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
                        f"ask for precision {config.precision}")
     spec = backbone.spec
     irange, cranges = ingest.intensity_ranges(dataset, ingest_config)
-    thumbs = out_dir / rundir.THUMBS
-    thumbs.mkdir(parents=True, exist_ok=True)
     # The model is the bottleneck (decode + square + thumbnail of a 360 px JPEG: ~4 ms of CPU,
     # EfficientNet-Lite0: ~30 ms). Decode threads also wait on file I/O, so even on 2 cores two
     # of them keep the model fed better than one (full/bare throughput 0.91 vs 0.85, measured);
@@ -257,14 +257,15 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
     unique = list(dict.fromkeys(d for d in digests if d is not None))
     vectors = cache.get(unique)
     meta = cache.metadata(unique)
+    thumbs = rundir.ThumbWriter(out_dir)
+    no_thumb = set(np.asarray(unique, dtype=object)[thumbs.missing(unique)]) if unique else set()
     todo: list[int] = []
     seen: set[str] = set()
     for i, digest in enumerate(digests):
         if digest is None or digest in seen:
             continue
         seen.add(digest)
-        if (digest not in vectors or digest not in meta
-                or not rundir.thumb_path(out_dir, digest).exists()):
+        if digest not in vectors or digest not in meta or digest in no_thumb:
             todo.append(i)
     decode_failed: dict[str, str] = {}
     n_misses = sum(1 for i in todo if digests[i] not in vectors)
@@ -275,29 +276,28 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
         reporter.message(f"features: all {len(unique)} images served from the cache "
                          f"({spec.name}); no forward pass")
 
-    # One image in, (square to embed or None, metadata, skip reason) out. It closes over small
-    # settings only (no table, no cache), so drlcore.distributed can ship it to Dask workers.
-    def prepare_one(record, digest: str, need_vector: bool):
+    # One image in, (square to embed or None, metadata, skip reason, thumbnail JPEG or None)
+    # out. It closes over small settings only (no table, no cache, no run folder), so
+    # drlcore.distributed can ship it to Dask workers; thumbnails come back to be written here.
+    def prepare_one(record, digest: str, need_thumb: bool, need_vector: bool):
         try:
             image = ingest.decode(ingest.read_bytes(record), ingest_config, irange, cranges)
         except SkipImage as exc:
-            return None, None, exc.reason
+            return None, None, exc.reason, None
         except OSError as exc:
-            return None, None, f"cannot read: {exc}"
-        thumb = rundir.thumb_path(out_dir, digest)
-        if not thumb.exists():
-            atomic_write_bytes(thumb, ingest.thumbnail(image.rgb))
+            return None, None, f"cannot read: {exc}", None
+        thumb = ingest.thumbnail(image.rgb) if need_thumb else None
         info = {"width": int(image.width), "height": int(image.height), "mode": image.mode,
                 "note": image.note}
         square = None
         if need_vector:
             square = ingest.prepare(image.rgb, spec.input_size, mode, canvas_side,
                                     spec.interpolation)
-        return square, info, None
+        return square, info, None, thumb
 
     def prepare(i: int):
         digest = digests[i]
-        return i, *prepare_one(records[i], digest, digest not in vectors)
+        return i, *prepare_one(records[i], digest, digest in no_thumb, digest not in vectors)
 
     batch_digests: list[str] = []
     batch_images: list[np.ndarray] = []
@@ -312,13 +312,27 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
         bar.update(len(batch_digests))
         batch_digests.clear(), batch_images.clear(), batch_meta.clear()
 
+    # Dask batches finish in any order; their thumbnails are written in batch order (as the
+    # local loop writes them), so the shards do not depend on which worker was quicker.
+    waiting: dict[int, list[tuple[str, bytes]]] = {}
+    written = [0]
+
     def take(batch: list[tuple], result: dict) -> None:
         """A batch finished on a Dask worker: record it as the local loop would."""
-        for (i, _, digest, _), info, reason in zip(batch, result["infos"], result["reasons"]):
+        ready = []
+        for (i, _, digest, _, _), info, reason, thumb in zip(
+                batch, result["infos"], result["reasons"], result["thumbs"]):
             if reason is not None:
                 decode_failed[digest] = reason
             else:
                 meta[digest] = info
+                if thumb is not None:
+                    ready.append((digest, thumb))
+        waiting[batch_number[batch[0][0]]] = ready
+        while written[0] in waiting:
+            for digest, thumb in waiting.pop(written[0]):
+                thumbs.add(digest, thumb)
+            written[0] += 1
         if result["digests"]:
             cache.put(result["digests"], result["vectors"], [meta[d] for d in result["digests"]])
             vectors.update(zip(result["digests"], result["vectors"]))
@@ -328,25 +342,29 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
         from drlcore import distributed
 
         settings = distributed.BackboneSettings.of(backbone, config.weights, config.pretrained)
-        items = [(i, records[i], digests[i], digests[i] not in vectors) for i in todo]
-        with reporter.stage("embedding", total=len(todo), unit="img") as bar, \
+        items = [(i, records[i], digests[i], digests[i] in no_thumb, digests[i] not in vectors)
+                 for i in todo]
+        batches = list(distributed.plan_batches(items, config.batch_size))
+        batch_number = {batch[0][0]: n for n, batch in enumerate(batches)}
+        with thumbs, reporter.stage("embedding", total=len(todo), unit="img") as bar, \
                 distributed.connect(cluster, reporter) as client:
-            distributed.embed_on_cluster(client, settings, prepare_one,
-                                         distributed.plan_batches(items, config.batch_size),
-                                         take, retries=cluster.retries)
+            distributed.embed_on_cluster(client, settings, prepare_one, batches, take,
+                                         retries=cluster.retries)
     else:
-        with reporter.stage("embedding", total=len(todo), unit="img") as bar, \
+        with thumbs, reporter.stage("embedding", total=len(todo), unit="img") as bar, \
                 ThreadPoolExecutor(workers) as pool:
             try:
                 ahead = 2 * config.batch_size + workers
                 for future in _bounded_map(pool, prepare, todo, ahead=ahead):
-                    i, square, info, reason = future.result()
+                    i, square, info, reason, thumb = future.result()
                     digest = digests[i]
                     if reason is not None:
                         decode_failed[digest] = reason
                         bar.update(1)
                         continue
                     meta[digest] = info
+                    if thumb is not None:
+                        thumbs.add(digest, thumb)
                     if square is None:
                         bar.update(1)  # cached vector, decoded only for metadata/thumbnail
                         continue

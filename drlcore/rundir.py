@@ -7,7 +7,11 @@ Every stage writes into one folder; this module owns what is in it::
         features.npy           float32 (N, D) backbone features, row i <-> images.parquet row i
         images.parquet         one row per accepted image (path, label, split, sha256, ...)
         skipped.csv            path, reason for each image left out
-        thumbs/<sha256>.jpg    one thumbnail per image
+        thumbs/                the thumbnails (JPEG), by image content hash (:class:`Thumbs`):
+            shards.json        table of contents of the shard layout (runs written since v0.1)
+            index.npy          sha256 -> (shard, offset, length), sorted by sha256
+            shard-NNNNN.bin    the JPEG bytes of up to a few thousand thumbnails, back to back
+            <sha256>.jpg       or one file per image (runs written before the shards; still read)
         model/                 the model that encoded the run: config.json, model.safetensors,
                                metrics.json, pipeline_key.json (what `drl run` made it from)
         objects.parquet        images.parquet + latents (z_mean_<j>) + analysis columns
@@ -30,6 +34,7 @@ it). Nobody else spells these file names or parses the manifest.
 
 from __future__ import annotations
 
+import array
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -49,6 +54,8 @@ __all__ = [
     "is_run_dir", "is_complete_run", "FeaturesInfo", "features_info", "load_features_dir",
     "latent_columns", "zscore_columns", "latent_index", "latent_column", "dim_names",
     "model_config", "model_metrics", "model_hash", "pipeline_notes", "provenance", "thumb_path",
+    "Thumbs", "ThumbWriter", "open_thumbs", "read_thumb", "THUMB_SCHEMA_VERSION", "THUMB_TOC",
+    "THUMB_INDEX", "thumb_shard_name",
     "VIEWS", "VIEW_SCHEMA_VERSION", "view_path", "save_view", "list_views", "read_view",
     "DEMO_MARKER", "read_analysis", "MODEL_WEIGHTS", "MODEL_STAGE_KEY",
 ]
@@ -95,7 +102,248 @@ def default_runs_dir(environ: Mapping[str, str] | None = None) -> Path:
 
 
 def thumb_path(run_dir: str | os.PathLike, sha256: str) -> Path:
+    """Where the one-file-per-image layout keeps a thumbnail. Read thumbnails through
+    :func:`open_thumbs` / :func:`read_thumb`, which also know the shard layout."""
     return Path(run_dir) / THUMBS / f"{sha256}.jpg"
+
+
+# --------------------------------------------------------------------------- thumbnails
+#
+# Why shards of JPEG bytes with a sorted index (and not one padded uint8 array, or a zip):
+# a thumbnail is a JPEG of at most 160 px (drlcore.geometry.thumbnail), a few KB; a padded
+# 160 x 160 x 3 array would be ~77 KB each (77 GB for 10^6 objects), and the bytes are what the
+# app sends to the browser anyway, so no decode/encode on the way. A zip's central directory
+# must be parsed whole before the first read (seconds and ~0.5 GB of entries at 10^6); the index
+# here is a memory-mapped, sorted array, so opening is instant and a lookup is a binary search
+# plus one read of `length` bytes. Shards stay small (THUMB_SHARD_MAX_BYTES) because the app's
+# WebGL map has the browser fetch a whole shard through Streamlit's static component route
+# (which has no range requests) and slice the hovered thumbnail out of it.
+
+THUMB_SCHEMA_VERSION = 1
+THUMB_TOC = "shards.json"
+THUMB_INDEX = "index.npy"
+THUMB_SHARD_MAX_BYTES = 4 << 20
+THUMB_SHARD_MAX_COUNT = 10_000
+THUMB_INDEX_DTYPE = np.dtype([("sha256", "S64"), ("shard", "<u4"), ("offset", "<u8"),
+                              ("length", "<u4")])
+
+
+def thumb_shard_name(k: int) -> str:
+    return f"shard-{int(k):05d}.bin"
+
+
+class Thumbs:
+    """A run's thumbnails, read from whichever layout the run was written in: the shards
+    (``shards.json`` + ``index.npy`` + ``shard-*.bin``) and, for what they do not hold, one
+    ``<sha256>.jpg`` per image (runs written before the shards)."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.folder = Path(run_dir) / THUMBS
+        self.n_shards = 0
+        self.index = np.zeros(0, THUMB_INDEX_DTYPE)
+        toc = self.folder / THUMB_TOC
+        if toc.is_file():
+            try:
+                meta = read_json(toc)
+                self.index = np.load(self.folder / THUMB_INDEX, mmap_mode="r",
+                                     allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise DrlError(f"the thumbnails of {self.folder.parent.name} cannot be read "
+                               f"({exc}); rerun `drl features` on the run") from None
+            version = meta.get("schema_version") if isinstance(meta, dict) else None
+            if version != THUMB_SCHEMA_VERSION:
+                raise DrlError(f"{toc} has schema_version {version!r}; this drl reads "
+                               f"{THUMB_SCHEMA_VERSION}. Update drl, or rerun `drl features`")
+            if self.index.dtype != THUMB_INDEX_DTYPE:
+                raise DrlError(f"{self.folder / THUMB_INDEX} is not a thumbnail index")
+            self.n_shards = int(meta.get("n_shards", 0))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _positions(self, shas) -> tuple[np.ndarray, np.ndarray]:
+        """Index positions of ``shas`` and whether each is there (vectorised)."""
+        keys = np.asarray([str(s) for s in shas], dtype="S64")
+        if not len(self.index):
+            return np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
+        column = self.index["sha256"]
+        pos = np.minimum(np.searchsorted(column, keys), len(column) - 1)
+        return pos, column[pos] == keys
+
+    def contains(self, shas) -> np.ndarray:
+        """Whether each of ``shas`` has a thumbnail here (either layout)."""
+        pos, found = self._positions(shas)
+        missing = np.flatnonzero(~found)
+        if len(missing) and self.folder.is_dir():
+            files = set(os.listdir(self.folder)) if len(missing) > 64 else None
+            shas = list(shas)
+            for i in missing:
+                name = f"{shas[i]}.jpg"
+                found[i] = name in files if files is not None else (self.folder / name).is_file()
+        return found
+
+    def __contains__(self, sha: str) -> bool:
+        return bool(self.contains([sha])[0])
+
+    def get(self, sha: str) -> bytes | None:
+        """The thumbnail's JPEG bytes, or None when the run has none for this image."""
+        pos, found = self._positions([sha])
+        if found[0]:
+            entry = self.index[pos[0]]
+            try:
+                with open(self.folder / thumb_shard_name(entry["shard"]), "rb") as fh:
+                    fh.seek(int(entry["offset"]))
+                    data = fh.read(int(entry["length"]))
+            except OSError:
+                return None
+            return data if len(data) == int(entry["length"]) else None
+        try:
+            return thumb_path(self.folder.parent, sha).read_bytes()
+        except OSError:
+            return None
+
+    def locations(self, shas) -> tuple[list[str | None], np.ndarray, np.ndarray]:
+        """Where each thumbnail lies inside the ``thumbs`` folder: (file name, offset, length)
+        per sha; offset and length are -1 for a whole file (the one-file layout), the name None
+        where there is no thumbnail. For a client that fetches files from the folder."""
+        shas = [str(s) for s in shas]
+        pos, found = self._positions(shas)
+        offsets = np.full(len(shas), -1, np.int64)
+        lengths = np.full(len(shas), -1, np.int64)
+        names: list[str | None] = [None] * len(shas)
+        if found.any():
+            entries = self.index[pos[found]]
+            offsets[found] = entries["offset"]
+            lengths[found] = entries["length"]
+            shard_names = {k: thumb_shard_name(k) for k in np.unique(entries["shard"])}
+            for i, k in zip(np.flatnonzero(found), entries["shard"]):
+                names[i] = shard_names[k]
+        rest = np.flatnonzero(~found)
+        if len(rest):
+            have = self.contains([shas[i] for i in rest])
+            for i, ok in zip(rest, have):
+                if ok:
+                    names[i] = f"{shas[i]}.jpg"
+        return names, offsets, lengths
+
+
+def open_thumbs(run_dir: str | os.PathLike) -> Thumbs:
+    """The run's thumbnails (see :class:`Thumbs`); an empty store when it has none."""
+    return Thumbs(run_dir)
+
+
+def read_thumb(run_dir: str | os.PathLike, sha256: str) -> bytes | None:
+    """One thumbnail's JPEG bytes (either layout), or None. Opens the store each call: a
+    caller reading many should keep an :func:`open_thumbs` store."""
+    return Thumbs(run_dir).get(sha256)
+
+
+class ThumbWriter:
+    """Adds thumbnails to a run in the shard layout; what the run already holds (either layout)
+    is kept and not written again.
+
+    Atomic: a shard is written under a hidden temporary name and renamed when full (or at
+    :meth:`close`); :meth:`close` then replaces the index and, last, the table of contents, each
+    atomically. A reader sees the old set of thumbnails or the new one, never part of a shard;
+    a run killed before ``close`` leaves its completed shards unindexed (they are rewritten by
+    the next run). Use as a context manager: leaving the block commits what was added, on error
+    too (finished work is kept, as the feature cache keeps finished batches).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, max_bytes: int = THUMB_SHARD_MAX_BYTES,
+                 max_count: int = THUMB_SHARD_MAX_COUNT):
+        self.existing = Thumbs(run_dir)
+        self.folder = self.existing.folder
+        self.max_bytes, self.max_count = int(max_bytes), int(max_count)
+        self._next_shard = self.existing.n_shards
+        self._added: set[str] = set()
+        self._shas: list[str] = []
+        self._where = array.array("q")  # shard, offset, length per added thumbnail
+        self._fh = None
+        self._tmp: str | None = None
+        self._shard = -1
+        self._size = self._count = 0
+        self.closed = False
+
+    def __enter__(self) -> ThumbWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def missing(self, shas) -> np.ndarray:
+        """Which of ``shas`` have no thumbnail yet, here or among those added."""
+        shas = [str(s) for s in shas]
+        have = self.existing.contains(shas)
+        return np.array([not h and s not in self._added for s, h in zip(shas, have)], bool)
+
+    def add(self, sha: str, data: bytes) -> None:
+        """Add one thumbnail (JPEG bytes) under its image's sha256. A sha added before is
+        skipped; ask :meth:`missing` first to skip the ones the run already holds."""
+        sha = str(sha)
+        if self.closed:
+            raise ValueError("this ThumbWriter is closed")
+        if len(sha) != 64:
+            raise ValueError(f"not a sha256 hex digest: {sha!r}")
+        if sha in self._added:
+            return
+        if self._fh is None or self._count >= self.max_count or (
+                self._count and self._size + len(data) > self.max_bytes):
+            self._finish_shard()
+            self._open_shard()
+        self._fh.write(data)
+        self._added.add(sha)
+        self._shas.append(sha)
+        self._where.extend((self._shard, self._size, len(data)))
+        self._size += len(data)
+        self._count += 1
+
+    def _open_shard(self) -> None:
+        import tempfile
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._shard = self._next_shard
+        self._next_shard += 1
+        name = thumb_shard_name(self._shard)
+        fd, self._tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{name}.", suffix=".tmp")
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(self._tmp, 0o666 & ~mask)
+        self._fh = os.fdopen(fd, "wb")
+        self._size = self._count = 0
+
+    def _finish_shard(self) -> None:
+        if self._fh is None:
+            return
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self._tmp, self.folder / thumb_shard_name(self._shard))
+        self._fh, self._tmp = None, None
+
+    def close(self) -> None:
+        """Commit: the last shard, the merged index, then the table of contents."""
+        if self.closed:
+            return
+        self.closed = True
+        self._finish_shard()
+        if not self._added:
+            return
+        from drlcore.io import atomic_save_npy
+
+        new = np.zeros(len(self._shas), THUMB_INDEX_DTYPE)
+        new["sha256"] = self._shas
+        entries = np.frombuffer(self._where, dtype=np.int64).reshape(-1, 3)
+        new["shard"], new["offset"], new["length"] = entries[:, 0], entries[:, 1], entries[:, 2]
+        old = np.asarray(self.existing.index)
+        if len(old):  # what the run held already keeps its entry
+            new = new[~self.existing._positions(new["sha256"].astype(str))[1]]
+        index = np.concatenate([old, new])
+        index = index[np.argsort(index["sha256"], kind="stable")]
+        atomic_save_npy(self.folder / THUMB_INDEX, index)
+        atomic_write_json(self.folder / THUMB_TOC, {
+            "schema_version": THUMB_SCHEMA_VERSION, "format": "jpeg", "count": int(len(index)),
+            "n_shards": int(self._next_shard), "index": THUMB_INDEX})
 
 
 # --------------------------------------------------------------------------- manifest

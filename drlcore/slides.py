@@ -111,15 +111,16 @@ def _objects(run_dir: Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def _thumb(run_dir: Path, sha: str) -> np.ndarray | None:
+def _thumb(thumbs, sha: str) -> np.ndarray | None:
+    """One thumbnail as RGB from the run's store (:func:`drlcore.rundir.open_thumbs`)."""
+    import io
+
     from PIL import Image
 
-    from drlcore import rundir
-
-    path = rundir.thumb_path(run_dir, sha)
-    if not path.is_file():
+    data = thumbs.get(sha)
+    if data is None:
         return None
-    with Image.open(path) as img:
+    with Image.open(io.BytesIO(data)) as img:
         return np.asarray(img.convert("RGB"))
 
 
@@ -144,6 +145,7 @@ def axis_montage(run_dir: str | Path, dim: int, config: SlideConfig = SlideConfi
     grid = rows[traversal_grid(z[rows], dim, config.n_steps, config.n_rows)]
     values = traversal_values(z[rows], dim, config.n_steps)
 
+    thumbs = rundir.open_thumbs(run_dir)
     plt = _pyplot()
     fig, axes = plt.subplots(config.n_rows, config.n_steps,
                              figsize=(config.width_in, config.height_in), dpi=config.dpi,
@@ -155,7 +157,7 @@ def axis_montage(run_dir: str | Path, dim: int, config: SlideConfig = SlideConfi
             ax.set_yticks([])
             for spine in ax.spines.values():
                 spine.set_visible(False)
-            image = _thumb(run_dir, str(objects["sha256"].iloc[grid[r, c]]))
+            image = _thumb(thumbs, str(objects["sha256"].iloc[grid[r, c]]))
             if image is not None:
                 ax.imshow(image)
             if r == config.n_rows - 1:

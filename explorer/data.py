@@ -122,9 +122,16 @@ def _read_run_json(run_dir: str, name: str, stamp: tuple[int, int]) -> dict:
     return _READERS[name](run_dir)
 
 
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _thumb_store(run_dir: str, stamp) -> rundir.Thumbs:
+    """The run's thumbnail store (either layout; its shard index is memory-mapped, so it is
+    shared, never copied), reopened when the thumbnails are rewritten."""
+    return rundir.open_thumbs(run_dir)
+
+
 @st.cache_data(max_entries=2048, show_spinner=False)
-def _read_bytes(path: str, stamp: tuple[int, int]) -> bytes:
-    return Path(path).read_bytes()
+def _thumb_bytes(run_dir: str, sha: str, stamp) -> bytes | None:
+    return _thumb_store(run_dir, stamp).get(sha)
 
 
 @dataclass(frozen=True)
@@ -247,12 +254,19 @@ class Run:
         cols = set(self.objects.columns)
         return [p for p in ("umap", "pca") if {f"{p}_x", f"{p}_y"} <= cols]
 
-    def thumb_path(self, sha: str) -> Path:
-        return rundir.thumb_path(self.path, sha)
+    @property
+    def thumbs_stamp(self) -> tuple:
+        """Changes when thumbnails are added (shards rewritten, or files added to the folder)."""
+        folder = self.path / rundir.THUMBS
+        return (file_stamp(folder / rundir.THUMB_TOC), file_stamp(folder))
+
+    @property
+    def thumbs(self) -> rundir.Thumbs:
+        """The run's thumbnails (:class:`drlcore.rundir.Thumbs`, shards or one file each)."""
+        return _thumb_store(str(self.path), self.thumbs_stamp)
 
     def thumb_bytes(self, sha: str) -> bytes | None:
-        p = self.thumb_path(sha)
-        return _read_bytes(str(p), file_stamp(p)) if p.is_file() else None
+        return _thumb_bytes(str(self.path), str(sha), self.thumbs_stamp)
 
     @cached_property
     def features_manifest(self) -> dict:

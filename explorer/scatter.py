@@ -19,8 +19,10 @@ tens of MB), so the browser fetches them lazily: :func:`write_hover_index` write
 image file name of each point into JSON chunks of ``CHUNK`` points in a cache folder, and both
 that folder and the image folder are served by Streamlit's own component file route (a
 component declared with ``path=``), so the hovered point's chunk (once per 1024 points) and its
-thumbnail come from the app server itself: offline, no rerun of the script, one small request
-per hovered image.
+thumbnail come from the app server itself: offline, no rerun of the script. An image may be a
+byte range of a larger file (a run's thumbnail shard, :class:`drlcore.rundir.Thumbs`): the route
+serves whole files only, so the browser fetches the shard once (a few MB, kept for the next
+hovers) and cuts the thumbnail out of it.
 """
 
 from __future__ import annotations
@@ -73,8 +75,10 @@ class HoverSource:
     """Hover captions and images for each point, fetched by the browser only when hovered.
 
     ``captions[i]`` is shown for point i; ``files[i]`` is the name of its image inside
-    ``folder`` (None or "" for none). ``key`` names this content cheaply (for example the
-    objects table's path and stamp); without it the content is hashed on each call."""
+    ``folder`` (None or "" for none), or ``(name, offset, length)`` for an image that is a byte
+    range of that file (offset -1: the whole file). ``key`` names this content cheaply (for
+    example the objects table's path and stamp); without it the content is hashed on each
+    call."""
 
     captions: Sequence[str] | None = None
     folder: Path | None = None
@@ -233,7 +237,8 @@ def _resolved(value):
 
 def write_hover_index(source: HoverSource, n: int, root: Path | None = None) -> Path:
     """Write (once) the JSON chunks ``<k>.json`` = ``[[file, caption], ...]`` for points
-    ``k*CHUNK ..``; returns their folder (under the cache root's ``scatter-hover/``).
+    ``k*CHUNK ..`` (``[file, caption, offset, length]`` for a byte range of ``file``); returns
+    their folder (under the cache root's ``scatter-hover/``).
     ``captions`` and ``files`` may be callables: with a ``key`` they are called only when the
     folder for that key is not complete yet."""
     if source.key is None:
@@ -248,15 +253,27 @@ def write_hover_index(source: HoverSource, n: int, root: Path | None = None) -> 
             raise ValueError(f"hover {name} has {len(part)} values for {n} points")
     folder.mkdir(parents=True, exist_ok=True)
     captions = None if captions is None else np.asarray(captions, dtype=object)
-    files = None if files is None else np.asarray(files, dtype=object)
+    files = None if files is None else list(files)  # entries may be (name, offset, length)
     for k, start in enumerate(range(0, n, CHUNK)):
         stop = min(start + CHUNK, n)
-        rows = [[None if files is None or not files[i] else str(files[i]),
-                 "" if captions is None or captions[i] is None else str(captions[i])]
+        rows = [_hover_row(None if files is None else files[i],
+                           None if captions is None else captions[i])
                 for i in range(start, stop)]
         atomic_write_text(folder / f"{k}.json", json.dumps(rows, separators=(",", ":")))
     atomic_write_text(done, str(n))
     return folder
+
+
+def _hover_row(file, caption) -> list:
+    text = "" if caption is None else str(caption)
+    if isinstance(file, (tuple, list)):
+        name, offset, length = file
+        if not name:
+            return [None, text]
+        if offset is not None and int(offset) >= 0:
+            return [str(name), text, int(offset), int(length)]
+        return [str(name), text]
+    return [str(file) if file else None, text]
 
 
 def _declare(name: str, path: Path):
@@ -358,8 +375,7 @@ def class_map_webgl(run, df: pd.DataFrame, x_col: str, y_col: str, colour_col: s
 
     title = title or (colour_col or "")
     encoded = _encoded_map(str(run.path), run.objects_stamp, df, x_col, y_col, colour_col, continuous, title)
-    probe = rundir.thumb_path(run.path, "SHA")
-    hover_key = f"{run.path}@{run.objects_stamp}"
+    hover_key = f"{run.path}@{run.objects_stamp}@{run.thumbs_stamp}"
 
     def captions():
         text = df["path"].astype(str).map(lambda p: Path(p).name)
@@ -368,7 +384,12 @@ def class_map_webgl(run, df: pd.DataFrame, x_col: str, y_col: str, colour_col: s
         return text.tolist()
 
     def files():
-        return (df["sha256"].astype(str) + probe.name.removeprefix("SHA")).tolist() if "sha256" in df else None
+        """Where each point's thumbnail lies in the run's thumbs folder (a shard's byte range,
+        or a whole file in runs written before the shards)."""
+        if "sha256" not in df:
+            return None
+        names, offsets, lengths = run.thumbs.locations(df["sha256"].astype(str))
+        return list(zip(names, offsets.tolist(), lengths.tolist()))
 
     # A new selection from the browser (its event id differs from the last one seen) becomes the
     # page's selection before the map is drawn, so the map is sent the selection it just made.
@@ -381,7 +402,7 @@ def class_map_webgl(run, df: pd.DataFrame, x_col: str, y_col: str, colour_col: s
         st.session_state["map.selected"] = rows
         st.session_state["map.focus"] = rows[0] if len(rows) == 1 else None
     selected = _index_of_rows(df, st.session_state.get("map.selected", []))
-    draw_encoded(encoded, key=key, labels=captions, images=(probe.parent, files), hover_key=hover_key,
+    draw_encoded(encoded, key=key, labels=captions, images=(run.path / rundir.THUMBS, files), hover_key=hover_key,
                  selected=selected, height=600)
     notes = ["Drag to pan, scroll to zoom; choose Lasso (or shift-drag) to select a group and "
              "compare it with the rest; hover a point for its image; click one to open it."]

@@ -48,12 +48,18 @@ def _draw(size: float, elong: float, bright: float, rng: np.random.Generator, si
 
 
 def make_run(root: Path, name: str = "demo", n: int = 120, n_dims: int = 6, seed: int = 0,
-             thumbs: bool = True, with_umap: bool = True) -> Path:
-    """Write a complete analysed run folder ``root/name`` and return its path."""
+             thumbs: bool = True, with_umap: bool = True, thumb_layout: str = "shards") -> Path:
+    """Write a complete analysed run folder ``root/name`` and return its path.
+
+    ``thumb_layout``: ``"shards"`` as the engine writes thumbnails now (rundir.ThumbWriter), or
+    ``"files"``, one ``thumbs/<sha256>.jpg`` per image, as runs written before the shards."""
+    if thumb_layout not in ("shards", "files"):
+        raise ValueError(f"thumb_layout is 'shards' or 'files', not {thumb_layout!r}")
     rng = np.random.default_rng(seed)
     run = Path(root) / name
     (run / rundir.THUMBS).mkdir(parents=True, exist_ok=True)
     (run / rundir.MODEL).mkdir(exist_ok=True)
+    writer = rundir.ThumbWriter(run)
     labels = np.array(CLASSES)[np.arange(n) % len(CLASSES)]
     factors = rng.uniform(0, 1, size=(n, len(FACTORS)))
     factors[labels == "platelet", 0] *= 0.3  # platelets are small
@@ -63,10 +69,13 @@ def make_run(root: Path, name: str = "demo", n: int = 120, n_dims: int = 6, seed
     for i in range(n):
         jpeg = _draw(*factors[i], rng) if thumbs else f"{seed}-{i}".encode()
         sha = sha256_bytes(jpeg)
-        if thumbs:
+        if thumbs and thumb_layout == "files":
             rundir.thumb_path(run, sha).write_bytes(jpeg)
+        elif thumbs:
+            writer.add(sha, jpeg)
         shas.append(sha)
         rows.append(f"{labels[i]}/img_{i:04d}.jpg")
+    writer.close()
     # images.parquet columns, then encode's, then analyze's, in the engine's order and dtypes.
     df = pd.DataFrame({
         "row": np.arange(n), "path": rows, "label": labels,

@@ -88,9 +88,12 @@ def test_same_files(engine, fixture):
 
     assert names(fixture) == names(engine)
     assert names(fixture / rundir.MODEL) == names(engine / rundir.MODEL)
-    for run in (engine, fixture):  # one thumbnail per object, named by its image hash
+    # One thumbnail per object, by its image hash, in the same layout (the shards).
+    assert names(fixture / rundir.THUMBS) == names(engine / rundir.THUMBS) == {
+        rundir.THUMB_TOC, rundir.THUMB_INDEX, rundir.thumb_shard_name(0)}
+    for run in (engine, fixture):
         objects = pd.read_parquet(run / rundir.OBJECTS)
-        assert all(rundir.thumb_path(run, sha).is_file() for sha in objects["sha256"])
+        assert rundir.open_thumbs(run).contains(objects["sha256"]).all()
 
 
 def test_objects_columns_by_kind_and_dtypes(engine, fixture):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from drlcore import ingest
+from drlcore import ingest, rundir
 from drlcore.channels import channel_map, composite, default_colours, parse_channels
 from drlcore.errors import DrlError, SkipImage
 from test_app import runs_dir, runs_template  # noqa: F401 (fixtures)
@@ -334,8 +334,8 @@ def test_four_channel_stacks_and_channel_files_run_end_to_end(tmp_path, source_m
         assert objects[dna].min() > 1000
         assert objects.groupby("label")["morph_area"].median()["big"] > 1.5 * \
             objects.groupby("label")["morph_area"].median()["small"]
-        thumb = next((run / "thumbs").iterdir())
-        assert thumb.stat().st_size > 0
+        thumb = rundir.read_thumb(run, str(objects["sha256"].iloc[0]))
+        assert thumb and thumb[:2] == b"\xff\xd8"  # a JPEG
 
 
 def test_cli_channel_options_reach_the_feature_config():

@@ -8,6 +8,7 @@ bit-identical result.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
+from drlcore import rundir
 from drlcore.artifacts import save_model
 from drlcore.vae import FeatureVAE, VAEConfig
 
@@ -159,6 +161,10 @@ def _final_files_are_whole(out: Path, cache: Path) -> None:
         json.loads(shard.with_suffix(".json").read_text())
     for thumb in (out / "thumbs").glob("*.jpg"):
         with Image.open(thumb) as im:
+            im.load()
+    store = rundir.open_thumbs(out)  # every indexed thumbnail lies whole in a final shard
+    for sha in store.index["sha256"].astype(str):
+        with Image.open(io.BytesIO(store.get(sha))) as im:
             im.load()
     if (out / "manifest.json").exists():
         json.loads((out / "manifest.json").read_text())

@@ -126,7 +126,7 @@ def _flaky_task(settings, prepare, items, *, log_dir):
     """embed_task, but the batch holding c04 fails on its first attempt."""
     from drlcore import distributed as d
 
-    if any(record.path.endswith("c04.png") for record, _, _ in items):
+    if any(record.path.endswith("c04.png") for record, *_ in items):
         log = os.path.join(log_dir, "attempts")
         with open(log, "a") as fh:
             fh.write("x")

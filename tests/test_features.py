@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from drlcore import ingest
+from drlcore import ingest, rundir
 from drlcore.backbones import load_backbone
 from drlcore.cache import FeatureCache, cache_key, default_cache_dir
 from drlcore.errors import DrlError
@@ -79,8 +81,13 @@ def test_outputs(dataset, tmp_path, tiny):
                                               "pad_to_square"}
     assert {"drlcore", "torch", "timm", "python"} <= set(manifest["versions"])
 
-    thumbs = sorted(p.stem for p in (out / "thumbs").glob("*.jpg"))
-    assert thumbs == sorted(table["sha256"])
+    # One thumbnail per image, in the shard layout (no file per image), each a readable JPEG.
+    assert list((out / "thumbs").glob("*.jpg")) == []
+    store = rundir.open_thumbs(out)
+    assert len(store) == N_GOOD and store.contains(table["sha256"]).all()
+    for sha in table["sha256"]:
+        with Image.open(io.BytesIO(store.get(sha))) as im:
+            assert im.format == "JPEG" and max(im.size) <= 160
 
 
 def test_second_run_uses_the_cache(dataset, tmp_path, tiny, monkeypatch):

@@ -15,6 +15,7 @@ from plotly.offline import get_plotlyjs
 sys.path.insert(0, str(Path(__file__).parent))
 from app_fixtures import make_run  # noqa: E402
 
+from drlcore import rundir  # noqa: E402
 from explorer import figures  # noqa: E402
 from explorer.report import ReportSection, build_report  # noqa: E402
 
@@ -162,7 +163,7 @@ def test_factor_heatmap_and_metric_bars():
 
 def test_report_is_one_offline_file_with_provenance(objects, run_dir):
     fig = figures.latent_map(objects, "umap_x", "umap_y", "label", continuous=False)
-    thumb = next((run_dir / "thumbs").iterdir()).read_bytes()
+    thumb = rundir.read_thumb(run_dir, str(objects["sha256"].iloc[0]))
     html = build_report("Class map — cells", [
         ReportSection("Map", figures=[fig, figures.metric_bars({"MIG": 0.4})]),
         ReportSection("Images", images=[(thumb, "lymphocyte · <img_1>")], table=objects[["path", "label"]].head(3)),

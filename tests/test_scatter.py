@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from drlcore import rundir
 from explorer.scatter import (BUILD_DIR, CHUNK, MAX_CATEGORIES, HoverSource, decode_selection,
                               encode_points, write_hover_index)
 
@@ -285,11 +286,15 @@ def test_class_map_uses_plotly_below_the_threshold_and_webgl_when_ticked(class_m
     (proto,) = _map_component(at)
     meta = json.loads(proto.json_args)["meta"]
     assert meta["n"] == 90 and meta["mode"] == "categorical" and meta["title"] == "Class"
-    # The hover index names each object's thumbnail in the run's thumbs folder.
+    # The hover index places each object's thumbnail in the run's thumbs folder: a byte range of
+    # a shard, which holds exactly the thumbnail's bytes.
     index_dir = next((class_map_run.parent / "cache" / "scatter-hover").iterdir())
     rows = json.loads((index_dir / "0.json").read_text())
-    file, caption = rows[4]
-    assert (class_map_run / "cells" / "thumbs" / file).is_file() and caption.startswith("img_0004.jpg")
+    file, caption, offset, length = rows[4]
+    shard = (class_map_run / "cells" / "thumbs" / file).read_bytes()
+    sha = pd.read_parquet(class_map_run / "cells" / "objects.parquet")["sha256"].iloc[4]
+    assert shard[offset:offset + length] == rundir.read_thumb(class_map_run / "cells", sha)
+    assert caption.startswith("img_0004.jpg")
 
     # A lasso in the browser: positions come back, the page holds object rows as the Plotly path does.
     picked = np.arange(0, 90, 3, dtype="<u4")

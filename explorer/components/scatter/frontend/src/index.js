@@ -35,7 +35,12 @@ const session = Math.random().toString(36).slice(2, 10);
 let current = new Uint32Array(0); // the selection the plot shows
 let hovered = -1;
 let mouse = [0, 0];
-const chunks = new Map(); // chunk number -> Promise of [[file, caption], ...]
+const chunks = new Map(); // chunk number -> Promise of [[file, caption(, offset, length)], ...]
+// Image files that hold many thumbnails (a run's shards, a few MB each), fetched once and kept
+// for the next hovers: file URL -> Promise of a Blob, the most recently used last.
+const packs = new Map();
+const MAX_PACKS = 12;
+let hoverUrl = null; // object URL of the image shown, revoked when the next one replaces it
 
 // The timings the browser test reads (and a person sees in the status line).
 window.__drlScatter = {
@@ -155,6 +160,31 @@ function chunk(k) {
   return chunks.get(k);
 }
 
+function pack(url) {
+  let blob = packs.get(url);
+  if (blob) {
+    packs.delete(url); // re-insert: most recently used last
+  } else {
+    blob = fetch(url).then((r) => {
+      if (!r.ok) throw new Error(`${url}: ${r.status}`);
+      return r.blob();
+    });
+    blob.catch(() => packs.delete(url));
+  }
+  packs.set(url, blob);
+  while (packs.size > MAX_PACKS) packs.delete(packs.keys().next().value);
+  return blob;
+}
+
+// The src of row's image: the file itself, or an object URL of its byte range in a pack.
+async function imageSrc(row) {
+  const [file, , offset, length] = row;
+  const url = `${meta.images.files}${encodeURIComponent(file)}`;
+  if (offset === undefined || offset === null || offset < 0) return url;
+  const blob = await pack(url);
+  return URL.createObjectURL(blob.slice(offset, offset + length, "image/jpeg"));
+}
+
 function placeTooltip() {
   const pad = 14;
   const w = tooltip.offsetWidth;
@@ -180,20 +210,28 @@ function showHover(i) {
   if (meta?.images) {
     const size = meta.images.chunk;
     chunk(Math.floor(i / size))
-      .then((rows) => {
+      .then(async (rows) => {
         if (hovered !== i) return;
-        const [file, text] = rows[i % size] || [];
+        const row = rows[i % size] || [];
+        const [file, text] = row;
         if (text) caption.textContent = text;
+        placeTooltip();
         if (file && meta.images.files) {
+          const src = await imageSrc(row);
+          if (hovered !== i) {
+            if (src.startsWith("blob:")) URL.revokeObjectURL(src);
+            return;
+          }
           img.onload = () => {
             if (hovered === i) {
               img.style.display = "block";
               placeTooltip();
             }
           };
-          img.src = `${meta.images.files}${encodeURIComponent(file)}`;
+          if (hoverUrl) URL.revokeObjectURL(hoverUrl);
+          hoverUrl = src.startsWith("blob:") ? src : null;
+          img.src = src;
         }
-        placeTooltip();
       })
       .catch((err) => {
         caption.textContent = `#${i} (no image: ${err.message})`;
@@ -312,6 +350,7 @@ async function render(args) {
     // New points (or new colours): decode the typed arrays and draw once.
     token = meta.token;
     chunks.clear();
+    packs.clear();
     const t0 = performance.now();
     const xy = copyView(args.xy, Float32Array);
     const n = meta.n;
