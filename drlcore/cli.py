@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder to write (resumes if it exists)")
     p.add_argument("--source-model", default=None, metavar="MODEL_DIR",
                    help="source model to transfer from: a model folder, or 'dsprites' / 'cells' "
-                        "for a shipped one (default: the shipped default for the backbone)")
+                        "for a shipped one (default: 'cells' where shipped for the backbone, else 'dsprites'; chosen by benchmarks/axis_quality.py)")
     p.add_argument("--known-classes", nargs="*", default=None, metavar="CLASS",
                    help="classes treated as known for open-set anomaly scores (default: all)")
     _add_transfer_options(p)

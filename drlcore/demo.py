@@ -51,7 +51,7 @@ def build_demo(runs_dir: str | Path, reporter: Reporter | None = None,
     if _is_complete(run_dir):
         return run_dir
 
-    source = shipped_source_model("effnet-lite0")
+    source = shipped_source_model("effnet-lite0", "dsprites")  # the demo is rendered dSprites
     source_cfg = read_json(source / rundir.MODEL_CONFIG)
     dsprites_cfg = source_cfg.get("training", {}).get("dsprites")
     ds = TextureDSprites(DSpritesConfig.from_dict(dsprites_cfg) if dsprites_cfg

@@ -303,14 +303,14 @@ def test_heatmap_cell_click_picks_the_pair(server, page):
     page.wait_for_selector(".js-plotly-plot .main-svg", timeout=90_000)
     page.wait_for_timeout(1000)
     # Rows and columns are ordered by family (and the names come from the run's own data), so the
-    # cell for (z1, mean intensity) is looked up in the drawn figure, then clicked where it is drawn.
+    # cell for (z1, intensity mean) is looked up in the drawn figure, then clicked where it is drawn.
     cell = page.evaluate("""() => {
         const gd = document.querySelector('.js-plotly-plot');
         const heat = gd._fullData[0];
         const rows = heat.customdata.length, cols = heat.customdata[0].length;
         for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) {
             const [feature, dim] = heat.customdata[i][j];
-            if (dim === '1' && heat.x[j] === 'mean intensity') return {i, j, rows, cols, row: heat.y[i]};
+            if (dim === '1' && heat.x[j] === 'intensity mean') return {i, j, rows, cols, row: heat.y[i]};
         }
         return null; }""")
     assert cell is not None
@@ -318,10 +318,10 @@ def test_heatmap_cell_click_picks_the_pair(server, page):
     drag = heat.locator(".nsewdrag").first.bounding_box()
     page.mouse.click(drag["x"] + drag["width"] * ((cell["j"] + 0.5) / cell["cols"]),
                      drag["y"] + drag["height"] * ((cell["i"] + 0.5) / cell["rows"]))
-    page.get_by_text(f"between {cell['row']} and mean intensity").wait_for(timeout=30_000)
+    page.get_by_text(f"between {cell['row']} and intensity mean").wait_for(timeout=30_000)
     _settle(page)
     title = page.evaluate("() => document.querySelectorAll('.js-plotly-plot')[1].layout.yaxis.title.text")
-    assert title == "mean intensity"
+    assert title == "intensity mean"
 
 
 def test_100k_point_map_draws(server, page, runs_dir, request):

@@ -388,7 +388,11 @@ def test_train_source_on_cells_with_the_tiny_backbone(tmp_path):
 def test_source_model_shorthand_resolves_to_the_shipped_folders(tmp_path):
     from drlcore.pipeline import ASSETS_DIR, resolve_source_model, shipped_source_model
 
-    assert resolve_source_model(None, "effnet-lite0") == shipped_source_model("effnet-lite0")
+    # The default (decided by benchmarks/axis_quality.py) is cells where it ships, else dsprites.
+    assert resolve_source_model(None, "effnet-lite0") == ASSETS_DIR / "source-cells-effnet-lite0"
+    assert shipped_source_model("effnet-lite0") == ASSETS_DIR / "source-cells-effnet-lite0"
+    with pytest.raises(DrlError, match="no shipped dsprites source model for backbone 'dino-vitb16'"):
+        resolve_source_model(None, "dino-vitb16")  # neither ships: the message names the fallback
     assert resolve_source_model("dsprites", "effnet-lite0") == ASSETS_DIR / "source-effnet-lite0"
     cells_dir = resolve_source_model("cells", "effnet-lite0")
     assert cells_dir == ASSETS_DIR / "source-cells-effnet-lite0"

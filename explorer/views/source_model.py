@@ -20,9 +20,13 @@ st.title("Source model")
 config = run.model_config
 metrics = run.model_metrics
 origin = "this run's model"
-if "evaluation" not in metrics and "headline" not in metrics:
+recorded = metrics.get("source", {}).get("metrics") if isinstance(metrics.get("source"), dict) else None
+if "evaluation" not in metrics and "headline" not in metrics and isinstance(recorded, dict) and recorded:
     # A transferred model has no ground-truth factors on the user's images; its disentanglement
-    # was measured on the source model it came from (shipped with drl).
+    # was measured on the source model it came from, whose metrics the transfer recorded.
+    metrics, origin = recorded, "the source model it was transferred from"
+if "evaluation" not in metrics and "headline" not in metrics:
+    # Older runs recorded no source metrics: the shipped default for the backbone.
     backbone = config.get("backbone", {}).get("name")
     try:
         from drlcore.pipeline import shipped_source_model
