@@ -35,7 +35,7 @@ def _assets_dir() -> Path:
 
 
 ASSETS_DIR = _assets_dir()
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: anchored transfers stop early on the full objective (anchor term included)
 # Fine-tuning a VAE on fewer objects than this only memorises them.
 MIN_IMAGES_FOR_TRANSFER = 32
 

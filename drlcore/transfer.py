@@ -257,7 +257,7 @@ def fine_tune(model: FeatureVAE, features, config: TransferConfig = TransferConf
 
     # Anchor targets on the training rows only: standardised with training statistics, NaN
     # (unmeasured) entries masked. Held-out rows never enter this tensor.
-    targets = mask = None
+    targets = mask = val_targets = val_mask = None
     anchor_stats = {}
     if config.anchors:
         cols = []
@@ -273,11 +273,18 @@ def fine_tune(model: FeatureVAE, features, config: TransferConfig = TransferConf
                                f"example); it cannot anchor an axis - choose another feature")
             mean, std = float(tv[ok].mean()), float(tv[ok].std())
             anchor_stats[name] = {"mean": mean, "std": std, "n_train": int(ok.sum())}
-            cols.append(np.where(ok, (tv - mean) / std, 0.0))
-            cols[-1] = np.stack([cols[-1], ok.astype(float)])
-        stacked = np.stack(cols, axis=2)  # (2, n_train, n_anchors)
-        targets = torch.from_numpy(stacked[0]).float()
-        mask = torch.from_numpy(stacked[1]).float()
+            # Training and validation rows (the validation rows judge early stopping, so the
+            # anchor term must count there too); standardised with training statistics.
+            rows = np.concatenate([split["train"], split["val"]])
+            fv = v[rows]
+            fok = np.isfinite(fv)
+            cols.append(np.stack([np.where(fok, (fv - mean) / std, 0.0), fok.astype(float)]))
+        stacked = np.stack(cols, axis=2)  # (2, n_train + n_val, n_anchors)
+        n_tr = len(split["train"])
+        targets = torch.from_numpy(stacked[0, :n_tr]).float()
+        mask = torch.from_numpy(stacked[1, :n_tr]).float()
+        val_targets = torch.from_numpy(stacked[0, n_tr:]).float()
+        val_mask = torch.from_numpy(stacked[1, n_tr:]).float()
 
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
@@ -287,13 +294,28 @@ def fine_tune(model: FeatureVAE, features, config: TransferConfig = TransferConf
             model.fit_standardisation(x_train, config.min_relative_std)
         n_anchor = len(config.anchors)
 
-        def evaluate(data: torch.Tensor) -> dict | None:
+        def evaluate(data: torch.Tensor, anchor_targets=None, anchor_mask=None) -> dict | None:
+            """Loss parts on ``data``; with anchor targets the anchor term is part of "loss", so
+            early stopping judges the objective that was trained, not the VAE half of it (which
+            on the demo chose epoch 0 and silently threw the anchoring away)."""
             if data.shape[0] == 0:
                 return None
             gen = torch.Generator().manual_seed(config.seed + 1)  # fixed noise across epochs
             with torch.no_grad():
-                _, parts = beta_vae_loss(model, data, config.beta, generator=gen)
-            return parts
+                if anchor_targets is None:
+                    _, parts = beta_vae_loss(model, data, config.beta, generator=gen)
+                    return parts
+                _, parts, mu = beta_vae_loss(model, data, config.beta, generator=gen, return_mu=True)
+                err = (((mu[:, :n_anchor] - anchor_targets).pow(2) * anchor_mask).sum(0)
+                       / anchor_mask.sum(0).clamp(min=1))
+                anchor = float(err.sum())
+            return {**parts, "loss": parts["loss"] + config.anchor_weight * anchor, "anchor": anchor}
+
+        def evaluate_train():
+            return evaluate(x_train, targets, mask) if n_anchor else evaluate(x_train)
+
+        def evaluate_val():
+            return evaluate(x_val, val_targets, val_mask) if n_anchor else evaluate(x_val)
 
         batch = min(config.batch_size, x_train.shape[0])
         steps_per_epoch = max(1, x_train.shape[0] // batch)
@@ -315,13 +337,13 @@ def fine_tune(model: FeatureVAE, features, config: TransferConfig = TransferConf
             loss = loss + config.anchor_weight * anchor
             return loss, {**parts, "loss": loss.item(), "anchor": anchor.item()}
 
-        curve = [{"epoch": 0, "train": evaluate(x_train), "val": evaluate(x_val)}]
+        curve = [{"epoch": 0, "train": evaluate_train(), "val": evaluate_val()}]
         best = {"epoch": 0, "loss": curve[0]["val"]["loss"] if curve[0]["val"] else None,
                 "state": copy.deepcopy(model.state_dict())}
         use_val = config.patience > 0 and x_val.shape[0] > 0
 
         def end_of_epoch(epoch: int) -> bool:
-            point = {"epoch": epoch, "train": evaluate(x_train), "val": evaluate(x_val)}
+            point = {"epoch": epoch, "train": evaluate_train(), "val": evaluate_val()}
             curve.append(point)
             if not use_val:
                 return False

@@ -258,3 +258,22 @@ def test_std_floor_tames_nearly_dead_feature_units():
     assert float(model.feature_std[3]) == pytest.approx(0.3 * median, rel=1e-4)
     np.testing.assert_allclose(model.feature_std.numpy()[[0, 1, 2]], x.std(0, ddof=1)[:3],
                                rtol=1e-5)  # ordinary dimensions keep their own std
+
+
+def test_early_stopping_of_an_anchored_run_judges_the_anchor_term_too(source_model):
+    """The validation loss that picks the epoch includes the anchor term (validation rows are
+    anchored with training statistics), so an anchored run never falls back to the source model
+    because the VAE half of the loss was best before any anchoring."""
+    model_dir, _, _ = source_model
+    x, values = _anchored_data(300)
+    cfg = TransferConfig(epochs=15, patience=5, batch_size=32, anchors=("morph_area",),
+                         anchor_weight=50.0)
+    _, info = fine_tune(load_model(model_dir)[0], x, cfg, values)
+    vals = [point["val"] for point in info["curve"]]
+    assert all("anchor" in v for v in vals)
+    # The chosen epoch is the minimum of the full objective on the validation rows.
+    full = [v["loss"] for v in vals]
+    assert info["best_epoch"] == int(np.argmin(full[: info["epochs_run"] + 1]))
+    assert info["best_epoch"] > 0 and vals[info["best_epoch"]]["anchor"] < vals[0]["anchor"]
+    for v in vals:
+        assert v["loss"] >= v["anchor"] * cfg.anchor_weight
