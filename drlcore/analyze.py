@@ -38,6 +38,7 @@ __all__ = ["AnalyzeConfig", "analyze_run", "project_onto", "ANALYSIS_VERSION",
 
 ANALYSIS_VERSION = 3  # 2: data-derived axis names (drlcore.naming); 3: names need |rho| >= 0.5
 MORPHOLOGY_CACHE_VERSION = 3  # 3: one ContentStore entry per measured batch
+MORPHOLOGY_CHUNK = 50_000  # images measured (and cached) per batch
 MIN_OBJECTS_FOR_MAPS = 5
 # umap-learn needs a handful of neighbours; below this a map says nothing anyway.
 MIN_OBJECTS_FOR_UMAP = 16
@@ -79,18 +80,24 @@ def _morphology(objects: pd.DataFrame, run_dir: Path, config: AnalyzeConfig,
     hashes = objects["sha256"].astype(str)
     todo = [i for i, h in enumerate(hashes) if h not in cached.index]
 
-    if todo:
+    # Measured a chunk at a time, each chunk cached as it finishes: a run of 10^6 images that is
+    # interrupted resumes from the last finished chunk, and memory holds one chunk of images.
+    parts = []
+    for start in range(0, len(todo), MORPHOLOGY_CHUNK):
+        chunk = todo[start:start + MORPHOLOGY_CHUNK]
         masks = None
         if config.mask_dir:
             masks = morphology.load_mask_folder(config.mask_dir,
-                                                [objects["path"].iloc[i] for i in todo])
+                                                [objects["path"].iloc[i] for i in chunk])
         measured = morphology.measure_dataset(
-            _images_for(objects, todo, run_dir, masks, notes), reporter=reporter,
+            _images_for(objects, chunk, run_dir, masks, notes), reporter=reporter,
             n_jobs=config.n_jobs, masks_expected=masks is not None)
-        measured.index = hashes.iloc[todo].to_numpy()
+        measured.index = hashes.iloc[chunk].to_numpy()
         if use_cache:
             _write_morph_cache(store, measured)
-        cached = pd.concat([cached, measured[~measured.index.duplicated()]])
+        parts.append(measured[~measured.index.duplicated()])
+    if parts:
+        cached = pd.concat([cached, *parts])
         cached = cached[~cached.index.duplicated(keep="last")]
     result = cached.loc[hashes.to_numpy()].reset_index(drop=True)
     n_failed = int((~result["morph_ok"].astype(bool)).sum())

@@ -56,6 +56,9 @@ def test_analysis_above_the_threshold_records_its_samples(tmp_path, monkeypatch)
     monkeypatch.setattr(scale, "UMAP_FIT_SAMPLE", 22)
     monkeypatch.setattr(scale, "MAP_TRANSFORM_CHUNK", 5)
     monkeypatch.setattr(scale, "KNN_EXACT_MAX", 30)
+    from drlcore import analyze
+
+    monkeypatch.setattr(analyze, "MORPHOLOGY_CHUNK", 10)
     make_dataset(tmp_path / "cells")
     model = _make_source_model(tmp_path)
     run = run_pipeline(tmp_path / "cells", tmp_path / "run", _config(tmp_path, model))
@@ -73,6 +76,9 @@ def test_analysis_above_the_threshold_records_its_samples(tmp_path, monkeypatch)
     for col in ("morph_area", "pca_x", "umap_y", "anomaly_knn", "anomaly_score", "z_score_0"):
         assert col in objects and objects[col].notna().all(), col
     assert set(analysis["classification"]) == {"latent", "features"}
+    # Morphology is measured and cached a chunk at a time (36 distinct images, chunks of 10).
+    morph_cache = tmp_path / "cache" / "morphology" / f"v{analyze.MORPHOLOGY_CACHE_VERSION}"
+    assert len([p for p in morph_cache.iterdir() if not p.name.startswith(".")]) == 4
     corr = pd.read_parquet(run / "correlations.parquet")
     assert set(corr["method"]) == {"pearson", "spearman", "mi"}
     # Placing objects on this map refits the very map drawn: the sample's own copies land on
