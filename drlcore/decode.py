@@ -44,10 +44,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import struct
 import zipfile
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,10 +67,10 @@ from .discover import (
     split_zip_source,
 )
 from .channels import MAX_CHANNELS, ChannelMap, channel_map, composite
-from .errors import SkipImage
+from .errors import DrlError, SkipImage
 
 __all__ = ["DecodedImage", "read_bytes", "decode", "longest_side", "intensity_range",
-           "intensity_ranges", "channels_entry"]
+           "intensity_ranges", "channels_entry", "channel_view", "source_stamp"]
 
 _PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF")
 # Pixels per image pooled for the dataset-wide percentiles: plenty for a 0.5 % tail, bounded memory.
@@ -724,3 +726,57 @@ def channels_entry(dataset: Dataset, config: IngestConfig,
     cmap = channel_map(len(channel_ranges), getattr(dataset, "channel_names", None),
                        config.channels)
     return {"ranges": [[float(lo), float(hi)] for lo, hi in channel_ranges], **cmap.to_dict()}
+
+
+# --------------------------------------------------------------------------------------------
+# One channel of one object, for display
+# --------------------------------------------------------------------------------------------
+
+
+def channel_view(data: bytes, recorded: Mapping, channel: int | None = None, tint: bool = False,
+                 intensity_range: tuple[float, float] | None = None) -> np.ndarray:
+    """One object's image for a viewer, decoded as the features stage decoded it.
+
+    ``recorded`` is the features manifest's ``preprocessing.channels`` entry (see
+    :func:`channels_entry`: ``ranges``, ``names``, ``colours``). ``channel=None`` gives the
+    composite the backbone saw; ``channel=k`` gives channel k alone, scaled to 8 bits with the
+    dataset-wide range recorded for it, ``round(255 * clip((v - low) / (high - low), 0, 1))``,
+    as grey (H, W, 3) uint8, or, with ``tint``, that grey times the channel's display colour
+    (a channel whose colour is ``off`` stays grey). Raises SkipImage when the image cannot be
+    decoded or does not have the recorded channels, DrlError for a channel index out of range.
+    """
+    ranges = [tuple(r) for r in recorded.get("ranges") or []]
+    names = list(recorded.get("names") or []) or None
+    colours = list(recorded.get("colours") or [])
+    spec = ",".join(f"{k}={c}" for k, c in enumerate(colours)) or None
+    image = decode(data, IngestConfig(channels=spec), intensity_range, ranges or None, names)
+    if channel is None:
+        return image.rgb
+    if image.channels is None:
+        raise SkipImage(f"a {image.mode} image, not the recorded {len(ranges)} channels")
+    n = image.channels.shape[2]
+    if not 0 <= channel < n:
+        raise DrlError(f"channel {channel}: the image has channels 0 to {n - 1}")
+    grey = (image.channels[..., channel] * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
+    rgb = image.channel_map.rgb[channel]
+    if not tint or not rgb.any():
+        return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+    tinted = grey[..., None].astype(np.float32) * rgb[None, None, :]
+    return (tinted + np.float32(0.5)).astype(np.uint8)
+
+
+def source_stamp(source: str) -> tuple:
+    """(mtime_ns, size) of each file behind a record's ``source`` (a file, a zip entry's zip, a
+    channel group's files); (0, 0) for a file that is gone. A cache key part for views decoded
+    from the original files."""
+    group = split_channel_source(source)
+    sources = group[1] if group is not None else [source]
+    stamps = []
+    for src in sources:
+        path = split_zip_source(src)[0] if src.startswith("zip:") else src
+        try:
+            st_ = os.stat(path)
+            stamps.append((st_.st_mtime_ns, st_.st_size))
+        except OSError:
+            stamps.append((0, 0))
+    return tuple(stamps)
