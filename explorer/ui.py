@@ -41,6 +41,7 @@ STATE_DEFAULTS: dict = {
     "anom.threshold": None,
     "corr.focus": None,
     "trav.show_all": False,
+    "trav.channel": -1,  # multi-channel runs: the strip shows the composite (-1) or channel k
     "trav.montage_class": "",  # axis montage download: one class ("" = all) and rows per axis
     "trav.montage_rows": 3,
     "corr.cluster": False,
@@ -141,8 +142,12 @@ def caption_for(row: pd.Series) -> str:
 
 
 def image_grid(run: Run, rows: pd.DataFrame, key_prefix: str, focus_key: str, n_cols: int = 8,
-               max_images: int = 48, captions: Sequence[str] | None = None) -> None:
-    """Thumbnails in a grid; the button under each opens it large (``focus_key`` = its row)."""
+               max_images: int = 48, captions: Sequence[str] | None = None,
+               channel: int | None = None) -> None:
+    """Thumbnails in a grid; the button under each opens it large (``focus_key`` = its row).
+
+    ``channel`` (multi-channel runs): show that channel of each object, decoded on demand from
+    its original file (:func:`channel_png`), instead of the composite thumbnail."""
     if rows.empty:
         st.caption("No objects to show.")
         return
@@ -152,12 +157,19 @@ def image_grid(run: Run, rows: pd.DataFrame, key_prefix: str, focus_key: str, n_
     cols = st.columns(n_cols)
     for i, (_, obj) in enumerate(shown.iterrows()):
         with cols[i % n_cols]:
-            thumb = run.thumb_bytes(str(obj.get("sha256", "")))
             text = captions[i] if captions is not None else caption_for(obj)
-            if thumb is not None:
-                st.image(thumb, caption=text, width="stretch")
+            if channel is not None:
+                shown_png, why = channel_png(run, obj, channel)
+                if shown_png is not None:
+                    st.image(shown_png, caption=text, width="stretch", output_format="PNG")
+                else:
+                    st.caption(f"(original file unreadable: {why}) {text}")
             else:
-                st.caption(f"(no thumbnail) {text}")
+                thumb = run.thumb_bytes(str(obj.get("sha256", "")))
+                if thumb is not None:
+                    st.image(thumb, caption=text, width="stretch")
+                else:
+                    st.caption(f"(no thumbnail) {text}")
             st.button("View", key=f"{key_prefix}.view.{int(obj['row'])}.{i}", icon=":material/zoom_in:",
                       on_click=_set_state, args=(focus_key, int(obj["row"])), type="tertiary",
                       help="Show this image large, with its measurements")
@@ -176,12 +188,16 @@ def object_detail(run: Run, row: int | None, close_key: str) -> None:
     if match.empty:
         return
     obj = match.iloc[0]
+    recorded = run_channels(run)
     with st.container(border=True):
         left, right = st.columns([1, 1.4])
         with left:
-            image = _large_image(run, obj)
-            if image is not None:
-                st.image(image, caption=str(obj.get("path")), width="stretch")
+            if recorded is not None:
+                _channel_detail(run, obj, recorded, close_key)
+            else:
+                image = _large_image(run, obj)
+                if image is not None:
+                    st.image(image, caption=str(obj.get("path")), width="stretch")
         with right:
             st.markdown(f"**{obj.get('path')}**")
             meta = {k: obj[k] for k in ("label", "split", "width", "height", "mode", "note") if k in obj.index}
@@ -224,6 +240,88 @@ def _large_image(run: Run, obj: pd.Series):
     from PIL import Image
 
     return Image.open(io.BytesIO(thumb))
+
+
+def run_channels(run: Run) -> dict | None:
+    """The run's recorded channels (features manifest ``preprocessing.channels``: ``ranges``,
+    ``names``, ``colours``) when its images have more than one channel, else None."""
+    chan = (run.features_manifest.get("preprocessing") or {}).get("channels") or {}
+    names, ranges = chan.get("names") or [], chan.get("ranges") or []
+    if len(names) < 2 or len(ranges) != len(names):
+        return None
+    return {"names": [str(n) for n in names], "ranges": [list(map(float, r)) for r in ranges],
+            "colours": list(chan.get("colours") or [])}
+
+
+def channel_choice(recorded: dict, key: str, label: str = "Channel", **kwargs) -> int | None:
+    """"Composite" plus one choice per recorded channel; None for the composite, else k."""
+    names = recorded["names"]
+    if st.session_state.get(key, -1) not in range(-1, len(names)):
+        st.session_state[key] = -1
+    value = st.radio(label, list(range(-1, len(names))), key=key, horizontal=True,
+                     format_func=lambda k: "Composite" if k < 0 else names[k], **kwargs)
+    return None if value is None or value < 0 else int(value)
+
+
+@st.cache_data(max_entries=1024, show_spinner=False)
+def _channel_png(run_path: str, objects_stamp, source: str, source_stamp, recorded: dict,
+                 channel: int | None, tint: bool) -> bytes:
+    from PIL import Image
+
+    from drlcore.decode import channel_view
+    from drlcore.ingest import ImageRecord, read_bytes
+
+    data = read_bytes(ImageRecord(path=source, label=None, split=None, source=source))
+    buf = io.BytesIO()
+    Image.fromarray(channel_view(data, recorded, channel, tint=tint)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def channel_png(run: Run, obj: pd.Series, channel: int | None,
+                tint: bool = False) -> tuple[bytes | None, str | None]:
+    """(PNG of the object's composite or channel k, decoded from its original file with the
+    run's recorded ranges, None) or (None, why it could not be read). Cached by run, objects
+    stamp and the original file's stamp."""
+    from drlcore.decode import source_stamp
+
+    recorded = run_channels(run)
+    source = str(obj.get("source") or "")
+    if recorded is None or not source:
+        return None, "the run does not record the object's file or its channels"
+    try:
+        return _channel_png(str(run.path), run.objects_stamp, source, source_stamp(source),
+                            recorded, channel, tint), None
+    except Exception as exc:  # noqa: BLE001 - the file may be gone, moved or changed
+        return None, str(getattr(exc, "reason", None) or exc)
+
+
+def _channel_detail(run: Run, obj: pd.Series, recorded: dict, close_key: str) -> None:
+    """The viewer of a multi-channel object: the composite or one channel, from the original."""
+    names, colours = recorded["names"], recorded["colours"]
+    channel = channel_choice(recorded, f"{close_key}.channel",
+                             help="Each channel alone, scaled with this run's dataset-wide range "
+                                  "for it (the same for every image), decoded from the original file.")
+    tint = False
+    if channel is not None:
+        tint = st.toggle("In its display colour", key=f"{close_key}.tint")
+    png, why = channel_png(run, obj, channel, tint)
+    path = str(obj.get("path"))
+    if png is not None:
+        if channel is None:
+            caption = f"{path} · composite"
+        else:
+            lo, hi = recorded["ranges"][channel]
+            colour = colours[channel] if channel < len(colours) else "grey"
+            caption = (f"{path} · {names[channel]} ({colour} in the composite), "
+                       f"{lo:g} to {hi:g} shown as black to {'full colour' if tint else 'white'}")
+        st.image(png, caption=caption, width="stretch", output_format="PNG")  # lossless
+        return
+    what = "the composite" if channel is None else f"channel {names[channel]}"
+    st.warning(f"The original file of {path} cannot be read ({why}), so {what} cannot be decoded "
+               "from it. Below is the stored composite thumbnail.")
+    thumb = run.thumb_bytes(str(obj.get("sha256", "")))
+    if thumb is not None:
+        st.image(thumb, caption=f"{path} · composite thumbnail", width="stretch")
 
 
 def _ingest_config():

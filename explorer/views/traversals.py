@@ -14,7 +14,8 @@ from drlcore.traversal import traversal_indices, traversal_values
 from explorer.downloads import FIGURE_MIME, file_download, montage_bytes
 from explorer.figures import feature_label
 from explorer.report import ReportSection, axes_section, build_report
-from explorer.ui import caption_for, csv_download, image_grid, object_detail, report_download, require_run
+from explorer.ui import (caption_for, channel_choice, csv_download, image_grid, object_detail, report_download,
+                         require_run, run_channels)
 
 run = require_run()
 st.title("Latent axes")
@@ -70,6 +71,13 @@ controls[0].selectbox("Dimension", list(range(len(zcols))), key="trav.dim", form
 controls[1].slider("Images per axis", 5, 15, key="trav.n_steps", step=2)
 n_steps = st.session_state["trav.n_steps"]
 show_all = st.toggle("Show all active dimensions", key="trav.show_all")
+recorded = run_channels(run)
+strip_channel = None
+if recorded is not None:
+    strip_channel = channel_choice(recorded, "trav.channel", label="Images show",
+                                   help="The composite thumbnails, or one channel of each object, decoded "
+                                        "from its original file and scaled with this run's dataset-wide "
+                                        "range for that channel.")
 
 object_detail(run, st.session_state["trav.focus"], "trav.focus")
 
@@ -86,7 +94,7 @@ for dim in dims:
         picked = df.set_index("row", drop=False).loc[rows] if "row" in df else df.iloc[rows]
         captions = [f"{names[dim].split(':')[0]} = {v:+.2f}" for v in values]
         image_grid(run, picked, key_prefix=f"trav.strip.{dim}", focus_key="trav.focus", n_cols=n_steps,
-                   max_images=n_steps, captions=captions)
+                   max_images=n_steps, captions=captions, channel=strip_channel)
     summary_rows.append({"dim": dim, "name": names[dim], "about": _axis_line(dim),
                          "source_name": run.source_dim_names[dim], "best_matches": _match_text(dim),
                          "rows": " ".join(map(str, rows))})
