@@ -294,9 +294,10 @@ def test_app_shows_the_mode_and_passes_the_chosen_one(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     run = make_run(runs, "cells", n=40)
     manifest = json.loads((run / "manifest.json").read_text())
-    manifest["preprocessing"] = {"input_size": 64, "pad_to_square": True,
+    features = manifest["stages"]["features"]  # the nested layout the engine writes
+    features["preprocessing"] = {"input_size": 64, "pad_to_square": True,
                                  "preprocess": "canvas", "canvas_side": 208}
-    manifest["preprocess"] = choose_preprocess(SIDES, "auto")
+    features["preprocess"] = choose_preprocess(SIDES, "auto")
     (run / "manifest.json").write_text(json.dumps(manifest))
     data = tmp_path / "data" / "disks"
     data.mkdir(parents=True)
