@@ -172,11 +172,11 @@ class Thumbs:
 
     def contains(self, shas) -> np.ndarray:
         """Whether each of ``shas`` has a thumbnail here (either layout)."""
+        shas = [str(s) for s in shas]
         pos, found = self._positions(shas)
         missing = np.flatnonzero(~found)
         if len(missing) and self.folder.is_dir():
             files = set(os.listdir(self.folder)) if len(missing) > 64 else None
-            shas = list(shas)
             for i in missing:
                 name = f"{shas[i]}.jpg"
                 found[i] = name in files if files is not None else (self.folder / name).is_file()
