@@ -1,0 +1,174 @@
+"""Load: N concurrent headless browser sessions clicking through every page of one run.
+
+    .venv/bin/python benchmarks/bench_load.py [--sessions 20] [--rounds 2] [--run RUN_DIR | --objects 1600]
+
+Starts ``drl explore --headless`` on a free port (a synthetic run of ``--objects`` objects, or a
+copy-free ``--run`` given by path), opens ``--sessions`` browser contexts in one headless Chromium
+(/usr/bin/chromium) and has each click through the sidebar pages ``--rounds`` times. A page's time
+is from the click to its title drawn and Streamlit's "running" indicator gone. Reports errors
+(exception boxes, error alerts, timeouts), the median and the max page time per page and overall,
+then stops the server with SIGTERM and reports how long it took to free the port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+PAGES = ["Latent axes", "Correlations", "Class map", "Anomalies", "Source model", "Datasets"]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-dev-shm-usage"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(runs_dir: Path, run: Path | None, port: int, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "drlcore.cli", "explore", "--headless", "--port", str(port),
+           "--runs-dir", str(runs_dir)]
+    if run is not None:
+        cmd.append(str(run))
+    env = {**os.environ}
+    env.pop("DRL_EXPLORE_TOKEN", None)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"server did not start:\n{log.read_text()[-2000:]}")
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).status == 200:
+                return proc
+        except OSError:
+            time.sleep(0.5)
+
+
+async def _settle(page, title: str, timeout_ms: float) -> None:
+    await page.locator("h1", has_text=title).first.wait_for(timeout=timeout_ms)
+    # The status widget shows "Running..." while the script runs; wait for it to go.
+    await page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
+    await page.locator("[data-testid='stMain']").first.wait_for(timeout=timeout_ms)
+
+
+async def _session(browser, url: str, rounds: int, times: dict, errors: list, idx: int,
+                   timeout_ms: float) -> None:
+    context = await browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = await context.new_page()
+    try:
+        t0 = time.perf_counter()
+        await page.goto(url, wait_until="domcontentloaded")
+        await _settle(page, "Datasets", timeout_ms)
+        times.setdefault("first load", []).append(time.perf_counter() - t0)
+        for _ in range(rounds):
+            for title in PAGES:
+                t0 = time.perf_counter()
+                try:
+                    await page.locator("[data-testid='stSidebarNavLink']", has_text=title).first.click()
+                    await _settle(page, title, timeout_ms)
+                except Exception as exc:  # noqa: BLE001 - a timeout is a result here
+                    errors.append(f"session {idx} {title}: {type(exc).__name__}: {str(exc)[:120]}")
+                    continue
+                times.setdefault(title, []).append(time.perf_counter() - t0)
+                bad = await page.locator("[data-testid='stException'], [data-testid='stAlertContentError']").count()
+                if bad:
+                    text = await page.locator("[data-testid='stException'], "
+                                              "[data-testid='stAlertContentError']").first.inner_text()
+                    errors.append(f"session {idx} {title}: error shown: {text[:160]}")
+    finally:
+        await context.close()
+
+
+async def _load(url: str, sessions: int, rounds: int, timeout_ms: float):
+    from playwright.async_api import async_playwright
+
+    times: dict[str, list[float]] = {}
+    errors: list[str] = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            await asyncio.gather(*[_session(browser, url, rounds, times, errors, i, timeout_ms)
+                                   for i in range(sessions)])
+        finally:
+            await browser.close()
+    return times, errors
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--objects", type=int, default=1600, help="size of the synthetic run")
+    ap.add_argument("--run", default=None, help="an existing run folder to load instead")
+    ap.add_argument("--timeout", type=float, default=60, help="seconds before a page counts as failed")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="drl-load-"))
+    runs_dir = work / "runs"
+    run = Path(args.run).resolve() if args.run else None
+    if run is None:
+        from app_fixtures import make_run
+
+        make_run(runs_dir, "load", n=args.objects, n_dims=10)
+    port = _free_port()
+    proc = _start_server(runs_dir, run, port, work / "server.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        t0 = time.perf_counter()
+        times, errors = asyncio.run(_load(url, args.sessions, args.rounds, args.timeout * 1000))
+        wall = time.perf_counter() - t0
+    finally:
+        t_stop = time.perf_counter()
+        os.kill(proc.pid, signal.SIGTERM)
+        while not _port_free(port) and time.perf_counter() - t_stop < 30:
+            time.sleep(0.1)
+        freed = time.perf_counter() - t_stop
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    every = [t for name, ts in times.items() if name != "first load" for t in ts]
+    print(f"{args.sessions} sessions x {args.rounds} rounds x {len(PAGES)} pages on "
+          f"{run or f'a synthetic run of {args.objects} objects'}; {os.cpu_count()} CPUs; wall {wall:.0f} s")
+    print(f"{'page':14s} {'n':>4s} {'median s':>9s} {'max s':>7s}")
+    for name, ts in times.items():
+        print(f"{name:14s} {len(ts):4d} {statistics.median(ts):9.2f} {max(ts):7.2f}")
+    if every:
+        print(f"{'all pages':14s} {len(every):4d} {statistics.median(every):9.2f} {max(every):7.2f}")
+    print(f"errors: {len(errors)}")
+    for line in errors[:20]:
+        print("  " + line)
+    print(f"SIGTERM -> port free in {freed:.1f} s (server exit code {proc.returncode})")
+
+
+if __name__ == "__main__":
+    main()
