@@ -23,7 +23,7 @@ from drlcore.rundir import default_runs_dir  # noqa: F401 - the one rule, import
 __all__ = ["DEMO_NAME", "DEMO_VERSION", "build_demo", "default_runs_dir", "demo_run_dir"]
 
 DEMO_NAME = "demo-texture-dsprites"
-DEMO_VERSION = 1
+DEMO_VERSION = 2  # 2: pinned to the dSprites source model (the run default became cells)
 DEMO_IMAGES = 600
 
 
@@ -82,6 +82,7 @@ def build_demo(runs_dir: str | Path, reporter: Reporter | None = None,
     atomic_write_parquet(demo_root / "factors.parquet", extra)
 
     config = PipelineConfig(features=FeatureConfig(cache_dir=cache_dir), transfer=False,
+                            source_model=str(source),  # not the run default (cells)
                             extra_columns=str(demo_root / "factors.parquet"))
     run_pipeline(data_dir, run_dir, config, reporter=reporter)
     atomic_write_json(run_dir / rundir.DEMO_MARKER, {"version": DEMO_VERSION, "n_images": n_images,

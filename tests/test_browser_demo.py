@@ -69,6 +69,14 @@ def test_first_launch_builds_and_opens_the_demo(tmp_path):
         page.get_by_text(f"Open: {DEMO_NAME}").wait_for(timeout=60_000)
         page.screenshot(path=str(SHOTS / "demo-01-first-launch.png"), full_page=True)
         assert (target / "analysis.json").is_file()
+        # The demo is rendered Texture-dSprites: it is encoded by the dSprites source model, not
+        # by drl run's default source (cells).
+        from drlcore import rundir
+        from drlcore.io import sha256_file
+        from drlcore.pipeline import shipped_source_model
+
+        dsprites = shipped_source_model("effnet-lite0", "dsprites") / rundir.MODEL_WEIGHTS
+        assert rundir.model_hash(target) == sha256_file(dsprites)
     assert jobs.log_path(target).read_text().count("job started") == 1
 
     # Second launch: the demo is there, nothing is rebuilt.
