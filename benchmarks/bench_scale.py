@@ -173,9 +173,24 @@ def _mib(nbytes: float) -> float:
     return nbytes / 2**20
 
 
+def _warm_up() -> float:
+    """Compile the numba code of UMAP and pynndescent on a tiny set, as a long-lived process
+    would have done already, so the stage times measure the work and not the JIT (reported on
+    its own)."""
+    from drlcore.anomaly import KNNScorer
+    from drlcore.projection import UMAPProjector
+
+    t = time.perf_counter()
+    X = np.random.default_rng(0).normal(size=(300, 10))
+    UMAPProjector().fit(X).transform(X[:50] + 0.01)
+    KNNScorer(method="approximate").fit(X).score_samples(X[:20] + 0.1)
+    return time.perf_counter() - t
+
+
 def _child(run: str, cache: str, quick: bool, jobs: int, progress: str, out):
     from drlcore import analyze
 
+    warmup = _warm_up()
     tree = TreeRSS()
     stages: dict[str, dict] = {}
 
@@ -205,7 +220,8 @@ def _child(run: str, cache: str, quick: bool, jobs: int, progress: str, out):
     tree.stop()
     a = rundir.read_analysis(run)
     save_progress("done")
-    out.put({"stages": stages, "total_s": total, "peak_tree_mib": _mib(tree.peak),
+    out.put({"stages": stages, "total_s": total, "warmup_s": warmup,
+             "peak_tree_mib": _mib(tree.peak),
              "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
              "samples": a.get("samples", {}), "knn": a.get("anomaly", {}).get("knn"),
              "umap": a.get("projections", {}).get("umap")})
@@ -340,13 +356,18 @@ def write(saved: dict, args) -> None:
              "shared with other work (timings are noisy). Every object has its own generated "
              "48 px image (morphology measures all of them, cold cache, in "
              f"{args.jobs} processes); thumbnails in shards. Peak memory per stage is the RSS of "
-             "the analysing process plus its worker processes, sampled every 0.2 s.", "",
+             "the analysing process plus its worker processes, sampled every 0.2 s. Each "
+             "analysis runs in a fresh process that first compiles UMAP's and pynndescent's "
+             "numba code on a tiny set (JIT seconds in the last column, not in the stages).", "",
              "Seconds per stage:", "",
-             "| N | " + " | ".join(names) + " | total |", "|" + "---|" * (len(names) + 2)]
+             "| N | " + " | ".join(names) + " | total | JIT warm-up |",
+             "|" + "---|" * (len(names) + 3)]
     for r in rows:
+        warm = r.get("warmup_s")
         lines.append(f"| {r['n']:,} | " + " | ".join(
             f"{r['stages'][s]['seconds']:.1f}" if s in r["stages"] else "-" for s in names)
-            + f" | {r['total_s']:.1f} |")
+            + f" | {r['total_s']:.1f} | " + ("in the stages" if warm is None else f"{warm:.1f}")
+            + " |")
     lines += ["", "Peak memory per stage (MiB, process tree), and the whole analysis (tree; the "
               "analysing process alone, ru_maxrss):", "",
               "| N | " + " | ".join(names) + " | whole (tree) | whole (process) |",
