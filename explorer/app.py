@@ -28,7 +28,7 @@ from drlcore.errors import DrlError  # noqa: E402
 from explorer import share  # noqa: E402
 from explorer.access import parse_serving_args, require_token  # noqa: E402
 from explorer.data import is_demo, is_run_dir, list_runs, parse_app_args, resolve_runs_dir  # noqa: E402
-from explorer.jobs import show_jobs  # noqa: E402
+from explorer.jobs import show_jobs, unwatch  # noqa: E402
 from explorer.ui import init_state, keep_state  # noqa: E402
 
 PAGES_DIR = Path(__file__).resolve().parent / "views"  # not pages/: Streamlit would also serve that folder as legacy pages
@@ -187,6 +187,7 @@ def sidebar(pages: dict) -> None:
     # A page that just finished building a run asks for it here, before the picker exists.
     if "app.request_run" in st.session_state:
         st.session_state["app.run"] = st.session_state.pop("app.request_run")
+        unwatch(st.session_state["app.run"])
     runs_dir = Path(st.session_state["app.runs_dir"])
     options = _run_options()
     current = st.session_state.get("app.run")

@@ -27,6 +27,12 @@ def watch(target: Path) -> None:
         watched.append(str(target))
 
 
+def unwatch(target: str | Path) -> None:
+    """The session has opened ``target``'s run: stop waiting for its job."""
+    watched = st.session_state.get(_WATCH, [])
+    st.session_state[_WATCH] = [t for t in watched if t != str(target)]
+
+
 def start_demo(runs_dir: Path) -> jobs.JobStatus:
     """Start the demo build (or attach to the one running) and watch it."""
     from drlcore.demo import DEMO_IMAGES, demo_run_dir
@@ -87,7 +93,9 @@ def _draw(runs_dir: Path, compact: bool) -> None:
     st.session_state[_SEEN] = sorted(now_running)
     done = [str(s.target) for s in finished if s.state == "done" and str(s.target) in watched]
     if done:
-        st.session_state[_WATCH] = [t for t in st.session_state[_WATCH] if t not in done]
+        # The target stays watched until the full-app run opens it (``unwatch`` in the sidebar):
+        # should this rerun request be lost (two jobs ending in the same second, two fragments
+        # polling), the next poll asks again instead of forgetting the finished job.
         st.session_state["app.request_run"] = done[0]
         st.session_state["data.just_added"] = Path(done[0]).name
     if done or (seen - now_running):
