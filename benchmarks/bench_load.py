@@ -8,6 +8,11 @@ copy-free ``--run`` given by path), opens ``--sessions`` browser contexts in one
 is from the click to its title drawn and Streamlit's "running" indicator gone. Reports errors
 (exception boxes, error alerts, timeouts), the median and the max page time per page and overall,
 then stops the server with SIGTERM and reports how long it took to free the port.
+
+CPU seconds are split between the server's process tree and everything else this benchmark
+started (Chromium and Playwright's driver), sampled every 0.5 s: on one machine the browsers
+compete with the server for the same cores, which a lab server's users, each on their own
+laptop, do not.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -112,6 +118,46 @@ async def _load(url: str, sessions: int, rounds: int, timeout_ms: float):
     return times, errors
 
 
+class CPUSplit:
+    """CPU seconds used by the server's process tree and by the rest of this process's
+    descendants (the browsers), sampled so that processes which end early still count."""
+
+    def __init__(self, server_pid: int, interval: float = 0.5):
+        import psutil
+
+        self._psutil = psutil
+        self.server_pid = server_pid
+        self.seen: dict[int, tuple[bool, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        psutil = self._psutil
+        try:
+            server = psutil.Process(self.server_pid)
+            server_pids = {self.server_pid, *(c.pid for c in server.children(recursive=True))}
+        except psutil.Error:
+            server_pids = {self.server_pid}
+        for p in psutil.Process().children(recursive=True):
+            try:
+                t = p.cpu_times()
+                self.seen[p.pid] = (p.pid in server_pids, t.user + t.system)
+            except psutil.Error:
+                pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self._sample()
+
+    def stop(self) -> tuple[float, float]:
+        self._sample()
+        self._stop.set()
+        self._thread.join()
+        server = sum(c for is_server, c in self.seen.values() if is_server)
+        return server, sum(c for is_server, c in self.seen.values() if not is_server)
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -141,11 +187,13 @@ def main() -> None:
     port = _free_port()
     proc = _start_server(runs_dir, run, port, work / "server.log")
     url = f"http://127.0.0.1:{port}"
+    cpu = CPUSplit(proc.pid)
     try:
         t0 = time.perf_counter()
         times, errors = asyncio.run(_load(url, args.sessions, args.rounds, args.timeout * 1000))
         wall = time.perf_counter() - t0
     finally:
+        server_cpu, client_cpu = cpu.stop()
         t_stop = time.perf_counter()
         os.kill(proc.pid, signal.SIGTERM)
         while not _port_free(port) and time.perf_counter() - t_stop < 30:
@@ -164,6 +212,9 @@ def main() -> None:
         print(f"{name:14s} {len(ts):4d} {statistics.median(ts):9.2f} {max(ts):7.2f}")
     if every:
         print(f"{'all pages':14s} {len(every):4d} {statistics.median(every):9.2f} {max(every):7.2f}")
+    print(f"CPU seconds: server {server_cpu:.0f}, browsers {client_cpu:.0f} "
+          f"({server_cpu / max(server_cpu + client_cpu, 1e-9):.0%} server) over {wall:.0f} s wall "
+          f"on {os.cpu_count()} CPUs")
     print(f"errors: {len(errors)}")
     for line in errors[:20]:
         print("  " + line)

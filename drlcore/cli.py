@@ -415,7 +415,11 @@ def _explore_plan(args) -> tuple[list[str], str, dict]:
            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
            # Streamlit's first-run email prompt would block the command on a fresh desktop.
            "--server.showEmailPrompt", "false",
-           "--server.maxUploadSize", str(args.max_upload_mb)]
+           "--server.maxUploadSize", str(args.max_upload_mb),
+           # Users run the app, they do not edit it: watching its sources walks every imported
+           # module (torch's thousands) after each script run and polls files, about as much
+           # server CPU as the pages themselves (py-spy, one session).
+           "--server.fileWatcherType", "none", "--server.runOnSave", "false"]
     if args.headless:
         cmd += ["--server.headless", "true"]
     cmd += ["--", "--min-free-mb", str(args.min_free_mb), "--max-upload-mb", str(args.max_upload_mb)]

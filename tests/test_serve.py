@@ -37,6 +37,9 @@ def test_default_is_loopback_without_a_token(monkeypatch):
     assert _after(cmd, "--server.address") == "127.0.0.1"
     assert "DRL_EXPLORE_TOKEN" not in env and "token" not in url
     assert url == "http://127.0.0.1:8501/"
+    # A served app does not watch its own sources (that cost a rerun's worth of CPU each time).
+    assert _after(cmd, "--server.fileWatcherType") == "none"
+    assert _after(cmd, "--server.runOnSave") == "false"
 
 
 def test_an_exposed_address_gets_a_fresh_token():
