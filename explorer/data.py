@@ -1,7 +1,7 @@
 """Run discovery and cached loaders for the explorer.
 
-Tables are cached with ``st.cache_data`` keyed by the file path *and* its modification stamp,
-so a re-analysed run is picked up without restarting the app. Nothing here computes what the
+Tables and JSON files are cached keyed by the file path *and* its modification stamp, so a
+re-analysed run is picked up without restarting the app. Nothing here computes what the
 engine owns; anomaly re-scoring goes through ``drlcore.anomaly``.
 """
 
@@ -102,9 +102,31 @@ def file_stamp(path: Path) -> tuple[int, int]:
     return (st_.st_mtime_ns, st_.st_size)
 
 
-@st.cache_data(max_entries=8, show_spinner=False)
+@st.cache_resource(max_entries=8, show_spinner=False)
 def _read_parquet(path: str, stamp: tuple[int, int]) -> pd.DataFrame:
-    return pd.read_parquet(path)
+    """One read-only copy of a run table per file version, shared by every session.
+
+    ``st.cache_data`` would unpickle a fresh copy on every access: for a 10^6-object run that
+    was a third of each page's server time and one more copy of the table per rerun. The arrays
+    are marked read-only so a page that tried to write into the shared table fails loudly;
+    :meth:`Run._table` hands out shallow copies, so adding a column never reaches it either."""
+    table = pd.read_parquet(path)
+    _freeze(table)
+    return table
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _class_names(run_dir: str, stamp, _objects: pd.DataFrame) -> tuple[str, ...]:
+    """Sorted class names of a run's objects table (named by run and stamp; not hashed)."""
+    labels = _objects["label"]
+    return tuple(sorted(str(v) for v in pd.unique(labels[labels.notna()].to_numpy(object))))
+
+
+def _freeze(table: pd.DataFrame) -> None:
+    for block in table._mgr.blocks:  # pandas' block arrays: the column data itself
+        values = getattr(block, "values", None)
+        if isinstance(values, np.ndarray):
+            values.flags.writeable = False
 
 
 # The run's JSON files, each through its drlcore.rundir reader (the one place that knows their
@@ -138,8 +160,9 @@ def _thumb_bytes(run_dir: str, sha: str, stamp) -> bytes | None:
 class Run:
     """Read-only view of one run folder: a thin cached wrapper over :mod:`drlcore.rundir`.
 
-    Files are cached across reruns by path and file stamp (``st.cache_data``); each ``Run`` is
-    built once per rerun, so ``cached_property`` keeps one copy of each table per rerun.
+    Tables are read once per file version and shared read-only across reruns and sessions
+    (``st.cache_resource``); JSON files are cached by path and file stamp (``st.cache_data``);
+    each ``Run`` is built once per rerun and keeps its shallow table copies (``cached_property``).
     """
 
     path: Path
@@ -150,7 +173,7 @@ class Run:
 
     def _table(self, name: str) -> pd.DataFrame | None:
         p = self.path / name
-        return _read_parquet(str(p), file_stamp(p)) if p.is_file() else None
+        return _read_parquet(str(p), file_stamp(p)).copy(deep=False) if p.is_file() else None
 
     def _json(self, name: str) -> dict:
         return _read_run_json(str(self.path), name, file_stamp(self.path / name))
@@ -248,7 +271,7 @@ class Run:
     def classes(self) -> list[str]:
         if not self.has_labels:
             return []
-        return sorted(self.objects["label"].dropna().astype(str).unique())
+        return list(_class_names(str(self.path), self.objects_stamp, self.objects))
 
     def projections(self) -> list[str]:
         cols = set(self.objects.columns)
