@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from drlcore import anomaly
-from explorer.figures import anomaly_histogram, latent_map
+from explorer.figures import DISPLAY_MAX_POINTS, anomaly_histogram, latent_map
 from explorer.report import ReportSection, build_report
 from explorer.ui import csv_download, image_grid, object_detail, report_download, require_run, show_chart
 
@@ -38,6 +38,14 @@ def rescore(run_path: str, stamp, known: tuple[str, ...]) -> pd.DataFrame:
         recon_error=df["recon_error"].to_numpy(float) if "recon_error" in df else None)
     out = pd.DataFrame(columns, index=df.index)
     return out
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def evaluate(run_path: str, stamp, score_col: str, known: tuple[str, ...], _values: np.ndarray,
+             _unknown: np.ndarray) -> dict:
+    """Open-set AUROC/AP of one score for one choice of known classes (what the arrays are is
+    named by the run, its stamp, the score and the classes: 10^6 values are not hashed)."""
+    return anomaly.open_set_evaluation(_values, _unknown)
 
 
 labelled = run.has_labels
@@ -79,7 +87,7 @@ metric_cols = st.columns(3)
 metric_cols[0].metric("Flagged objects", f"{int(flagged.sum()):,}")
 metric_cols[1].metric("Known-class objects", f"{int(known_mask.sum()):,}")
 if labelled and unknown.any() and known_mask.any():
-    evaluation = anomaly.open_set_evaluation(values, unknown)
+    evaluation = evaluate(str(run.path), run.objects_stamp, score_col, known_classes, values, unknown)
     metric_cols[2].metric("AUROC (other vs known classes)", f"{evaluation['auroc']:.3f}",
                           help="0.5 = chance, 1 = every object of another class scores above every known one.")
     if evaluation.get("note"):
@@ -94,13 +102,32 @@ proj = run.projections()
 map_fig = None
 if proj:
     p = proj[0]
-    map_fig = latent_map(df, f"{p}_x", f"{p}_y", "label" if labelled else None, False, highlight=flagged)
+    on_map, ringed = df, flagged
+    if len(df) > DISPLAY_MAX_POINTS:
+        # A seeded sample of the objects as background, and the most anomalous flagged objects
+        # (up to a fifth of the points) always among them.
+        background = np.zeros(len(df), bool)
+        background[np.random.default_rng(0).choice(len(df), DISPLAY_MAX_POINTS, replace=False)] = True
+        flagged_idx = np.flatnonzero(flagged)
+        top = flagged_idx[np.argsort(-values[flagged_idx])][:DISPLAY_MAX_POINTS // 5]
+        background[top] = True
+        picked = np.flatnonzero(background)
+        needed = [c for c in ("row", "path", "label", f"{p}_x", f"{p}_y") if c in df]
+        on_map = pd.DataFrame({c: df[c].to_numpy()[picked] for c in needed})
+        ringed = flagged[picked]
+    map_fig = latent_map(on_map, f"{p}_x", f"{p}_y", "label" if labelled else None, False, highlight=ringed)
     st.subheader("Flagged objects on the map")
+    if len(on_map) < len(df):
+        st.caption(f"Drawn: {len(on_map):,} of {len(df):,} objects, a seeded random sample plus the "
+                   f"most anomalous flagged ones; {int(ringed.sum()):,} of the {int(flagged.sum()):,} "
+                   "flagged objects are among them, ringed. The counts and AUROC above use every object.")
     show_chart(map_fig, key="anom.map", filename=f"{run.name}-anomalies-map")
 
 st.subheader("Most anomalous objects")
 n_top = st.slider("How many", 8, 96, key="anom.top", step=8)
-order = np.argsort(-np.nan_to_num(values, nan=-np.inf))[:n_top]
+ranking = -np.nan_to_num(values, nan=-np.inf)
+top_k = np.argpartition(ranking, n_top - 1)[:n_top] if len(values) > n_top else np.arange(len(values))
+order = top_k[np.argsort(ranking[top_k], kind="stable")]
 zscore_cols = [c for c in scores.columns if c.startswith("z_score_")]
 zscore_cols = sorted(zscore_cols, key=lambda c: int(c.rsplit("_", 1)[1]))
 ranked = df.iloc[order].copy()

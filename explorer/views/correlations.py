@@ -6,7 +6,7 @@ import streamlit as st
 
 from drlcore import rundir
 from drlcore.naming import axis_help, axis_label
-from explorer.figures import correlation_heatmap, feature_label, pair_scatter
+from explorer.figures import DISPLAY_MAX_POINTS, correlation_heatmap, feature_label, pair_scatter
 from explorer.report import ReportSection, axes_section, build_report
 from explorer.ui import (csv_download, image_grid, object_detail, report_download, require_run,
                          selected_rows_from_event, show_chart)
@@ -80,7 +80,10 @@ def _on_points_selected() -> None:
 scatter = pair_scatter(df, zcol, feature, names[dim], feature_label(feature),
                        selected_rows=st.session_state["corr.selected"])
 show_chart(scatter, key="corr.scatter", filename=f"{run.name}-{zcol}-vs-{feature}", on_select=_on_points_selected)
-st.caption("Drag a box or lasso around points to see their images.")
+st.caption("Drag a box or lasso around points to see their images."
+           + (f" Above {DISPLAY_MAX_POINTS:,} objects the plot draws a seeded random sample (selected "
+              "objects always among them); the correlation values use every object the analysis "
+              "measured." if len(df) > DISPLAY_MAX_POINTS else ""))
 
 selected = st.session_state["corr.selected"]
 object_detail(run, st.session_state.get("corr.focus"), "corr.focus")

@@ -91,13 +91,13 @@ for dim in dims:
         if _axis_line(dim):
             st.caption(_axis_line(dim))
         st.markdown(f"Best morphology matches: {_match_text(dim)}")
-        picked = df.set_index("row", drop=False).loc[rows] if "row" in df else df.iloc[rows]
+        picked = df.iloc[rows]  # traversal_indices gives table positions
         captions = [f"{names[dim].split(':')[0]} = {v:+.2f}" for v in values]
         image_grid(run, picked, key_prefix=f"trav.strip.{dim}", focus_key="trav.focus", n_cols=n_steps,
                    max_images=n_steps, captions=captions, channel=strip_channel)
     summary_rows.append({"dim": dim, "name": names[dim], "about": _axis_line(dim),
                          "source_name": run.source_dim_names[dim], "best_matches": _match_text(dim),
-                         "rows": " ".join(map(str, rows))})
+                         "rows": " ".join(map(str, picked["row"] if "row" in picked else rows))})
 
 table = pd.DataFrame(summary_rows)
 exports = st.columns(2)
@@ -109,7 +109,7 @@ def _report() -> str:
     sections = []
     for dim in dims:
         rows, values = _strip(str(run.path), stamp, dim, n_steps)
-        picked = df.set_index("row", drop=False).loc[rows]
+        picked = df.iloc[rows]
         images = [(run.thumb_bytes(str(sha)) or b"", f"{v:+.2f} · {caption_for(obj)}")
                   for (_, obj), sha, v in zip(picked.iterrows(), picked["sha256"], values, strict=True)]
         axis = run.axes[dim] if dim < len(run.axes) else {"name": names[dim]}
