@@ -33,22 +33,46 @@ def traversal_indices(z: np.ndarray, dim: int, n_steps: int = 9,
     every axis on the same unit scale, and rescaling inactive axes would amplify their noise.
     """
     z = _check(z, dim, n_steps, quantiles)
-    targets = np.repeat(np.median(z, axis=0, keepdims=True), n_steps, axis=0)
-    targets[:, dim] = np.quantile(z[:, dim], np.linspace(quantiles[0], quantiles[1], n_steps))
-    # (n_steps, n) squared distances; n_steps is small, so this stays cheap for 100k objects.
-    d2 = ((z[None, :, :] - targets[:, None, :]) ** 2).sum(axis=2) if len(z) * n_steps <= 4_000_000 \
-        else np.stack([((z - t) ** 2).sum(axis=1) for t in targets])
+    distances = _step_distances(z, dim, _targets(z, dim, n_steps, quantiles))
     unique_possible = len(z) >= n_steps
     chosen: list[int] = []
     taken: set[int] = set()
     for step in range(n_steps):
-        order = np.argsort(d2[step], kind="stable")
+        # At most n_steps - 1 rows are taken, so the n_steps nearest hold an untaken one.
+        order = _nearest_first(distances(step), n_steps)
         pick = int(order[0])
         if unique_possible:
             pick = next(int(i) for i in order if int(i) not in taken)
         chosen.append(pick)
         taken.add(pick)
     return chosen
+
+
+def _targets(z: np.ndarray, dim: int, n_steps: int, quantiles: tuple[float, float]) -> np.ndarray:
+    targets = np.repeat(np.median(z, axis=0, keepdims=True), n_steps, axis=0)
+    targets[:, dim] = np.quantile(z[:, dim], np.linspace(quantiles[0], quantiles[1], n_steps))
+    return targets
+
+
+def _step_distances(z: np.ndarray, dim: int, targets: np.ndarray):
+    """``step -> squared distances of every row to targets[step]``. The targets differ only in
+    ``dim``, so the other dimensions' part is summed once: one pass over the table, not one
+    per step (10^6 x 10 latents: 0.06 s instead of 0.55 s for nine steps)."""
+    others = np.delete(np.arange(z.shape[1]), dim)
+    rest = ((z[:, others] - targets[0, others]) ** 2).sum(axis=1) if len(others) else 0.0
+    column = z[:, dim]
+    return lambda step: rest + (column - targets[step, dim]) ** 2
+
+
+def _nearest_first(d2: np.ndarray, k: int) -> np.ndarray:
+    """The indices of at least the ``k`` smallest ``d2``, in the order a stable ``argsort``
+    gives them (ties by index), without sorting all of ``d2``: every index whose distance is
+    at most the ``k``-th smallest, so ties at the boundary are all kept."""
+    if len(d2) <= k:
+        return np.argsort(d2, kind="stable")
+    kth = np.partition(d2, k - 1)[k - 1]
+    candidates = np.flatnonzero(d2 <= kth)  # ascending index
+    return candidates[np.argsort(d2[candidates], kind="stable")]
 
 
 def traversal_grid(z: np.ndarray, dim: int, n_steps: int = 9, n_rows: int = 3,
@@ -64,13 +88,14 @@ def traversal_grid(z: np.ndarray, dim: int, n_steps: int = 9, n_rows: int = 3,
     z = _check(z, dim, n_steps, quantiles)
     if n_rows < 1:
         raise DrlError(f"a montage needs at least one row, got n_rows={n_rows}")
-    targets = np.repeat(np.median(z, axis=0, keepdims=True), n_steps, axis=0)
-    targets[:, dim] = np.quantile(z[:, dim], np.linspace(quantiles[0], quantiles[1], n_steps))
+    targets = _targets(z, dim, n_steps, quantiles)
+    distances = _step_distances(z, dim, targets)
     unique_possible = len(z) >= n_steps * n_rows
     grid = np.empty((n_rows, n_steps), dtype=np.int64)
     taken: set[int] = set()
     # Row by row, so the first row is the best strip and later rows are the runners-up.
-    orders = [np.argsort(((z - t) ** 2).sum(axis=1), kind="stable") for t in targets]
+    # At most n_steps * n_rows - 1 rows are taken before any pick, so that many nearest suffice.
+    orders = [_nearest_first(distances(step), n_steps * n_rows) for step in range(n_steps)]
     for row in range(n_rows):
         for step in range(n_steps):
             order = orders[step]

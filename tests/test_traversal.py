@@ -4,7 +4,7 @@ import pytest
 
 from drlcore.compare import cohens_d, effect_sizes
 from drlcore.errors import DrlError
-from drlcore.traversal import traversal_indices, traversal_values
+from drlcore.traversal import traversal_grid, traversal_indices, traversal_values
 
 
 def test_traversal_walks_the_axis_in_order_on_a_line():
@@ -90,3 +90,30 @@ def test_traversal_grid_with_few_objects_repeats_nearest():
     grid = traversal_grid(z, dim=0, n_steps=3, n_rows=4, quantiles=(0.0, 1.0))
     assert grid.shape == (4, 3)
     assert grid[0].tolist() == [0, 2, 4]
+
+
+def test_nearest_first_keeps_stable_argsort_order_and_every_boundary_tie():
+    from drlcore.traversal import _nearest_first
+
+    d2 = np.array([3.0, 1.0, 2.0, 1.0, 0.5, 2.0, 2.0, 9.0])
+    full = np.argsort(d2, kind="stable")
+    got = _nearest_first(d2, 4)  # the 4th smallest is 2.0, shared by rows 2, 5 and 6
+    assert got.tolist() == full[:6].tolist() == [4, 1, 3, 2, 5, 6]
+    assert _nearest_first(d2, 20).tolist() == full.tolist()
+
+
+def test_traversal_picks_match_a_brute_force_sweep():
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(5000, 4))
+    dim, n_steps = 2, 7
+    values = traversal_values(z, dim, n_steps)
+    targets = np.repeat(np.median(z, axis=0, keepdims=True), n_steps, axis=0)
+    targets[:, dim] = values
+    expected, taken = [], set()
+    for t in targets:
+        order = np.argsort(((z - t) ** 2).sum(axis=1), kind="stable")
+        pick = next(int(i) for i in order if int(i) not in taken)
+        expected.append(pick)
+        taken.add(pick)
+    assert traversal_indices(z, dim, n_steps) == expected
+    assert traversal_grid(z, dim, n_steps, n_rows=2)[0].tolist() == expected
