@@ -1,6 +1,7 @@
 """Load: N concurrent headless browser sessions clicking through every page of one run.
 
     .venv/bin/python benchmarks/bench_load.py [--sessions 20] [--rounds 2] [--run RUN_DIR | --objects 1600]
+        [--clients browser|protocol|mixed]
 
 Starts ``drl explore --headless`` on a free port (a synthetic run of ``--objects`` objects, or a
 copy-free ``--run`` given by path), opens ``--sessions`` browser contexts in one headless Chromium
@@ -8,6 +9,13 @@ copy-free ``--run`` given by path), opens ``--sessions`` browser contexts in one
 is from the click to its title drawn and Streamlit's "running" indicator gone. Reports errors
 (exception boxes, error alerts, timeouts), the median and the max page time per page and overall,
 then stops the server with SIGTERM and reports how long it took to free the port.
+
+``--clients``: ``browser`` (every session a Chromium context, as above), ``protocol`` (every
+session speaks Streamlit's websocket protocol itself, as the browser does, but draws nothing: the
+time is from asking for a page to the server's "script finished"), or ``mixed``: one Chromium
+session, timed as a user sees it, while the other sessions load the server over the protocol.
+On a 2-core machine the browsers' drawing, not the server, dominates a browser-only run; a lab
+server's users each draw on their own laptop, which ``mixed`` stands for.
 
 CPU seconds are split between the server's process tree and everything else this benchmark
 started (Chromium and Playwright's driver), sampled every 0.5 s: on one machine the browsers
@@ -35,6 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 PAGES = ["Latent axes", "Correlations", "Class map", "Anomalies", "Source model", "Datasets"]
+# The URL path of each page (explorer/app.py), which the protocol client asks for by name.
+PAGE_PATHS = {"Latent axes": "traversals", "Correlations": "correlations", "Class map": "class_map",
+              "Anomalies": "anomalies", "Source model": "source_model", "Datasets": "datasets"}
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -103,19 +114,76 @@ async def _session(browser, url: str, rounds: int, times: dict, errors: list, id
         await context.close()
 
 
-async def _load(url: str, sessions: int, rounds: int, timeout_ms: float):
+async def _protocol_rerun(ws, page_path: str, timeout_s: float) -> list[str]:
+    """Ask for a page the way the browser does (a BackMsg ``rerun_script`` naming it) and read
+    the server's messages until its ``script_finished``; returns any exception texts shown."""
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    msg = BackMsg()
+    msg.rerun_script.page_name = page_path
+    msg.rerun_script.query_string = ""
+    await ws.send(msg.SerializeToString())
+    shown: list[str] = []
+    async with asyncio.timeout(timeout_s):
+        while True:
+            fwd = ForwardMsg()
+            fwd.ParseFromString(await ws.recv())
+            kind = fwd.WhichOneof("type")
+            if (kind == "delta" and fwd.delta.WhichOneof("type") == "new_element"
+                    and fwd.delta.new_element.WhichOneof("type") == "exception"):
+                shown.append(fwd.delta.new_element.exception.message[:160])
+            if kind == "page_not_found":
+                shown.append(f"page not found: {page_path}")
+            if kind == "script_finished":
+                return shown
+
+
+async def _protocol_session(url: str, rounds: int, times: dict, errors: list, idx: int,
+                            timeout_ms: float) -> None:
+    import websockets
+
+    ws_url = url.replace("http://", "ws://") + "/_stcore/stream"
+    async with websockets.connect(ws_url, subprotocols=["streamlit"], max_size=None) as ws:
+        t0 = time.perf_counter()
+        await _protocol_rerun(ws, "", timeout_ms / 1000)
+        times.setdefault("first load", []).append(time.perf_counter() - t0)
+        for _ in range(rounds):
+            for title in PAGES:
+                t0 = time.perf_counter()
+                try:
+                    shown = await _protocol_rerun(ws, PAGE_PATHS[title], timeout_ms / 1000)
+                except TimeoutError:
+                    errors.append(f"protocol session {idx} {title}: no script_finished in time")
+                    continue
+                times.setdefault(title, []).append(time.perf_counter() - t0)
+                errors.extend(f"protocol session {idx} {title}: error shown: {e}" for e in shown)
+
+
+async def _load(url: str, sessions: int, rounds: int, timeout_ms: float, clients: str = "browser"):
+    """Returns (times, errors, browser_times): page times of every session, the errors, and the
+    times of the browser sessions alone (all sessions for ``browser``, one for ``mixed``)."""
     from playwright.async_api import async_playwright
 
     times: dict[str, list[float]] = {}
+    seen: dict[str, list[float]] = {}
     errors: list[str] = []
+    n_browsers = {"browser": sessions, "mixed": 1, "protocol": 0}[clients]
+    protocol = [_protocol_session(url, rounds, times, errors, i, timeout_ms)
+                for i in range(n_browsers, sessions)]
+    if not n_browsers:
+        await asyncio.gather(*protocol)
+        return times, errors, seen
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            await asyncio.gather(*[_session(browser, url, rounds, times, errors, i, timeout_ms)
-                                   for i in range(sessions)])
+            await asyncio.gather(*[_session(browser, url, rounds, seen, errors, i, timeout_ms)
+                                   for i in range(n_browsers)], *protocol)
         finally:
             await browser.close()
-    return times, errors
+    for name, ts in seen.items():
+        times.setdefault(name, []).extend(ts)
+    return times, errors, seen
 
 
 class CPUSplit:
@@ -168,6 +236,16 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _table(title: str, times: dict[str, list[float]]) -> None:
+    print(f"-- {title}")
+    print(f"{'page':14s} {'n':>4s} {'median s':>9s} {'max s':>7s}")
+    for name, ts in times.items():
+        print(f"{name:14s} {len(ts):4d} {statistics.median(ts):9.2f} {max(ts):7.2f}")
+    every = [t for name, ts in times.items() if name != "first load" for t in ts]
+    if every:
+        print(f"{'all pages':14s} {len(every):4d} {statistics.median(every):9.2f} {max(every):7.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=20)
@@ -175,6 +253,8 @@ def main() -> None:
     ap.add_argument("--objects", type=int, default=1600, help="size of the synthetic run")
     ap.add_argument("--run", default=None, help="an existing run folder to load instead")
     ap.add_argument("--timeout", type=float, default=60, help="seconds before a page counts as failed")
+    ap.add_argument("--clients", choices=("browser", "protocol", "mixed"), default="browser",
+                    help="who the sessions are (see the module docstring)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="drl-load-"))
@@ -190,7 +270,8 @@ def main() -> None:
     cpu = CPUSplit(proc.pid)
     try:
         t0 = time.perf_counter()
-        times, errors = asyncio.run(_load(url, args.sessions, args.rounds, args.timeout * 1000))
+        times, errors, browser_times = asyncio.run(
+            _load(url, args.sessions, args.rounds, args.timeout * 1000, args.clients))
         wall = time.perf_counter() - t0
     finally:
         server_cpu, client_cpu = cpu.stop()
@@ -204,15 +285,14 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    every = [t for name, ts in times.items() if name != "first load" for t in ts]
-    print(f"{args.sessions} sessions x {args.rounds} rounds x {len(PAGES)} pages on "
+    who = {"browser": "browser sessions", "protocol": "protocol sessions",
+           "mixed": "sessions (1 browser, the rest protocol)"}[args.clients]
+    print(f"{args.sessions} {who} x {args.rounds} rounds x {len(PAGES)} pages on "
           f"{run or f'a synthetic run of {args.objects} objects'}; {os.cpu_count()} CPUs; wall {wall:.0f} s")
-    print(f"{'page':14s} {'n':>4s} {'median s':>9s} {'max s':>7s}")
-    for name, ts in times.items():
-        print(f"{name:14s} {len(ts):4d} {statistics.median(ts):9.2f} {max(ts):7.2f}")
-    if every:
-        print(f"{'all pages':14s} {len(every):4d} {statistics.median(every):9.2f} {max(every):7.2f}")
-    print(f"CPU seconds: server {server_cpu:.0f}, browsers {client_cpu:.0f} "
+    _table("all sessions", times)
+    if args.clients == "mixed":
+        _table("the browser session alone (click to page drawn)", browser_times)
+    print(f"CPU seconds: server {server_cpu:.0f}, clients {client_cpu:.0f} "
           f"({server_cpu / max(server_cpu + client_cpu, 1e-9):.0%} server) over {wall:.0f} s wall "
           f"on {os.cpu_count()} CPUs")
     print(f"errors: {len(errors)}")
