@@ -43,9 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 PAGES = ["Latent axes", "Correlations", "Class map", "Anomalies", "Source model", "Datasets"]
-# The URL path of each page (explorer/app.py), which the protocol client asks for by name.
+# The URL path of each page (explorer/app.py; the default page has none), which the protocol
+# client asks for by name.
 PAGE_PATHS = {"Latent axes": "traversals", "Correlations": "correlations", "Class map": "class_map",
-              "Anomalies": "anomalies", "Source model": "source_model", "Datasets": "datasets"}
+              "Anomalies": "anomalies", "Source model": "source_model", "Datasets": ""}  # the default
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",

@@ -40,6 +40,7 @@ def test_default_is_loopback_without_a_token(monkeypatch):
     # A served app does not watch its own sources (that cost a rerun's worth of CPU each time).
     assert _after(cmd, "--server.fileWatcherType") == "none"
     assert _after(cmd, "--server.runOnSave") == "false"
+    assert _after(cmd, "--runner.postScriptGC") == "false"
 
 
 def test_an_exposed_address_gets_a_fresh_token():
