@@ -93,8 +93,12 @@ async def _session(browser, url: str, rounds: int, times: dict, errors: list, id
     page = await context.new_page()
     try:
         t0 = time.perf_counter()
-        await page.goto(url, wait_until="domcontentloaded")
-        await _settle(page, "Datasets", timeout_ms)
+        try:
+            await page.goto(url, wait_until="domcontentloaded", timeout=timeout_ms)
+            await _settle(page, "Datasets", timeout_ms)
+        except Exception as exc:  # noqa: BLE001 - a timeout is a result here
+            errors.append(f"session {idx} first load: {type(exc).__name__}: {str(exc)[:120]}")
+            return
         times.setdefault("first load", []).append(time.perf_counter() - t0)
         for _ in range(rounds):
             for title in PAGES:
