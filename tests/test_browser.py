@@ -236,11 +236,6 @@ def test_zip_upload_creates_a_new_run(server, page, runs_dir, tmp_path, pipeline
     _shot(page, "10b-upload-class-map")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "when two sessions' jobs finished within a second of each other, one session could miss its "
-    "new run (2 of 5 runs of this module) while both runs were complete; the likely cause, a lost "
-    "app rerun after the finished job was already forgotten, is fixed (the job stays watched until "
-    "its run is opened); kept non-strict until repeated runs confirm it"))
 def test_two_sessions_adding_data_at_once_each_get_their_own_run(server, browser, runs_dir, tmp_path,
                                                                   pipeline_settings, request):
     """Two people upload a zip of the same name at the same moment: two runs, each complete."""
