@@ -1,7 +1,7 @@
 """Load: N concurrent headless browser sessions clicking through every page of one run.
 
     .venv/bin/python benchmarks/bench_load.py [--sessions 20] [--rounds 2] [--run RUN_DIR | --objects 1600]
-        [--clients browser|protocol|mixed]
+        [--clients browser|protocol|mixed] [--think SECONDS]
 
 Starts ``drl explore --headless`` on a free port (a synthetic run of ``--objects`` objects, or a
 copy-free ``--run`` given by path), opens ``--sessions`` browser contexts in one headless Chromium
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import signal
 import socket
 import statistics
@@ -88,7 +89,7 @@ async def _settle(page, title: str, timeout_ms: float) -> None:
 
 
 async def _session(browser, url: str, rounds: int, times: dict, errors: list, idx: int,
-                   timeout_ms: float) -> None:
+                   timeout_ms: float, think: float = 0.0) -> None:
     context = await browser.new_context(viewport={"width": 1440, "height": 1000})
     page = await context.new_page()
     try:
@@ -100,23 +101,44 @@ async def _session(browser, url: str, rounds: int, times: dict, errors: list, id
             errors.append(f"session {idx} first load: {type(exc).__name__}: {str(exc)[:120]}")
             return
         times.setdefault("first load", []).append(time.perf_counter() - t0)
-        for _ in range(rounds):
-            for title in PAGES:
-                t0 = time.perf_counter()
-                try:
-                    await page.locator("[data-testid='stSidebarNavLink']", has_text=title).first.click()
-                    await _settle(page, title, timeout_ms)
-                except Exception as exc:  # noqa: BLE001 - a timeout is a result here
-                    errors.append(f"session {idx} {title}: {type(exc).__name__}: {str(exc)[:120]}")
-                    continue
-                times.setdefault(title, []).append(time.perf_counter() - t0)
-                bad = await page.locator("[data-testid='stException'], [data-testid='stAlertContentError']").count()
-                if bad:
-                    text = await page.locator("[data-testid='stException'], "
-                                              "[data-testid='stAlertContentError']").first.inner_text()
-                    errors.append(f"session {idx} {title}: error shown: {text[:160]}")
+
+        async def visit(title: str) -> list[str]:
+            await page.locator("[data-testid='stSidebarNavLink']", has_text=title).first.click()
+            await _settle(page, title, timeout_ms)
+            shown = page.locator("[data-testid='stException'], [data-testid='stAlertContentError']")
+            return [(await shown.first.inner_text())[:160]] if await shown.count() else []
+
+        await _click_through(visit, rounds, think, times, errors, f"session {idx}")
     finally:
         await context.close()
+
+
+async def _click_through(visit, rounds: int, think: float, times: dict, errors: list,
+                         who: str) -> None:
+    """Visit every page ``rounds`` times (``await visit(title)`` returns the errors the page
+    shows), pausing ``think`` seconds on average before each; page times go to ``times``."""
+    for _ in range(rounds):
+        for title in PAGES:
+            await _think(think, who)
+            t0 = time.perf_counter()
+            try:
+                shown = await visit(title)
+            except Exception as exc:  # noqa: BLE001 - a timeout is a result here
+                errors.append(f"{who} {title}: {type(exc).__name__}: {str(exc)[:120]}")
+                continue
+            times.setdefault(title, []).append(time.perf_counter() - t0)
+            errors.extend(f"{who} {title}: error shown: {e}" for e in shown)
+
+
+async def _think(seconds: float, who: str) -> None:
+    """A person's pause before the next click: ``seconds`` on average, spread 0.5x-1.5x by a
+    per-session seeded generator so the sessions do not click in step."""
+    if seconds > 0:
+        rng = _THINK_RNG.setdefault(who, random.Random(who))
+        await asyncio.sleep(seconds * rng.uniform(0.5, 1.5))
+
+
+_THINK_RNG: dict[str, random.Random] = {}
 
 
 async def _protocol_rerun(ws, page_path: str, timeout_s: float) -> list[str]:
@@ -145,27 +167,24 @@ async def _protocol_rerun(ws, page_path: str, timeout_s: float) -> list[str]:
 
 
 async def _protocol_session(url: str, rounds: int, times: dict, errors: list, idx: int,
-                            timeout_ms: float) -> None:
+                            timeout_ms: float, think: float = 0.0) -> None:
     import websockets
 
     ws_url = url.replace("http://", "ws://") + "/_stcore/stream"
     async with websockets.connect(ws_url, subprotocols=["streamlit"], max_size=None) as ws:
         t0 = time.perf_counter()
-        await _protocol_rerun(ws, "", timeout_ms / 1000)
+        try:
+            await _protocol_rerun(ws, "", timeout_ms / 1000)
+        except TimeoutError:
+            errors.append(f"protocol session {idx} first load: no script_finished in time")
+            return
         times.setdefault("first load", []).append(time.perf_counter() - t0)
-        for _ in range(rounds):
-            for title in PAGES:
-                t0 = time.perf_counter()
-                try:
-                    shown = await _protocol_rerun(ws, PAGE_PATHS[title], timeout_ms / 1000)
-                except TimeoutError:
-                    errors.append(f"protocol session {idx} {title}: no script_finished in time")
-                    continue
-                times.setdefault(title, []).append(time.perf_counter() - t0)
-                errors.extend(f"protocol session {idx} {title}: error shown: {e}" for e in shown)
+        await _click_through(lambda title: _protocol_rerun(ws, PAGE_PATHS[title], timeout_ms / 1000),
+                             rounds, think, times, errors, f"protocol session {idx}")
 
 
-async def _load(url: str, sessions: int, rounds: int, timeout_ms: float, clients: str = "browser"):
+async def _load(url: str, sessions: int, rounds: int, timeout_ms: float, clients: str = "browser",
+                think: float = 0.0):
     """Returns (times, errors, browser_times): page times of every session, the errors, and the
     times of the browser sessions alone (all sessions for ``browser``, one for ``mixed``)."""
     from playwright.async_api import async_playwright
@@ -174,7 +193,7 @@ async def _load(url: str, sessions: int, rounds: int, timeout_ms: float, clients
     seen: dict[str, list[float]] = {}
     errors: list[str] = []
     n_browsers = {"browser": sessions, "mixed": 1, "protocol": 0}[clients]
-    protocol = [_protocol_session(url, rounds, times, errors, i, timeout_ms)
+    protocol = [_protocol_session(url, rounds, times, errors, i, timeout_ms, think)
                 for i in range(n_browsers, sessions)]
     if not n_browsers:
         await asyncio.gather(*protocol)
@@ -182,7 +201,7 @@ async def _load(url: str, sessions: int, rounds: int, timeout_ms: float, clients
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            await asyncio.gather(*[_session(browser, url, rounds, seen, errors, i, timeout_ms)
+            await asyncio.gather(*[_session(browser, url, rounds, seen, errors, i, timeout_ms, think)
                                    for i in range(n_browsers)], *protocol)
         finally:
             await browser.close()
@@ -258,6 +277,8 @@ def main() -> None:
     ap.add_argument("--objects", type=int, default=1600, help="size of the synthetic run")
     ap.add_argument("--run", default=None, help="an existing run folder to load instead")
     ap.add_argument("--timeout", type=float, default=60, help="seconds before a page counts as failed")
+    ap.add_argument("--think", type=float, default=0.0,
+                    help="mean seconds a session pauses before each click (0: none, the upper bound)")
     ap.add_argument("--clients", choices=("browser", "protocol", "mixed"), default="browser",
                     help="who the sessions are (see the module docstring)")
     args = ap.parse_args()
@@ -276,7 +297,7 @@ def main() -> None:
     try:
         t0 = time.perf_counter()
         times, errors, browser_times = asyncio.run(
-            _load(url, args.sessions, args.rounds, args.timeout * 1000, args.clients))
+            _load(url, args.sessions, args.rounds, args.timeout * 1000, args.clients, args.think))
         wall = time.perf_counter() - t0
     finally:
         server_cpu, client_cpu = cpu.stop()
@@ -292,7 +313,8 @@ def main() -> None:
             proc.wait()
     who = {"browser": "browser sessions", "protocol": "protocol sessions",
            "mixed": "sessions (1 browser, the rest protocol)"}[args.clients]
-    print(f"{args.sessions} {who} x {args.rounds} rounds x {len(PAGES)} pages on "
+    pause = f", {args.think:g} s mean pause before each click" if args.think else ", no pause between clicks"
+    print(f"{args.sessions} {who} x {args.rounds} rounds x {len(PAGES)} pages{pause} on "
           f"{run or f'a synthetic run of {args.objects} objects'}; {os.cpu_count()} CPUs; wall {wall:.0f} s")
     _table("all sessions", times)
     if args.clients == "mixed":
