@@ -183,6 +183,12 @@ class Run:
         """Changes whenever the objects table is rewritten (a cache key for derived views)."""
         return file_stamp(self.path / rundir.OBJECTS)
 
+    @property
+    def version(self) -> tuple:
+        """Changes whenever any table or JSON file a view is drawn from is rewritten."""
+        return (self.objects_stamp, file_stamp(self.path / rundir.CORRELATIONS),
+                file_stamp(self.path / rundir.ANALYSIS), file_stamp(self.path / rundir.MANIFEST))
+
     @cached_property
     def objects(self) -> pd.DataFrame:
         df = self._table(rundir.OBJECTS)

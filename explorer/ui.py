@@ -94,6 +94,22 @@ def require_run() -> Run:
     return run
 
 
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _shared_figure(key: tuple, _build: Callable):
+    return _build()
+
+
+def cached_figure(run: Run, view: str, settings: tuple, build: Callable):
+    """``build()`` (a figure, or a tuple holding one), once per run version, view and settings,
+    shared by reruns and sessions.
+
+    ``settings`` must name everything the figure depends on besides the run's files. Safe to
+    share because nothing changes a figure after it is built (``st.plotly_chart`` serialises a
+    copy). Building the figures was about half of a page's server time, most of it repeated
+    for the same run and the same defaults in every session."""
+    return _shared_figure((str(run.path), run.version, view, settings), build)
+
+
 def show_chart(fig: go.Figure, key: str, filename: str, on_select: Callable | str = "ignore",
                selection_mode: Sequence[str] = ("points", "box", "lasso")):
     """Plotly chart whose modebar camera saves SVG or PNG (sidebar choice), fully in the browser."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -168,3 +169,24 @@ def test_traversal_strip_shows_the_objects_at_its_positions_whatever_the_row_ord
              if b.key and b.key.startswith(f"trav.strip.{dim}.view.")]
     assert shown == expected
 
+
+
+def test_cached_figures_are_shared_until_the_run_or_the_settings_change(tmp_path):
+    from drlcore.io import atomic_write_json
+    from explorer.ui import cached_figure
+
+    run_dir = make_run(tmp_path, "figs", n=30)
+    builds = []
+
+    def build():
+        builds.append(1)
+        return go.Figure()
+
+    first = cached_figure(Run(run_dir), "view", ("a", 1), build)
+    assert cached_figure(Run(run_dir), "view", ("a", 1), build) is first  # another rerun/session
+    assert len(builds) == 1
+    assert cached_figure(Run(run_dir), "view", ("a", 2), build) is not first  # other settings
+    analysis = json.loads((run_dir / rundir.ANALYSIS).read_text())
+    atomic_write_json(run_dir / rundir.ANALYSIS, dict(analysis, rewritten=True))  # re-analysed
+    assert cached_figure(Run(run_dir), "view", ("a", 1), build) is not first
+    assert len(builds) == 3

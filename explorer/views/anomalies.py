@@ -9,7 +9,8 @@ import streamlit as st
 from drlcore import anomaly
 from explorer.figures import DISPLAY_MAX_POINTS, anomaly_histogram, latent_map
 from explorer.report import ReportSection, build_report
-from explorer.ui import csv_download, image_grid, object_detail, report_download, require_run, show_chart
+from explorer.ui import (cached_figure, csv_download, image_grid, object_detail, report_download, require_run,
+                         show_chart)
 
 SCORES = {"anomaly_score": "Combined (rank average)", "anomaly_knn": "kNN distance",
           "anomaly_mahalanobis": "Mahalanobis distance", "anomaly_recon": "Reconstruction error"}
@@ -95,31 +96,39 @@ if labelled and unknown.any() and known_mask.any():
 else:
     metric_cols[2].metric("AUROC", "—", help="Needs labels and at least one class left out of the known set.")
 
-hist = anomaly_histogram(values, known_mask if labelled else None, threshold, SCORES[score_col])
+view = (score_col, known_classes, st.session_state["anom.quantile"], labelled)
+hist = cached_figure(run, "anomaly histogram", view, lambda: anomaly_histogram(
+    values, known_mask if labelled else None, threshold, SCORES[score_col]))
 show_chart(hist, key="anom.hist", filename=f"{run.name}-anomaly-histogram")
 
-proj = run.projections()
-map_fig = None
-if proj:
-    p = proj[0]
+
+def _flagged_map(p: str):
+    """The map with flagged objects ringed; above DISPLAY_MAX_POINTS objects a seeded sample as
+    background plus the most anomalous flagged objects (up to a fifth of the points).
+    Returns (figure, objects drawn, flagged objects drawn)."""
     on_map, ringed = df, flagged
     if len(df) > DISPLAY_MAX_POINTS:
-        # A seeded sample of the objects as background, and the most anomalous flagged objects
-        # (up to a fifth of the points) always among them.
         background = np.zeros(len(df), bool)
         background[np.random.default_rng(0).choice(len(df), DISPLAY_MAX_POINTS, replace=False)] = True
         flagged_idx = np.flatnonzero(flagged)
-        top = flagged_idx[np.argsort(-values[flagged_idx])][:DISPLAY_MAX_POINTS // 5]
-        background[top] = True
+        background[flagged_idx[np.argsort(-values[flagged_idx])][:DISPLAY_MAX_POINTS // 5]] = True
         picked = np.flatnonzero(background)
         needed = [c for c in ("row", "path", "label", f"{p}_x", f"{p}_y") if c in df]
         on_map = pd.DataFrame({c: df[c].to_numpy()[picked] for c in needed})
         ringed = flagged[picked]
-    map_fig = latent_map(on_map, f"{p}_x", f"{p}_y", "label" if labelled else None, False, highlight=ringed)
+    fig = latent_map(on_map, f"{p}_x", f"{p}_y", "label" if labelled else None, False, highlight=ringed)
+    return fig, len(on_map), int(ringed.sum())
+
+
+proj = run.projections()
+map_fig = None
+if proj:
+    map_fig, n_drawn, n_ringed = cached_figure(run, "anomaly map", (*view, proj[0]),
+                                               lambda: _flagged_map(proj[0]))
     st.subheader("Flagged objects on the map")
-    if len(on_map) < len(df):
-        st.caption(f"Drawn: {len(on_map):,} of {len(df):,} objects, a seeded random sample plus the "
-                   f"most anomalous flagged ones; {int(ringed.sum()):,} of the {int(flagged.sum()):,} "
+    if n_drawn < len(df):
+        st.caption(f"Drawn: {n_drawn:,} of {len(df):,} objects, a seeded random sample plus the "
+                   f"most anomalous flagged ones; {n_ringed:,} of the {int(flagged.sum()):,} "
                    "flagged objects are among them, ringed. The counts and AUROC above use every object.")
     show_chart(map_fig, key="anom.map", filename=f"{run.name}-anomalies-map")
 

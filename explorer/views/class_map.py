@@ -9,6 +9,7 @@ by a threshold on any feature or latent axis (Hedges' g with CI and BH q, drlcor
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,8 @@ from explorer.figures import effect_size_chart, feature_label, group_effect_char
 from explorer.report import ReportSection, build_report
 from explorer.scatter import class_map_webgl, webgl_wanted
 from explorer.share import GROUP_KINDS
-from explorer.ui import (csv_download, image_grid, object_detail, report_download, require_run,
-                         selected_rows_from_event, show_chart)
+from explorer.ui import (cached_figure, csv_download, image_grid, object_detail, report_download,
+                         require_run, selected_rows_from_event, show_chart)
 
 run = require_run()
 st.title("Class map")
@@ -93,9 +94,16 @@ if webgl_wanted(len(df)):  # WebGL (explorer/scatter.py) above ~100k objects or 
     fig = class_map_webgl(run, df, x_col, y_col, colour_col, continuous, colour_options.get(colour),
                           flagged=flagged, background=background)
 else:
-    fig = latent_map(df, x_col, y_col, colour_col, continuous, colour_title=colour_options.get(colour),
-                     highlight=flagged, selected_rows=st.session_state["map.selected"], background=background,
-                     background_name=background_name)
+    threshold_shown = None if flagged is None else st.session_state.get("anom.threshold")
+    other_shown = None if background is None else (  # the placed coordinates themselves
+        background_name, hashlib.blake2b(background.to_numpy().tobytes(), digest_size=16).hexdigest())
+    selected_now = tuple(st.session_state["map.selected"] or ())
+    fig = cached_figure(
+        run, "class map", (proj, colour_col, continuous, colour_options.get(colour), threshold_shown,
+                           selected_now, other_shown),
+        lambda: latent_map(df, x_col, y_col, colour_col, continuous, colour_title=colour_options.get(colour),
+                           highlight=flagged, selected_rows=list(selected_now), background=background,
+                           background_name=background_name))
 
     def _on_select() -> None:
         rows = selected_rows_from_event("map.chart")

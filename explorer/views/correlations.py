@@ -8,8 +8,8 @@ from drlcore import rundir
 from drlcore.naming import axis_help, axis_label
 from explorer.figures import DISPLAY_MAX_POINTS, correlation_heatmap, feature_label, pair_scatter
 from explorer.report import ReportSection, axes_section, build_report
-from explorer.ui import (csv_download, image_grid, object_detail, report_download, require_run,
-                         selected_rows_from_event, show_chart)
+from explorer.ui import (cached_figure, csv_download, image_grid, object_detail, report_download,
+                         require_run, selected_rows_from_event, show_chart)
 
 METHODS = {"pearson": "Pearson r", "spearman": "Spearman ρ", "mi": "Mutual information"}
 
@@ -52,8 +52,9 @@ st.caption("Rows: latent axes, named from this run's own data and ordered by the
 st.toggle("Cluster axes and features (hierarchical)", key="corr.cluster",
           help="Orders axes, and features within each family, by average-linkage clustering of "
                "their correlation profiles instead of by family.")
-heat = correlation_heatmap(corr, method, names, features, axes=run.axes,
-                           cluster=bool(st.session_state.get("corr.cluster")))
+clustered = bool(st.session_state.get("corr.cluster"))
+heat = cached_figure(run, "correlation heatmap", (method, clustered), lambda: correlation_heatmap(
+    corr, method, names, features, axes=run.axes, cluster=clustered))
 show_chart(heat, key="corr.heatmap", filename=f"{run.name}-correlations-{method}", on_select=_on_cell_click,
            selection_mode=("points",))
 
@@ -77,8 +78,9 @@ def _on_points_selected() -> None:
     st.session_state["corr.selected"] = selected_rows_from_event("corr.scatter")
 
 
-scatter = pair_scatter(df, zcol, feature, names[dim], feature_label(feature),
-                       selected_rows=st.session_state["corr.selected"])
+selected_now = tuple(st.session_state["corr.selected"] or ())
+scatter = cached_figure(run, "pair scatter", (zcol, feature, selected_now), lambda: pair_scatter(
+    df, zcol, feature, names[dim], feature_label(feature), selected_rows=list(selected_now)))
 show_chart(scatter, key="corr.scatter", filename=f"{run.name}-{zcol}-vs-{feature}", on_select=_on_points_selected)
 st.caption("Drag a box or lasso around points to see their images."
            + (f" Above {DISPLAY_MAX_POINTS:,} objects the plot draws a seeded random sample (selected "
