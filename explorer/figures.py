@@ -41,7 +41,7 @@ _TEMPLATE = _light_template()
 __all__ = [
     "OKABE_ITO", "FONT_SIZE", "plot_config", "style", "class_colours", "feature_label",
     "correlation_heatmap", "heatmap_order", "pair_scatter", "latent_map", "anomaly_histogram", "effect_size_chart",
-    "group_effect_chart", "metric_bars", "factor_heatmap", "empty_figure", "display_sample",
+    "group_effect_chart", "metric_bars", "factor_heatmap", "empty_figure", "display_positions", "display_sample",
     "DISPLAY_MAX_POINTS",
 ]
 
@@ -227,22 +227,32 @@ def correlation_heatmap(corr: pd.DataFrame, method: str, dim_labels: Sequence[st
     return fig
 
 
+def display_positions(n: int, max_points: int = DISPLAY_MAX_POINTS, keep: np.ndarray | None = None,
+                      seed: int = 0, where: np.ndarray | None = None) -> np.ndarray:
+    """Ascending positions of the ``n`` rows to draw: all of them (those where the boolean
+    ``where`` holds, if given) up to ``max_points``, else a seeded random sample of that many
+    plus every position in ``keep`` (a boolean mask or positions; within ``where``). The same
+    ``n`` and seed give the same sample on every rerun."""
+    candidates = np.arange(n) if where is None else np.flatnonzero(where)
+    if len(candidates) <= max_points:
+        return candidates
+    take = np.zeros(n, bool)
+    take[np.random.default_rng(seed).choice(candidates, size=max_points, replace=False)] = True
+    if keep is not None:
+        kept = np.zeros(n, bool)
+        kept[keep] = True
+        take |= kept if where is None else kept & where
+    return np.flatnonzero(take)
+
+
 def display_sample(df: pd.DataFrame, max_points: int = DISPLAY_MAX_POINTS,
                    keep_rows: Sequence[int] | None = None, seed: int = 0,
                    where: np.ndarray | None = None) -> pd.DataFrame:
-    """The rows of ``df`` (those where the boolean ``where`` holds, if given) up to
-    ``max_points``, else a seeded random sample of that many, in table order, that always
-    contains the objects whose ``row`` is in ``keep_rows`` (a selection stays visible). The same
-    table and seed give the same sample on every rerun; only the drawn rows are copied."""
-    candidates = np.arange(len(df)) if where is None else np.flatnonzero(where)
-    if len(candidates) <= max_points:
-        return df if where is None else df.iloc[candidates]
-    take = np.zeros(len(df), bool)
-    take[np.random.default_rng(seed).choice(candidates, size=max_points, replace=False)] = True
-    if keep_rows:
-        keep = df["row"].isin(list(keep_rows)).to_numpy()
-        take |= keep if where is None else keep & where
-    return df.iloc[np.flatnonzero(take)]
+    """:func:`display_positions` of ``df``, keeping the objects whose ``row`` is in
+    ``keep_rows`` (a selection stays visible), in table order; only the drawn rows are copied."""
+    keep = df["row"].isin(list(keep_rows)).to_numpy() if keep_rows else None
+    positions = display_positions(len(df), max_points, keep, seed, where)
+    return df if where is None and len(positions) == len(df) else df.iloc[positions]
 
 
 def pair_scatter(df: pd.DataFrame, x_col: str, y_col: str, x_label: str, y_label: str,

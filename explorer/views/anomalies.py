@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from drlcore import anomaly
-from explorer.figures import DISPLAY_MAX_POINTS, anomaly_histogram, latent_map
+from explorer.figures import DISPLAY_MAX_POINTS, anomaly_histogram, display_positions, latent_map
 from explorer.report import ReportSection, build_report
 from explorer.ui import (cached_figure, csv_download, image_grid, object_detail, report_download, require_run,
                          show_chart)
@@ -96,7 +96,7 @@ if labelled and unknown.any() and known_mask.any():
 else:
     metric_cols[2].metric("AUROC", "—", help="Needs labels and at least one class left out of the known set.")
 
-view = (score_col, known_classes, st.session_state["anom.quantile"], labelled)
+view = (score_col, known_classes, st.session_state["anom.quantile"])
 hist = cached_figure(run, "anomaly histogram", view, lambda: anomaly_histogram(
     values, known_mask if labelled else None, threshold, SCORES[score_col]))
 show_chart(hist, key="anom.hist", filename=f"{run.name}-anomaly-histogram")
@@ -108,11 +108,9 @@ def _flagged_map(p: str):
     Returns (figure, objects drawn, flagged objects drawn)."""
     on_map, ringed = df, flagged
     if len(df) > DISPLAY_MAX_POINTS:
-        background = np.zeros(len(df), bool)
-        background[np.random.default_rng(0).choice(len(df), DISPLAY_MAX_POINTS, replace=False)] = True
         flagged_idx = np.flatnonzero(flagged)
-        background[flagged_idx[np.argsort(-values[flagged_idx])][:DISPLAY_MAX_POINTS // 5]] = True
-        picked = np.flatnonzero(background)
+        most_anomalous = flagged_idx[np.argsort(-values[flagged_idx])][:DISPLAY_MAX_POINTS // 5]
+        picked = display_positions(len(df), keep=most_anomalous)
         needed = [c for c in ("row", "path", "label", f"{p}_x", f"{p}_y") if c in df]
         on_map = pd.DataFrame({c: df[c].to_numpy()[picked] for c in needed})
         ringed = flagged[picked]
