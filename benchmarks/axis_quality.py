@@ -14,7 +14,7 @@ against what the raw backbone features already hold:
   in the JSON, and the goal text also gives PCA of the centred, unstandardised features, which
   can be the stronger baseline) and next to the ceiling, a 5-fold ``RidgeCV`` read-out of the raw features (r and
   rho of the out-of-fold predictions);
-- **names**: the share of named axes (``drlcore.naming`` on the run's own correlations, exactly
+- **names**: the share of named axes (``drlcore.analysis.naming`` on the run's own correlations, exactly
   what ``analysis.json`` ``axes`` holds) whose data supports the name: |rho| >= 0.5 (Spearman,
   the statistic the names are given on; Pearson in the JSON) with a feature of its family;
 - **open set**: mean AUROC with each class held out in turn (``anomaly.holdout_each_class``,
@@ -148,7 +148,7 @@ def logreg_cv_balanced_accuracy(X: np.ndarray, y: np.ndarray, max_dims: int = 12
 
 
 def class_information(X: np.ndarray, y: np.ndarray) -> dict:
-    from drlcore.classify import evaluate_classifiers
+    from drlcore.analysis.classify import evaluate_classifiers
 
     mlp = evaluate_classifiers(X, y, split=None, seed=SEED, models=("mlp",))
     return {"mlp": float(mlp["models"]["mlp"]["balanced_accuracy"]),
@@ -158,7 +158,7 @@ def class_information(X: np.ndarray, y: np.ndarray) -> dict:
 
 
 def open_set_auroc(X: np.ndarray, y: np.ndarray) -> dict:
-    from drlcore.anomaly import holdout_each_class
+    from drlcore.analysis.anomaly import holdout_each_class
 
     res = holdout_each_class(np.asarray(X, np.float64), np.asarray(y).astype(str), seed=SEED)
     return {"mean_auroc": res["mean_auroc"], "worst_auroc": res["worst_auroc"],
@@ -199,7 +199,7 @@ def pca_axes(X: np.ndarray, n: int = PCA_AXES_WIDE, standardise: bool = True) ->
 
 def colour_measurable(morph: pd.DataFrame) -> bool:
     """Whether the images have colour at all (grey images stored as RGB do not)."""
-    from drlcore.morphology import ACHROMATIC_SATURATION
+    from drlcore.analysis.morphology import ACHROMATIC_SATURATION
 
     sat = morph[TARGETS["colour"]].to_numpy(float)
     sat = sat[np.isfinite(sat)]
@@ -248,7 +248,7 @@ def correlation_block(Z: np.ndarray, active: list[int], ref: dict, morph: pd.Dat
 
 def name_support(axes: list[dict], corr: pd.DataFrame) -> dict:
     """Each named axis against its own family on the rows of ``corr`` (a correlation table)."""
-    from drlcore.naming import feature_family
+    from drlcore.analysis.naming import feature_family
 
     fam = corr.assign(family=corr["feature"].map(feature_family))
     checks = []
@@ -273,7 +273,7 @@ def name_support(axes: list[dict], corr: pd.DataFrame) -> dict:
 
 def _correlation_table(Z: np.ndarray, morph: pd.DataFrame, dim_names: list[str]) -> pd.DataFrame:
     """The analysis stage's own latent x morphology table (same function, same settings)."""
-    from drlcore.analyze import AnalyzeConfig, _correlations
+    from drlcore.analysis.analyze import AnalyzeConfig, _correlations
 
     notes: list[str] = []
     return _correlations(Z, morph.reset_index(drop=True), pd.DataFrame(index=range(len(Z))),
@@ -285,8 +285,8 @@ def score_codes(Z: np.ndarray, meta: dict, y: np.ndarray, morph: pd.DataFrame, r
     """Every figure of one combination, from its latent means ``Z`` (n, J) and the model's
     ``meta`` (``dim_names``, ``dim_factor``, ``inactive_dims``). ``heldout``: rows held out of an
     anchored fine-tuning; the correlation figures and the name check use only those rows."""
-    from drlcore.naming import name_axes
-    from drlcore.train import latent_activity
+    from drlcore.analysis.naming import name_axes
+    from drlcore.disentangle.train import latent_activity
 
     Z = np.asarray(Z, np.float64)
     n, J = Z.shape
@@ -355,7 +355,7 @@ def goals(m: dict) -> dict:
 
 def preprocess_unsupported(preprocess: str) -> str | None:
     """None when ``FeatureConfig`` can do ``preprocess``, else why not."""
-    from drlcore.features import FeatureConfig
+    from drlcore.embedding.features import FeatureConfig
 
     fields = {f.name for f in dataclasses.fields(FeatureConfig)}
     if "preprocess" in fields:
@@ -373,7 +373,7 @@ def preprocess_unsupported(preprocess: str) -> str | None:
 
 
 def feature_config(preprocess: str, cache_dir: str | None):
-    from drlcore.features import FeatureConfig
+    from drlcore.embedding.features import FeatureConfig
 
     fields = {f.name for f in dataclasses.fields(FeatureConfig)}
     if "preprocess" in fields:
@@ -382,13 +382,13 @@ def feature_config(preprocess: str, cache_dir: str | None):
 
 
 def render_demo_images(folder: Path, n_images: int, seed: int = 0) -> Path:
-    """The built-in demo's images (``drlcore.demo.build_demo``: Texture-dSprites from the shipped
+    """The built-in demo's images (``drlcore.runs.demo.build_demo``: Texture-dSprites from the shipped
     source's own config, one folder per shape), written once as PNG files."""
     from PIL import Image
 
-    from drlcore.dsprites import DSpritesConfig, TextureDSprites, factors_to_frame
+    from drlcore.disentangle.dsprites import DSpritesConfig, TextureDSprites, factors_to_frame
     from drlcore.io import atomic_write_bytes, read_json
-    from drlcore.pipeline import shipped_source_model
+    from drlcore.runs.pipeline import shipped_source_model
 
     cfg = read_json(shipped_source_model("effnet-lite0") / "config.json")
     ds_cfg = cfg.get("training", {}).get("dsprites")
@@ -419,10 +419,10 @@ def dataset_source(name: str, workdir: Path, quick: bool) -> Path:
 
 def prepare(name: str, preprocess: str, workdir: Path, cache_dir: str | None, quick: bool):
     """Features folder (from the cache where possible), labels and morphology of a dataset."""
-    from drlcore.analyze import AnalyzeConfig, _morphology
-    from drlcore.features import extract_features
+    from drlcore.analysis.analyze import AnalyzeConfig, _morphology
+    from drlcore.embedding.features import extract_features
     from drlcore.progress import NullReporter
-    from drlcore.rundir import load_features_dir
+    from drlcore.data.rundir import load_features_dir
 
     run_dir = workdir / f"{name}{'-quick' if quick and name == 'demo' else ''}-{preprocess}"
     start = time.perf_counter()
@@ -454,9 +454,9 @@ def anchors_for(morph: pd.DataFrame) -> tuple[str, ...]:
 def transfer_codes(data: dict, source: str, anchors: tuple[str, ...], preprocess: str,
                    cache_dir: str | None):
     """The pipeline's transfer stage (model cache included) and the encode stage's latent means."""
-    from drlcore.artifacts import load_model
-    from drlcore.encode import encode_features
-    from drlcore.pipeline import PipelineConfig, _transfer_stage, resolve_source_model
+    from drlcore.disentangle.artifacts import load_model
+    from drlcore.disentangle.encode import encode_features
+    from drlcore.runs.pipeline import PipelineConfig, _transfer_stage, resolve_source_model
     from drlcore.progress import NullReporter
 
     fcfg = feature_config(preprocess, cache_dir)
@@ -536,12 +536,12 @@ def render_tables(rows: list[dict], skipped: list[str]) -> str:
                          f" | {r['metrics']['n_correlation_rows']}"
                          f"{' held-out' if r['mode'] == 'anchored' else ''} | " +
                          " | ".join(_corr_cell(corr[t], stat) for t in TARGETS) + " |")
-    from drlcore.naming import NamingConfig
+    from drlcore.analysis.naming import NamingConfig
 
     bar = NamingConfig()
     lines += ["", "## Axis names (from the run's own data) and their support "
                   f"(|rho| >= {SUPPORT_R} with the named family)", "",
-              f"Names as `drl analyze` gives them (drlcore.naming: |{bar.method}| >= "
+              f"Names as `drl analyze` gives them (drlcore.analysis.naming: |{bar.method}| >= "
               f"{bar.min_abs_r:g}, BH q < {bar.alpha:g}, on all images). Support is checked on "
               f"the same images in discovered runs (with a naming bar of {bar.min_abs_r:g} >= "
               f"{SUPPORT_R} it then holds by construction, so the informative figure is how many "

@@ -40,7 +40,7 @@ def _baseline() -> None:
 
 
 def _classify():
-    from drlcore.classify import evaluate_classifiers
+    from drlcore.analysis.classify import evaluate_classifiers
 
     generator = np.random.default_rng(0)
     n, n_classes = 2250, 8
@@ -53,7 +53,7 @@ def _classify():
 def _correlation():
     import pandas as pd
 
-    from drlcore.correlation import latent_feature_correlation
+    from drlcore.analysis.correlation import latent_feature_correlation
 
     generator = np.random.default_rng(0)
     n = 2000

@@ -8,7 +8,7 @@ generated), times
   (c) decoding + squaring alone, single-threaded (is the input pipeline the bottleneck?),
   (d) a second ``extract_features`` with a warm cache (same output folder, and a fresh one),
   (e) with ``--dask-workers K`` (default 2; 0 skips it): ``extract_features`` with a cold cache on
-      a Dask LocalCluster of K single-threaded worker processes (drlcore.distributed), interleaved
+      a Dask LocalCluster of K single-threaded worker processes (drlcore.embedding.distributed), interleaved
       with (a) and (b); the cluster is started once and its workers hold the model, so this is the
       steady-state rate; the one-off start of ``--cluster local`` (processes + model load) is
       timed on its own,
@@ -95,7 +95,7 @@ def process_cpu() -> float:
 
 
 def decode_only(data: Path, size: int) -> tuple[int, float]:
-    from drlcore import ingest
+    from drlcore.data import ingest
 
     config = ingest.IngestConfig()
     dataset = ingest.discover(data, config)
@@ -109,7 +109,7 @@ def decode_only(data: Path, size: int) -> tuple[int, float]:
 def warm_workers(client, backbone, batch_size: int) -> None:
     """Load the backbone on every worker and run one full batch (oneDNN builds its kernels per
     shape), as ``bare_forward`` warms up before it is timed."""
-    from drlcore import distributed
+    from drlcore.embedding import distributed
 
     settings = distributed.BackboneSettings.of(backbone, None, backbone.weights_source
                                                != "random-init")
@@ -125,7 +125,7 @@ def warm_workers(client, backbone, batch_size: int) -> None:
 def cluster_start_time(n_workers: int, backbone, batch_size: int) -> float:
     """Seconds for what ``--cluster local`` pays once per command: start the worker processes,
     load the model in each, warm it."""
-    from drlcore.distributed import ClusterConfig, connect
+    from drlcore.embedding.distributed import ClusterConfig, connect
 
     start = time.perf_counter()
     with connect(ClusterConfig(cluster="local", n_workers=n_workers)) as client:
@@ -135,8 +135,8 @@ def cluster_start_time(n_workers: int, backbone, batch_size: int) -> float:
 
 def reduced_precision_pair(name: str, pretrained: bool, data: Path, tmp: Path, args) -> None:
     """(f): fp32 and bf16 forward and bf16 end to end, interleaved, ratios to bare fp32."""
-    from drlcore.backbones import _native_bf16, load_backbone
-    from drlcore.features import FeatureConfig, extract_features
+    from drlcore.embedding.backbones import _native_bf16, load_backbone
+    from drlcore.embedding.features import FeatureConfig, extract_features
 
     pair = {p: load_backbone(name, pretrained=pretrained, dtype=p, batch_size=args.batch_size)
             for p in ("fp32", "bf16")}
@@ -192,8 +192,8 @@ def main(argv=None) -> None:
 
     import torch
 
-    from drlcore.backbones import load_backbone
-    from drlcore.features import FeatureConfig, extract_features
+    from drlcore.embedding.backbones import load_backbone
+    from drlcore.embedding.features import FeatureConfig, extract_features
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         tmp = Path(tmp)
@@ -213,7 +213,7 @@ def main(argv=None) -> None:
             backbone = load_backbone(name, pretrained=pretrained, dtype=args.dtype,
                                      batch_size=args.batch_size)
             if client is not None:
-                from drlcore.distributed import ClusterConfig
+                from drlcore.embedding.distributed import ClusterConfig
 
                 warm_workers(client, backbone, args.batch_size)
                 on_cluster = ClusterConfig(scheduler=cluster.scheduler_address)

@@ -1,7 +1,7 @@
 """Analysis time and peak memory against the number of objects, on synthetic run folders, and the
 app's server time on the largest one.
 
-Each size gets a run folder built in the run-folder format (drlcore.rundir), every object its own
+Each size gets a run folder built in the run-folder format (drlcore.data.rundir), every object its own
 image: ``N`` distinct small generated JPEGs (48 px ellipses of varying size, elongation and
 colour) under ``images/`` (what morphology reads), the same bytes as the run's thumbnails in
 shards (rundir.ThumbWriter), float32 features (low-rank class structure plus noise, written in
@@ -13,7 +13,7 @@ Each size is analysed cold (its own empty cache, so morphology measures every im
 anomaly, maps) we report its seconds and the peak memory while it ran: the RSS of the analysing
 process and its worker processes together, sampled every 0.2 s (psutil), beside the process's
 own ``ru_maxrss``. Growth exponents are the slopes of log time against log N between sizes (goal
-<= 1.1; above ``drlcore.scale.ANALYZE_FULL_MAX`` objects the sampled parts stop growing by
+<= 1.1; above ``drlcore.analysis.scale.ANALYZE_FULL_MAX`` objects the sampled parts stop growing by
 design). Then the app (Streamlit AppTest, in this process: server time of a rerun, no network or
 browser drawing) opens each page on the largest run, first visit and warm, and times one
 interaction per page.
@@ -46,7 +46,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from drlcore import rundir  # noqa: E402
+from drlcore.data import rundir  # noqa: E402
 
 STAGES = {"_morphology": "morphology", "_correlations": "correlations",
           "_classification": "classification", "_anomalies": "anomaly", "_projections": "maps"}
@@ -180,8 +180,8 @@ def _warm_up() -> float:
     """Compile the numba code of UMAP and pynndescent on a tiny set, as a long-lived process
     would have done already, so the stage times measure the work and not the JIT (reported on
     its own)."""
-    from drlcore.anomaly import KNNScorer
-    from drlcore.projection import UMAPProjector
+    from drlcore.analysis.anomaly import KNNScorer
+    from drlcore.analysis.projection import UMAPProjector
 
     t = time.perf_counter()
     X = np.random.default_rng(0).normal(size=(300, 10))
@@ -191,7 +191,7 @@ def _warm_up() -> float:
 
 
 def _child(run: str, cache: str, quick: bool, jobs: int, progress: str, out):
-    from drlcore import analyze
+    from drlcore.analysis import analyze
 
     warmup = _warm_up()
     tree = TreeRSS()

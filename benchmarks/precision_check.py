@@ -1,4 +1,4 @@
-"""Does bf16 change what a user sees? The sampler behind :func:`drlcore.precision.agreement`.
+"""Does bf16 change what a user sees? The sampler behind :func:`drlcore.embedding.precision.agreement`.
 
 For each real image set, the same images go through the features stage twice, in fp32 and in bf16
 (``FeatureConfig.precision``, same preprocessing, same cache folder: each precision has its own
@@ -39,7 +39,7 @@ DATA = ROOT.parent / "shared" / "data"
 
 def features_for(data: Path, run_dir: Path, backbone: str, precision: str, cache_dir: str,
                  batch_size: int):
-    from drlcore.features import FeatureConfig, extract_features
+    from drlcore.embedding.features import FeatureConfig, extract_features
 
     config = FeatureConfig(backbone=backbone, precision=precision, cache_dir=cache_dir,
                            batch_size=batch_size)
@@ -50,8 +50,8 @@ def features_for(data: Path, run_dir: Path, backbone: str, precision: str, cache
 
 def transfer_and_encode(run_dir: Path, feature_config, reporter) -> Path:
     """Stages 2 and 3 of ``run_pipeline`` on a features folder (the analysis is not needed)."""
-    from drlcore import pipeline
-    from drlcore.encode import encode_run
+    from drlcore.runs import pipeline
+    from drlcore.disentangle.encode import encode_run
 
     config = pipeline.PipelineConfig(features=feature_config)
     source = pipeline.resolve_source_model(config.source_model, feature_config.backbone)
@@ -63,10 +63,10 @@ def transfer_and_encode(run_dir: Path, feature_config, reporter) -> Path:
 def check(data: Path, work: Path, backbone: str, cache_dir: str, batch_size: int) -> dict:
     import pandas as pd
 
-    from drlcore import rundir
-    from drlcore.artifacts import load_model
-    from drlcore.encode import encode_features
-    from drlcore.precision import agreement, axis_correlations
+    from drlcore.data import rundir
+    from drlcore.disentangle.artifacts import load_model
+    from drlcore.disentangle.encode import encode_features
+    from drlcore.embedding.precision import agreement, axis_correlations
     from drlcore.progress import NullReporter
 
     reporter = NullReporter()
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from drlcore.backbones import _native_bf16
+    from drlcore.embedding.backbones import _native_bf16
 
     header = {"date": dt.date.today().isoformat(), "torch": torch.__version__,
               "native_bf16": _native_bf16(), "threads": torch.get_num_threads()}

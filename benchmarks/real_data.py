@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from drlcore.features import FeatureConfig
-from drlcore.pipeline import PipelineConfig, run_pipeline
+from drlcore.embedding.features import FeatureConfig
+from drlcore.runs.pipeline import PipelineConfig, run_pipeline
 from drlcore.progress import TqdmReporter
 
 COLOUR_FEATURES = ("morph_mean_r", "morph_mean_g", "morph_mean_b", "morph_hue", "morph_saturation",

@@ -2,7 +2,7 @@
 
 For each dataset (a folder written by ``drl features``: features.npy + images.parquet with labels)
 the features are loaded once; each transfer variant fine-tunes the shipped source model in
-process (``drlcore.transfer.fine_tune``, unsupervised: labels are never seen), and the latent
+process (``drlcore.disentangle.transfer.fine_tune``, unsupervised: labels are never seen), and the latent
 means of all images are scored with a class read-out on one stratified 70/30 split (seed 0):
 the engine's MLP (``classify.evaluate_classifiers``, balanced accuracy) and a logistic
 regression. Ratios are latent / raw features with the same read-out and split. Also printed: KL
@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from drlcore.artifacts import load_model
-from drlcore.classify import evaluate_classifiers
-from drlcore.pipeline import shipped_source_model
-from drlcore.rundir import load_features_dir
-from drlcore.train import encode_means, latent_activity, train_unsupervised
-from drlcore.transfer import TransferConfig, fine_tune
+from drlcore.disentangle.artifacts import load_model
+from drlcore.analysis.classify import evaluate_classifiers
+from drlcore.runs.pipeline import shipped_source_model
+from drlcore.data.rundir import load_features_dir
+from drlcore.disentangle.train import encode_means, latent_activity, train_unsupervised
+from drlcore.disentangle.transfer import TransferConfig, fine_tune
 
 OLD = dict(epochs=20, patience=0)  # the previous defaults: 20 fixed epochs, beta 1
 VARIANTS = {
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         if args.anchor and args.classes == "all":
             import os
 
-            from drlcore.transfer import anchor_names, anchor_report, measure_anchor_values
+            from drlcore.disentangle.transfer import anchor_names, anchor_report, measure_anchor_values
 
             names = anchor_names(args.anchor)
             values = measure_anchor_values(ds, names, os.environ.get("DRL_CACHE_DIR"))

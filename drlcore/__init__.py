@@ -1,29 +1,25 @@
 """drlcore: the engine behind the disentangled-representation explorer.
 
-One stage per module:
+The tree follows the pipeline, one subpackage per stage::
 
-- ``ingest``      image folders / CSV / zip -> decoded, preprocessed images (+ skipped list)
-- ``backbones``   registry of pretrained feature extractors (timm underneath)
-- ``cache``       content-hash feature cache
-- ``features``    the ``drl features`` stage (ingest -> cache -> backbone -> files)
-- ``dsprites``    Texture-dSprites renderer and weak-supervision pair sampling
-- ``cells``       synthetic-cell renderer (size, shape, nucleus, stain, texture... factors)
-- ``vae``         the VAE over backbone features and its losses (Ada-GVAE, beta-VAE)
-- ``train``       the training loops and evaluation shared by source training and transfer
-- ``source``      source training on either renderer (``drl train-source``)
-- ``artifacts``   model directories: safetensors + config.json + metrics.json
-- ``encode``      ``drl encode``: model + dataset -> objects.parquet
-- ``metrics``     MIG, DCI, OMES (pure functions over arrays)
-- ``morphology``  handcrafted features (scikit-image)
-- ``correlation`` latent <-> morphology association
-- ``classify``    classification from latents / features
-- ``anomaly``     open-set anomaly scorers
-- ``projection``  PCA / UMAP reducers
-- ``analyze``     ``drl analyze``; ``pipeline``: ``drl run``; ``demo``: the built-in demo run
-- ``io``          atomic writes, hashing; ``progress``: progress reporting; ``errors``
+    data/         images in, and what is kept on disk
+                  discover -> decode -> channels/geometry (ingest gathers them);
+                  cache (content stores), rundir (the run folder), outdir (where to write)
+    embedding/    backbones (timm registry) -> features (``drl features``), precision, distributed
+    disentangle/  dsprites, cells (synthetic sources) -> vae, train -> source (``drl train-source``)
+                  -> transfer (``drl transfer``) -> encode (``drl encode``); artifacts (model files)
+    analysis/     morphology, correlation, naming, classify, anomaly, projection, traversal,
+                  compare, metrics (pure cores), driven by analyze (``drl analyze``)
+    runs/         pipeline (``drl run``), demo, jobs (background work), export, slides
 
-Nothing here imports Streamlit or Plotly, touches a GPU or reads environment variables at
-import time.
+Shared by every stage: ``errors`` (the project's clear errors), ``config`` (strict dataclass
+loading), ``io`` (atomic writes, hashing), ``progress`` (terminal bar or app callback),
+``validation``. ``cli`` only parses arguments and calls the stages.
+
+Imports only run downwards: ``data`` needs nothing above it, ``embedding`` reads ``data``,
+``disentangle`` reads ``embedding`` and ``data``, ``analysis`` reads the three, ``runs`` drives
+them all. Nothing here imports Streamlit or Plotly, touches a GPU or reads environment variables
+at import time.
 """
 
 __version__ = "0.1.0"

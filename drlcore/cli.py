@@ -202,7 +202,7 @@ def _reporter():
 
 
 def _feature_config(args, **overrides):
-    from drlcore.features import FeatureConfig
+    from drlcore.embedding.features import FeatureConfig
 
     preprocess = getattr(args, "preprocess", None)
     if args.no_pad:
@@ -232,7 +232,7 @@ def _cluster_config(args):
         if workers is not None:
             raise DrlError("--workers sizes the cluster of --cluster local; give that too")
         return None
-    from drlcore.distributed import ClusterConfig, require_dask
+    from drlcore.embedding.distributed import ClusterConfig, require_dask
 
     config = ClusterConfig(cluster=cluster, scheduler=scheduler, n_workers=workers)
     require_dask()
@@ -241,7 +241,7 @@ def _cluster_config(args):
 
 def _prepare_out(args, data: str | None) -> Path:
     """Every command that writes a run folder checks its --out (and --cache-dir) here first."""
-    from drlcore.outdir import check_cache_dir, prepare_output_dir
+    from drlcore.data.outdir import check_cache_dir, prepare_output_dir
 
     check_cache_dir(args.cache_dir)
     return prepare_output_dir(args.out, data, force=getattr(args, "force", False))
@@ -250,12 +250,12 @@ def _prepare_out(args, data: str | None) -> Path:
 def _features_for(args, data: str, out_dir: Path, model_backbone: str | None = None,
                   cluster=None) -> Path:
     """Accept either an image source or a folder `drl features` already wrote."""
-    from drlcore import rundir
+    from drlcore.data import rundir
 
     data_path = Path(data)
     if (data_path / rundir.FEATURES).is_file() and (data_path / rundir.MANIFEST).is_file():
         return data_path
-    from drlcore.features import extract_features
+    from drlcore.embedding.features import extract_features
 
     config = _feature_config(args, **({"backbone": model_backbone}
                                       if args.backbone is None and model_backbone else {}))
@@ -264,8 +264,8 @@ def _features_for(args, data: str, out_dir: Path, model_backbone: str | None = N
 
 
 def _cmd_features(args) -> None:
-    from drlcore import rundir
-    from drlcore.features import extract_features
+    from drlcore.data import rundir
+    from drlcore.embedding.features import extract_features
 
     cluster = _cluster_config(args)
     out = _prepare_out(args, args.data)
@@ -279,7 +279,7 @@ def _cmd_features(args) -> None:
 
 
 def _cmd_train_source(args) -> None:
-    from drlcore.source import SourceTrainConfig, train_source_cli
+    from drlcore.disentangle.source import SourceTrainConfig, train_source_cli
 
     overrides = {k: v for k, v in dict(seed=args.seed, steps=args.steps, beta=args.beta,
                                        latent_dim=args.latent_dim, method=args.method,
@@ -306,8 +306,8 @@ def _add_transfer_options(p) -> None:
 
 
 def _cmd_transfer(args) -> None:
-    from drlcore.artifacts import read_model_config
-    from drlcore.transfer import TransferConfig, anchor_names, measure_anchor_values, transfer
+    from drlcore.disentangle.artifacts import read_model_config
+    from drlcore.disentangle.transfer import TransferConfig, anchor_names, measure_anchor_values, transfer
 
     model_cfg = read_model_config(args.model_dir)
     out = Path(args.out)
@@ -326,8 +326,8 @@ def _cmd_transfer(args) -> None:
 
 
 def _cmd_encode(args) -> None:
-    from drlcore.artifacts import read_model_config
-    from drlcore.encode import encode_run
+    from drlcore.disentangle.artifacts import read_model_config
+    from drlcore.disentangle.encode import encode_run
 
     cluster = _cluster_config(args)
     model_cfg = read_model_config(args.model_dir)
@@ -339,7 +339,7 @@ def _cmd_encode(args) -> None:
 
 
 def _cmd_analyze(args) -> None:
-    from drlcore.analyze import AnalyzeConfig, analyze_run
+    from drlcore.analysis.analyze import AnalyzeConfig, analyze_run
 
     config = AnalyzeConfig(known_classes=tuple(args.known_classes) if args.known_classes else None,
                            umap=not args.no_umap, cache_dir=args.cache_dir)
@@ -355,8 +355,8 @@ def _print_summary(summary: dict) -> None:
 
 
 def _cmd_run(args) -> None:
-    from drlcore.pipeline import PipelineConfig, run_pipeline
-    from drlcore.transfer import anchor_names
+    from drlcore.runs.pipeline import PipelineConfig, run_pipeline
+    from drlcore.disentangle.transfer import anchor_names
 
     cluster = _cluster_config(args)
     config = PipelineConfig(
@@ -369,7 +369,7 @@ def _cmd_run(args) -> None:
     )
     out = run_pipeline(args.data, _prepare_out(args, args.data), config, reporter=_reporter(),
                        cluster=cluster)
-    from drlcore import rundir
+    from drlcore.data import rundir
 
     _print_summary(rundir.read_analysis(out).get("summary", {}))
     print(f"run written to {out}  (open it with: drl explore {out})")
@@ -461,8 +461,8 @@ def _cmd_explore(args) -> None:
 
 
 def _cmd_demo(args) -> None:
-    from drlcore.demo import build_demo
-    from drlcore.rundir import default_runs_dir
+    from drlcore.runs.demo import build_demo
+    from drlcore.data.rundir import default_runs_dir
 
     runs_dir = Path(args.runs_dir) if args.runs_dir else default_runs_dir()
     path = build_demo(runs_dir, reporter=_reporter())
@@ -470,14 +470,14 @@ def _cmd_demo(args) -> None:
 
 
 def _cmd_export(args) -> None:
-    from drlcore.export import export_run
+    from drlcore.runs.export import export_run
 
     out = export_run(args.run_dir, args.out, args.format, with_features=args.with_features)
     print(f"exported {args.run_dir} -> {out}")
 
 
 def _cmd_figures(args) -> None:
-    from drlcore.slides import SlideConfig, write_slide_set
+    from drlcore.runs.slides import SlideConfig, write_slide_set
 
     try:
         width, height = (float(v) for v in args.size.lower().split("x"))
@@ -491,7 +491,7 @@ def _cmd_figures(args) -> None:
 
 
 def _cmd_backbones(args) -> None:
-    from drlcore.backbones import BACKBONES, DEFAULT_BACKBONE
+    from drlcore.embedding.backbones import BACKBONES, DEFAULT_BACKBONE
 
     for name, spec in BACKBONES.items():
         mark = " (default)" if name == DEFAULT_BACKBONE else ""

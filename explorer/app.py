@@ -23,7 +23,7 @@ try:
 except ImportError:  # running from a source checkout that was not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from drlcore import rundir  # noqa: E402
+from drlcore.data import rundir  # noqa: E402
 from drlcore.errors import DrlError  # noqa: E402
 from explorer import share  # noqa: E402
 from explorer.access import parse_serving_args, require_token  # noqa: E402

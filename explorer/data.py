@@ -2,7 +2,7 @@
 
 Tables and JSON files are cached keyed by the file path *and* its modification stamp, so a
 re-analysed run is picked up without restarting the app. Nothing here computes what the
-engine owns; anomaly re-scoring goes through ``drlcore.anomaly``.
+engine owns; anomaly re-scoring goes through ``drlcore.analysis.anomaly``.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from drlcore import rundir
+from drlcore.data import rundir
 from drlcore.errors import DrlError
 from drlcore.io import read_json
-from drlcore.rundir import RUNS_DIR_ENV, default_runs_dir  # noqa: F401 - part of this module's API
+from drlcore.data.rundir import RUNS_DIR_ENV, default_runs_dir  # noqa: F401 - part of this module's API
 
-DEMO_RUN_NAME = "demo-texture-dsprites"  # drlcore.demo.DEMO_NAME (kept literal: no engine import at startup)
+DEMO_RUN_NAME = "demo-texture-dsprites"  # drlcore.runs.demo.DEMO_NAME (kept literal: no engine import at startup)
 
 
 def parse_app_args(argv: list[str]) -> argparse.Namespace:
@@ -44,7 +44,7 @@ def pipeline_config(settings: dict | None = None, backbone: str | None = None,
     ``"features"`` holds ``FeatureConfig`` fields. Unknown keys are an error, as everywhere.
     The backbone and source model chosen in the page override the file.
     """
-    from drlcore.pipeline import PipelineConfig
+    from drlcore.runs.pipeline import PipelineConfig
 
     settings = dict(settings or {})
     features = dict(settings.pop("features", {}) or {})
@@ -129,7 +129,7 @@ def _freeze(table: pd.DataFrame) -> None:
             values.flags.writeable = False
 
 
-# The run's JSON files, each through its drlcore.rundir reader (the one place that knows their
+# The run's JSON files, each through its drlcore.data.rundir reader (the one place that knows their
 # layout), cached by the run folder and the file's stamp.
 _READERS = {
     rundir.MANIFEST: rundir.read_manifest,
@@ -158,7 +158,7 @@ def _thumb_bytes(run_dir: str, sha: str, stamp) -> bytes | None:
 
 @dataclass(frozen=True)
 class Run:
-    """Read-only view of one run folder: a thin cached wrapper over :mod:`drlcore.rundir`.
+    """Read-only view of one run folder: a thin cached wrapper over :mod:`drlcore.data.rundir`.
 
     Tables are read once per file version and shared read-only across reruns and sessions
     (``st.cache_resource``); JSON files are cached by path and file stamp (``st.cache_data``);
@@ -257,7 +257,7 @@ class Run:
 
     @cached_property
     def axes(self) -> list[dict]:
-        """analysis.json's per-axis naming records (drlcore.naming), [] for an older analysis."""
+        """analysis.json's per-axis naming records (drlcore.analysis.naming), [] for an older analysis."""
         axes = self.analysis.get("axes")
         if isinstance(axes, list) and len(axes) == len(self.latent_columns) \
                 and all(isinstance(a, dict) for a in axes):
@@ -291,7 +291,7 @@ class Run:
 
     @property
     def thumbs(self) -> rundir.Thumbs:
-        """The run's thumbnails (:class:`drlcore.rundir.Thumbs`, shards or one file each)."""
+        """The run's thumbnails (:class:`drlcore.data.rundir.Thumbs`, shards or one file each)."""
         return _thumb_store(str(self.path), self.thumbs_stamp)
 
     def thumb_bytes(self, sha: str) -> bytes | None:

@@ -22,7 +22,7 @@ FIGURE_MIME = {"png": "image/png", "svg": "image/svg+xml"}
 
 def export_bytes(run_dir: str | Path, fmt: str, with_features: bool = False) -> bytes:
     """The bytes ``drl export RUN --format fmt`` writes."""
-    from drlcore.export import export_run
+    from drlcore.runs.export import export_run
 
     run_dir = Path(run_dir)
     with tempfile.TemporaryDirectory(prefix="drl-export-") as tmp:
@@ -34,7 +34,7 @@ def montage_bytes(run_dir: str | Path, dim: int, fmt: str, n_steps: int = 9, n_r
                   label: str | None = None) -> bytes:
     """The bytes of the stamped montage of latent axis ``dim`` (``drl figures``' axis
     figure, optionally of one class)."""
-    from drlcore.slides import SlideConfig, write_axis_montage
+    from drlcore.runs.slides import SlideConfig, write_axis_montage
 
     config = SlideConfig(formats=(fmt,), n_steps=n_steps, n_rows=n_rows, label=label or None)
     with tempfile.TemporaryDirectory(prefix="drl-montage-") as tmp:

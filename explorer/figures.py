@@ -117,7 +117,7 @@ def heatmap_order(grid: pd.DataFrame, axes: Sequence[dict] | None = None, groupe
     inactive axes last. Cluster: rows and the features within each family in the leaf order of a
     hierarchical clustering of their profiles instead.
     """
-    from drlcore.naming import FAMILIES, feature_family
+    from drlcore.analysis.naming import FAMILIES, feature_family
 
     order = list(FAMILIES) + ["other"]
     columns = list(grid.columns)
@@ -411,7 +411,7 @@ def group_effect_chart(table: pd.DataFrame, labels: dict[str, str] | None = None
                        names: tuple[str, str] = ("A", "B")) -> go.Figure:
     """Hedges' g (group A minus group B) with its confidence interval, largest |g| on top.
 
-    ``table`` is ``drlcore.compare.compare_groups``' output (sorted by |g|); a bar is vermillion
+    ``table`` is ``drlcore.analysis.compare.compare_groups``' output (sorted by |g|); a bar is vermillion
     where A is higher, blue where B is, and hollow where BH q >= 0.05."""
     data = table.dropna(subset=["hedges_g"]).head(top).iloc[::-1]
     if data.empty:

@@ -1,6 +1,6 @@
 """Background jobs in the app: start them, and show their progress on every page.
 
-The work runs in a worker process (``drlcore.jobs``) that writes ``<run>/job.json``; the app only
+The work runs in a worker process (``drlcore.runs.jobs``) that writes ``<run>/job.json``; the app only
 reads that file, in a fragment that reruns every second while a job runs. So a tab can navigate
 away, close, or be opened twice: the job goes on, and any tab shows it. A session *watches* the
 jobs it started or attached to; when a watched job is done, its run opens in that session.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from drlcore import jobs
+from drlcore.runs import jobs
 from drlcore.errors import DrlError
 
 POLL_SECONDS = 1.0
@@ -35,7 +35,7 @@ def unwatch(target: str | Path) -> None:
 
 def start_demo(runs_dir: Path) -> jobs.JobStatus:
     """Start the demo build (or attach to the one running) and watch it."""
-    from drlcore.demo import DEMO_IMAGES, demo_run_dir
+    from drlcore.runs.demo import DEMO_IMAGES, demo_run_dir
 
     target = demo_run_dir(runs_dir)
     status, _ = jobs.start_job(target, "demo", ["--runs-dir", str(runs_dir), "--n-images", str(DEMO_IMAGES)])

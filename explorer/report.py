@@ -18,7 +18,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from drlcore.naming import NamingConfig
+from drlcore.analysis.naming import NamingConfig
 
 __all__ = ["ReportSection", "build_report", "axes_section"]
 

@@ -20,7 +20,7 @@ image file name of each point into JSON chunks of ``CHUNK`` points in a cache fo
 that folder and the image folder are served by Streamlit's own component file route (a
 component declared with ``path=``), so the hovered point's chunk (once per 1024 points) and its
 thumbnail come from the app server itself: offline, no rerun of the script. An image may be a
-byte range of a larger file (a run's thumbnail shard, :class:`drlcore.rundir.Thumbs`): the route
+byte range of a larger file (a run's thumbnail shard, :class:`drlcore.data.rundir.Thumbs`): the route
 serves whole files only, so the browser fetches the shard once (a few MB, kept for the next
 hovers) and cuts the thumbnail out of it.
 """
@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from drlcore.cache import cache_root
+from drlcore.data.cache import cache_root
 from drlcore.io import atomic_write_text
 
 __all__ = ["BUILD_DIR", "CHUNK", "MAX_CATEGORIES", "WEBGL_MIN_POINTS", "HoverSource", "Encoded",
@@ -370,7 +370,7 @@ def class_map_webgl(run, df: pd.DataFrame, x_col: str, y_col: str, colour_col: s
     (``map.selected`` holds object rows, ``map.focus`` the one clicked); hover shows the
     object's thumbnail and name. Returns a Plotly figure of a seeded sample of
     :data:`REPORT_SAMPLE` objects for the page's HTML report."""
-    from drlcore import rundir
+    from drlcore.data import rundir
     from explorer.figures import MISSING_LABEL, latent_map
 
     title = title or (colour_col or "")

@@ -7,7 +7,7 @@ entry file restores the parameters once, when a browser session opens with them,
 the current state back on every run, so the address bar is always a link to what is on screen.
 
 A saved view is the same thing in a file (``RUN/views/<name>.json``, written by
-:mod:`drlcore.rundir`): the page and its parameters, without the URL's length limit.
+:mod:`drlcore.data.rundir`): the page and its parameters, without the URL's length limit.
 
 No Streamlit here: the functions map plain ``session_state``-like dicts to parameter dicts, so
 they are testable on their own.

@@ -243,7 +243,7 @@ def _large_image(run: Run, obj: pd.Series):
     """The original image when it is still reachable, else the stored thumbnail."""
     source = str(obj.get("source") or "")
     try:
-        from drlcore.ingest import ImageRecord, decode, read_bytes  # engine owns decoding (16-bit, TIFF, zip)
+        from drlcore.data.ingest import ImageRecord, decode, read_bytes  # engine owns decoding (16-bit, TIFF, zip)
 
         record = ImageRecord(path=str(obj.get("path")), label=obj.get("label"), split=obj.get("split"),
                              source=source)
@@ -284,8 +284,8 @@ def _channel_png(run_path: str, objects_stamp, source: str, source_stamp, record
                  channel: int | None, tint: bool) -> bytes:
     from PIL import Image
 
-    from drlcore.decode import channel_view
-    from drlcore.ingest import ImageRecord, read_bytes
+    from drlcore.data.decode import channel_view
+    from drlcore.data.ingest import ImageRecord, read_bytes
 
     data = read_bytes(ImageRecord(path=source, label=None, split=None, source=source))
     buf = io.BytesIO()
@@ -298,7 +298,7 @@ def channel_png(run: Run, obj: pd.Series, channel: int | None,
     """(PNG of the object's composite or channel k, decoded from its original file with the
     run's recorded ranges, None) or (None, why it could not be read). Cached by run, objects
     stamp and the original file's stamp."""
-    from drlcore.decode import source_stamp
+    from drlcore.data.decode import source_stamp
 
     recorded = run_channels(run)
     source = str(obj.get("source") or "")
@@ -341,6 +341,6 @@ def _channel_detail(run: Run, obj: pd.Series, recorded: dict, close_key: str) ->
 
 
 def _ingest_config():
-    from drlcore.ingest import IngestConfig
+    from drlcore.data.ingest import IngestConfig
 
     return IngestConfig()

@@ -1,4 +1,4 @@
-"""A small synthetic run directory in the layout the engine writes (drlcore.rundir).
+"""A small synthetic run directory in the layout the engine writes (drlcore.data.rundir).
 
 Objects are drawn ellipses whose size, elongation and brightness are known, so latent dims and
 morphology features are correlated by construction. The tables are hand-made (a 100k-object run
@@ -18,7 +18,7 @@ import pandas as pd
 from PIL import Image
 from skimage.draw import ellipse
 
-from drlcore import rundir
+from drlcore.data import rundir
 from drlcore.io import atomic_write_csv, atomic_write_json, atomic_write_parquet, fingerprint, sha256_bytes
 
 CLASSES = ("lymphocyte", "neutrophil", "platelet")
@@ -27,7 +27,7 @@ FACTORS = ("size", "elongation", "brightness")
 KNOWN = ("lymphocyte", "neutrophil")
 MODEL_HASH = "feedbeef" * 8  # sha256 of the (fictional) weights
 PARENT_HASH = "0123abcd" * 8
-WEIGHTS_HASH = "ab12cd34ef567890"  # the backbone's, 16 hex digits like drlcore.backbones'
+WEIGHTS_HASH = "ab12cd34ef567890"  # the backbone's, 16 hex digits like drlcore.embedding.backbones'
 CREATED = "2026-11-28T04:00:00Z"
 STRING_COLUMNS = ("path", "label", "split", "sha256", "mode", "note", "source")
 IMAGE_COLUMNS = ("row", "path", "label", "split", "sha256", "width", "height", "mode", "note",
@@ -172,13 +172,13 @@ def make_run(root: Path, name: str = "demo", n: int = 120, n_dims: int = 6, seed
 
 
 def _analysis(df, corr, labels, known, source_names, dim_factor, inactive, seed, with_umap) -> dict:
-    """analysis.json as drlcore.analyze writes it; names, summary and open-set scores come from
+    """analysis.json as drlcore.analysis.analyze writes it; names, summary and open-set scores come from
     the engine's own pure functions."""
     import dataclasses
 
-    from drlcore import anomaly
-    from drlcore.analyze import AnalyzeConfig, _summary
-    from drlcore.naming import name_axes
+    from drlcore.analysis import anomaly
+    from drlcore.analysis.analyze import AnalyzeConfig, _summary
+    from drlcore.analysis.naming import name_axes
 
     n = len(df)
     axes = name_axes(corr, source_names, inactive=inactive, source_factors=dim_factor)
@@ -292,9 +292,9 @@ def make_source_model(path: Path, latent_dim: int = 4) -> Path:
     """A tiny random-init source model on the ``test-tiny`` backbone (plumbing, not quality)."""
     import torch
 
-    from drlcore.artifacts import save_model
-    from drlcore.backbones import load_backbone
-    from drlcore.vae import FeatureVAE, VAEConfig
+    from drlcore.disentangle.artifacts import save_model
+    from drlcore.embedding.backbones import load_backbone
+    from drlcore.disentangle.vae import FeatureVAE, VAEConfig
 
     backbone = load_backbone("test-tiny", pretrained=False)
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from drlcore.anomaly import (
+from drlcore.analysis.anomaly import (
     score_against_known,
     KNNScorer,
     MahalanobisScorer,
@@ -216,7 +216,7 @@ def test_approximate_knn_agrees_with_exact(spread, rng):
 
 
 def test_knn_method_auto_switches_at_the_threshold(monkeypatch, rng):
-    from drlcore import anomaly, scale
+    from drlcore.analysis import anomaly, scale
 
     monkeypatch.setattr(scale, "KNN_EXACT_MAX", 100)
     assert anomaly.knn_method(100) == "exact" and anomaly.knn_method(101) == "approximate"

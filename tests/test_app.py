@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 sys.path.insert(0, str(Path(__file__).parent))
 from app_fixtures import make_run, make_source_model, make_zip  # noqa: E402
 
-from drlcore import rundir  # noqa: E402
+from drlcore.data import rundir  # noqa: E402
 from explorer.data import list_runs as list_runs_  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[1] / "explorer" / "app.py")
@@ -75,13 +75,13 @@ def test_every_page_renders_without_error(runs_dir, page):
 
 
 def test_pages_without_a_run_point_to_datasets(tmp_path, monkeypatch):
-    import drlcore.jobs
+    import drlcore.runs.jobs
     from drlcore.errors import DrlError
 
     def no_demo(*args, **kwargs):  # first launch would start the demo job; here it cannot
         raise DrlError("demo unavailable in this test")
 
-    monkeypatch.setattr(drlcore.jobs, "start_job", no_demo)
+    monkeypatch.setattr(drlcore.runs.jobs, "start_job", no_demo)
     monkeypatch.setenv("DRL_RUNS_DIR", str(tmp_path / "empty"))
     at = _app("class_map")
     assert any("No run is open" in i.value for i in at.info)
@@ -232,7 +232,7 @@ def test_add_data_from_missing_folder_fails_cleanly_and_keeps_runs(runs_dir, mon
 
 def test_add_data_without_images_shows_engine_error(runs_dir, tmp_path, monkeypatch):
     """The job runs in a worker process; its failure reaches the page that started it."""
-    from drlcore import jobs
+    from drlcore.runs import jobs
 
     junk = tmp_path / "notes"
     junk.mkdir()
@@ -277,7 +277,7 @@ def test_run_given_on_the_command_line_opens_first(runs_dir, monkeypatch):
 @pytest.mark.slow
 def test_every_page_on_a_real_pipeline_run(tmp_path, monkeypatch):
     """The real engine's files (not the fixture's idea of them) drive every page."""
-    from drlcore.pipeline import run_pipeline
+    from drlcore.runs.pipeline import run_pipeline
     from explorer.data import pipeline_config
 
     source = make_source_model(tmp_path / "source")
@@ -316,13 +316,13 @@ def test_pipeline_settings_reject_unknown_keys():
 
 
 def test_build_demo_failure_is_shown_not_raised(tmp_path, monkeypatch):
-    import drlcore.jobs
+    import drlcore.runs.jobs
     from drlcore.errors import DrlError
 
     def no_source_model(*args, **kwargs):
         raise DrlError("no shipped source model for backbone 'effnet-lite0'")
 
-    monkeypatch.setattr(drlcore.jobs, "start_job", no_source_model)
+    monkeypatch.setattr(drlcore.runs.jobs, "start_job", no_source_model)
     monkeypatch.setenv("DRL_RUNS_DIR", str(tmp_path / "runs"))
     at = _app()
     at.button(key="data.build_demo").click().run()
@@ -334,14 +334,14 @@ def test_build_demo_failure_is_shown_not_raised(tmp_path, monkeypatch):
 def test_first_launch_builds_the_demo_and_opens_it(tmp_path, monkeypatch):
     """No run anywhere: the Datasets page starts the demo job by itself; a second session
     attaches to it instead of starting another; when it is done, the run opens."""
-    import drlcore.demo
-    from drlcore import jobs
+    import drlcore.runs.demo
+    from drlcore.runs import jobs
 
     runs = tmp_path / "fresh"
     monkeypatch.setenv("DRL_RUNS_DIR", str(runs))
     monkeypatch.setenv("DRL_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(drlcore.demo, "DEMO_IMAGES", 24)  # the worker builds a small demo
-    target = runs / drlcore.demo.DEMO_NAME
+    monkeypatch.setattr(drlcore.runs.demo, "DEMO_IMAGES", 24)  # the worker builds a small demo
+    target = runs / drlcore.runs.demo.DEMO_NAME
     at = _app()
     assert jobs.read_job(target).running
     assert any("Building the demo" in str(p.proto) for p in at.get("progress")) or at.caption
@@ -374,7 +374,7 @@ def test_a_job_that_died_shows_as_failed_and_is_not_listed(runs_dir):
 
 
 def test_a_running_job_shows_its_progress_on_every_page(runs_dir):
-    from drlcore import jobs
+    from drlcore.runs import jobs
 
     target = runs_dir / "growing"
     target.mkdir()
@@ -448,7 +448,7 @@ def test_run_refused_when_the_runs_folder_is_short_of_space(runs_dir, tmp_path, 
 
 
 def test_two_sessions_adding_data_at_once_get_their_own_runs(runs_dir, tmp_path, monkeypatch):
-    from drlcore import jobs
+    from drlcore.runs import jobs
 
     data = tmp_path / "data" / "notes"
     data.mkdir(parents=True)

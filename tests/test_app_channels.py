@@ -20,8 +20,8 @@ from streamlit.testing.v1 import AppTest
 sys.path.insert(0, str(Path(__file__).parent))
 from test_pipeline import source_model  # noqa: E402, F401 (fixture)
 
-from drlcore import ingest, rundir  # noqa: E402
-from drlcore.decode import channel_view  # noqa: E402
+from drlcore.data import ingest, rundir  # noqa: E402
+from drlcore.data.decode import channel_view  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[1] / "explorer" / "app.py")
 NAMES = ("DNA", "actin", "ER", "mito")
@@ -46,8 +46,8 @@ def _cell(i: int, big: bool) -> np.ndarray:
 @pytest.fixture(scope="module")
 def channel_run(tmp_path_factory, source_model):  # noqa: F811
     """A real tiny run (random test backbone) of 4-channel 16-bit TIFF stacks."""
-    from drlcore.features import FeatureConfig
-    from drlcore.pipeline import PipelineConfig, run_pipeline
+    from drlcore.embedding.features import FeatureConfig
+    from drlcore.runs.pipeline import PipelineConfig, run_pipeline
 
     root = tmp_path_factory.mktemp("channel-run")
     data = root / "stacks"
@@ -161,7 +161,7 @@ def test_traversal_strip_swaps_to_one_channel(channel_run, monkeypatch, images):
     shown = [img for el in at.get("image") for img in el.proto.imgs]
     steps = at.session_state["trav.n_steps"]
     assert len(shown) == steps
-    from drlcore.traversal import traversal_indices
+    from drlcore.analysis.traversal import traversal_indices
 
     z = objects[rundir.latent_columns(objects.columns)].to_numpy(np.float64)
     rows = traversal_indices(z, at.session_state["trav.dim"], steps)

@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from app_fixtures import make_run, make_source_model  # noqa: E402
 from test_pipeline import make_dataset  # noqa: E402
 
-from drlcore import rundir  # noqa: E402
-from drlcore.analyze import AnalyzeConfig  # noqa: E402
-from drlcore.morphology import FEATURE_NAMES  # noqa: E402
+from drlcore.data import rundir  # noqa: E402
+from drlcore.analysis.analyze import AnalyzeConfig  # noqa: E402
+from drlcore.analysis.morphology import FEATURE_NAMES  # noqa: E402
 
 # Files only some runs have: a background job's state, saved views, the demo's marker.
 OPTIONAL = {rundir.JOB, rundir.VIEWS, rundir.DEMO_MARKER}
@@ -32,8 +32,8 @@ ENCODE_COLUMNS = ("z_std_mean", "recon_error")
 def engine(tmp_path_factory) -> Path:
     """The tiny real pipeline (as in test_pipeline.py: random test-tiny backbone, random source
     VAE, 36 drawn cells in 3 classes), with known classes like the fixture's."""
-    from drlcore.features import FeatureConfig
-    from drlcore.pipeline import PipelineConfig, run_pipeline
+    from drlcore.embedding.features import FeatureConfig
+    from drlcore.runs.pipeline import PipelineConfig, run_pipeline
 
     root = tmp_path_factory.mktemp("engine")
     source = make_source_model(root / "source")
@@ -210,7 +210,7 @@ def test_model_folder(engine, fixture):
         assert _keys(fake[part]) == _keys(real[part]), part
     # A run whose model came as it is from a source model (the demo) carries the source's
     # metrics: the fixture's have the shipped source model's layout.
-    from drlcore.pipeline import shipped_source_model
+    from drlcore.runs.pipeline import shipped_source_model
 
     shipped = json.loads((shipped_source_model("effnet-lite0") / rundir.MODEL_METRICS).read_text())
     metrics = rundir.model_metrics(fixture)

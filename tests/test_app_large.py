@@ -21,9 +21,9 @@ from streamlit.testing.v1 import AppTest
 sys.path.insert(0, str(Path(__file__).parent))
 from app_fixtures import make_run  # noqa: E402
 
-from drlcore import rundir  # noqa: E402
+from drlcore.data import rundir  # noqa: E402
 from drlcore.io import atomic_write_parquet  # noqa: E402
-from drlcore.traversal import traversal_indices  # noqa: E402
+from drlcore.analysis.traversal import traversal_indices  # noqa: E402
 from explorer import figures  # noqa: E402
 from explorer.data import Run, _read_parquet  # noqa: E402
 

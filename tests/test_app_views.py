@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 sys.path.insert(0, str(Path(__file__).parent))
 from app_fixtures import make_run  # noqa: E402
 
-from drlcore import rundir  # noqa: E402
+from drlcore.data import rundir  # noqa: E402
 from drlcore.errors import DrlError  # noqa: E402
 from explorer import share  # noqa: E402
 

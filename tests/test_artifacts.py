@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from drlcore.artifacts import (CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, load_model, model_hash,
+from drlcore.disentangle.artifacts import (CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, load_model, model_hash,
                                read_model_config, save_model)
 from drlcore.errors import DrlError
 from drlcore.io import sha256_file
-from drlcore.vae import FeatureVAE, VAEConfig
+from drlcore.disentangle.vae import FeatureVAE, VAEConfig
 
 BACKBONE = {"name": "test-tiny", "timm_name": "test_tiny", "weights_hash": "ab" * 32,
             "feature_dim": 12}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from drlcore.backbones import (BACKBONES, DEFAULT_BACKBONE, check_images, effnet_lite0_key,
+from drlcore.embedding.backbones import (BACKBONES, DEFAULT_BACKBONE, check_images, effnet_lite0_key,
                                effnet_lite0_state_dict, get_spec, load_backbone, state_dict_hash)
 from drlcore.errors import DrlError
 
@@ -125,7 +125,7 @@ def test_effnet_pretrained_predicts_cat(effnet):
 
 
 def test_precision_choice_is_recorded(effnet):
-    from drlcore.backbones import resolve_precision
+    from drlcore.embedding.backbones import resolve_precision
 
     assert effnet.dtype in ("bf16", "fp32") and effnet.precision == "auto"
     # auto runs bf16 only where the registry records a passed downstream agreement check.

@@ -21,12 +21,12 @@ import torch
 from PIL import Image
 
 from drlcore import cli
-from drlcore.artifacts import load_model, read_model_config, save_model
-from drlcore.decode import read_bytes
-from drlcore.discover import ImageRecord, IngestConfig, discover
+from drlcore.disentangle.artifacts import load_model, read_model_config, save_model
+from drlcore.data.decode import read_bytes
+from drlcore.data.discover import ImageRecord, IngestConfig, discover
 from drlcore.errors import DrlError, SkipImage
-from drlcore.features import FeatureConfig
-from drlcore.vae import FeatureVAE, VAEConfig
+from drlcore.embedding.features import FeatureConfig
+from drlcore.disentangle.vae import FeatureVAE, VAEConfig
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file kinds")
 
@@ -305,7 +305,7 @@ def test_out_and_cache_dir_not_writable(tmp_path, monkeypatch, capsys):
 
 def test_unwritable_folder_is_a_clear_error(tmp_path, monkeypatch):
     """Whoever runs the tests (root ignores permission bits): a failing write probe."""
-    from drlcore import outdir
+    from drlcore.data import outdir
 
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
@@ -365,7 +365,7 @@ def test_out_equal_to_the_input_is_refused(tmp_path, monkeypatch, capsys):
 
 
 def test_a_killed_first_run_is_still_ours_to_resume(tmp_path):
-    from drlcore.outdir import prepare_output_dir
+    from drlcore.data.outdir import prepare_output_dir
 
     out = prepare_output_dir(tmp_path / "run")
     (out / "thumbs").mkdir()  # all a run killed mid-embedding leaves

@@ -241,7 +241,7 @@ def test_two_sessions_adding_data_at_once_each_get_their_own_run(server, browser
     """Two people upload a zip of the same name at the same moment: two runs, each complete."""
     if pipeline_settings[0] is None:
         pytest.skip(f"engine pipeline not available: {pipeline_settings[1]}")
-    from drlcore import rundir
+    from drlcore.data import rundir
 
     zips = []
     for i, who in enumerate("ab"):

@@ -36,8 +36,8 @@ def _nav(page, title: str) -> None:
 
 
 def test_first_launch_builds_and_opens_the_demo(tmp_path):
-    from drlcore import jobs
-    from drlcore.demo import DEMO_NAME
+    from drlcore.runs import jobs
+    from drlcore.runs.demo import DEMO_NAME
 
     runs_dir = tmp_path / "runs"
     target = runs_dir / DEMO_NAME
@@ -71,9 +71,9 @@ def test_first_launch_builds_and_opens_the_demo(tmp_path):
         assert (target / "analysis.json").is_file()
         # The demo is rendered Texture-dSprites: it is encoded by the dSprites source model, not
         # by drl run's default source (cells).
-        from drlcore import rundir
+        from drlcore.data import rundir
         from drlcore.io import sha256_file
-        from drlcore.pipeline import shipped_source_model
+        from drlcore.runs.pipeline import shipped_source_model
 
         dsprites = shipped_source_model("effnet-lite0", "dsprites") / rundir.MODEL_WEIGHTS
         assert rundir.model_hash(target) == sha256_file(dsprites)

@@ -29,8 +29,8 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 
 @pytest.fixture(scope="module")
 def blood_run(shared_data, tmp_path_factory):
-    from drlcore.features import FeatureConfig
-    from drlcore.pipeline import PipelineConfig, run_pipeline
+    from drlcore.embedding.features import FeatureConfig
+    from drlcore.runs.pipeline import PipelineConfig, run_pipeline
     from drlcore.progress import TqdmReporter
 
     root = tmp_path_factory.mktemp("blood")

@@ -1,11 +1,11 @@
-"""The content-addressed cache primitive (drlcore.cache.ContentStore) behind the model,
+"""The content-addressed cache primitive (drlcore.data.cache.ContentStore) behind the model,
 morphology and projection caches."""
 
 from __future__ import annotations
 
 import pytest
 
-from drlcore.cache import ContentStore
+from drlcore.data.cache import ContentStore
 
 
 def _fill(text: str):

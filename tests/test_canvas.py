@@ -11,15 +11,15 @@ import tifffile
 from PIL import Image
 from skimage.draw import disk
 
-from drlcore import ingest
-from drlcore.backbones import load_backbone
+from drlcore.data import ingest
+from drlcore.embedding.backbones import load_backbone
 from drlcore.cli import _feature_config, build_parser
 from drlcore.errors import DrlError
-from drlcore.features import (FeatureConfig, describe_preprocess, extract_features,
+from drlcore.embedding.features import (FeatureConfig, describe_preprocess, extract_features,
                               preprocessing_of)
-from drlcore.geometry import (AUTO_SPREAD, choose_preprocess, prepare, shrinks, to_canvas,
+from drlcore.data.geometry import (AUTO_SPREAD, choose_preprocess, prepare, shrinks, to_canvas,
                               to_square)
-from drlcore.pipeline import PipelineConfig
+from drlcore.runs.pipeline import PipelineConfig
 
 BACKGROUND, OBJECT = 235, 30
 
@@ -224,7 +224,7 @@ def test_features_stage_canvas_end_to_end(varied, tmp_path, tiny_recording):
     assert record["canvas_side"] == 208 and record["shrunk"] == 1
     assert record["rule"]["value"] >= AUTO_SPREAD and record["n_sized"] == len(SIDES)
     assert result.manifest["preprocessing"]["canvas_side"] == 208
-    from drlcore import rundir
+    from drlcore.data import rundir
 
     assert rundir.stage_entry(tmp_path / "canvas", "features")["preprocess"] == record
     assert "canvas" in describe_preprocess(result.manifest)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage.measure import label, regionprops
 
-from drlcore.cells import (
+from drlcore.disentangle.cells import (
     APPEARANCE_NAMES,
     DEFAULT_FACTOR_SIZES,
     FACTOR_NAMES,
@@ -347,7 +347,7 @@ def test_a_one_factor_pair_changes_the_image(cells):
 
 
 def test_source_config_names_the_source():
-    from drlcore.source import SourceTrainConfig
+    from drlcore.disentangle.source import SourceTrainConfig
 
     assert SourceTrainConfig().source == "dsprites"  # the default source is not this module's call
     cfg = SourceTrainConfig(source="cells", cells={"factor_sizes": {"size": 3}})
@@ -360,10 +360,10 @@ def test_source_config_names_the_source():
 
 @pytest.mark.slow
 def test_train_source_on_cells_with_the_tiny_backbone(tmp_path):
-    from drlcore.artifacts import load_model, read_metrics
-    from drlcore.backbones import load_backbone
-    from drlcore.cache import FeatureCache
-    from drlcore.source import SourceTrainConfig, train_source
+    from drlcore.disentangle.artifacts import load_model, read_metrics
+    from drlcore.embedding.backbones import load_backbone
+    from drlcore.data.cache import FeatureCache
+    from drlcore.disentangle.source import SourceTrainConfig, train_source
 
     backbone = load_backbone("test-tiny", pretrained=False)
     sizes = {"appearance": 3, "size": 4, "hue": 3, "elongation": 3}
@@ -386,7 +386,7 @@ def test_train_source_on_cells_with_the_tiny_backbone(tmp_path):
 
 
 def test_source_model_shorthand_resolves_to_the_shipped_folders(tmp_path):
-    from drlcore.pipeline import ASSETS_DIR, resolve_source_model, shipped_source_model
+    from drlcore.runs.pipeline import ASSETS_DIR, resolve_source_model, shipped_source_model
 
     # The default (decided by benchmarks/axis_quality.py) is cells where it ships, else dsprites.
     assert resolve_source_model(None, "effnet-lite0") == ASSETS_DIR / "source-cells-effnet-lite0"

@@ -1,4 +1,4 @@
-"""One channel of one object, scaled for display (drlcore.decode.channel_view): the viewer's
+"""One channel of one object, scaled for display (drlcore.data.decode.channel_view): the viewer's
 per-channel image is the stored plane scaled by the run's recorded dataset-wide range."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from drlcore import ingest
-from drlcore.channels import channel_map
-from drlcore.decode import channel_view, source_stamp
+from drlcore.data import ingest
+from drlcore.data.channels import channel_map
+from drlcore.data.decode import channel_view, source_stamp
 from drlcore.errors import DrlError, SkipImage
 
 NAMES = ["DNA", "actin", "ER", "mito"]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from drlcore import ingest, rundir
-from drlcore.channels import channel_map, composite, default_colours, parse_channels
+from drlcore.data import ingest, rundir
+from drlcore.data.channels import channel_map, composite, default_colours, parse_channels
 from drlcore.errors import DrlError, SkipImage
 from test_app import runs_dir, runs_template  # noqa: F401 (fixtures)
 from test_pipeline import source_model  # noqa: F401 (fixture)
@@ -252,7 +252,7 @@ def test_files_stay_separate_unless_every_file_fits_the_rule(tmp_path):
 
 
 def test_morphology_measures_each_channel_over_the_object():
-    from drlcore.morphology import measure
+    from drlcore.analysis.morphology import measure
 
     stored = np.zeros((40, 40, 5), np.uint16)
     stored[..., 4] = 50  # a background-only channel
@@ -290,8 +290,8 @@ def test_four_channel_stacks_and_channel_files_run_end_to_end(tmp_path, source_m
 
     import pandas as pd
 
-    from drlcore.features import FeatureConfig
-    from drlcore.pipeline import PipelineConfig, run_pipeline
+    from drlcore.embedding.features import FeatureConfig
+    from drlcore.runs.pipeline import PipelineConfig, run_pipeline
 
     stacks = tmp_path / "stacks"
     files = tmp_path / "files"
@@ -372,7 +372,7 @@ def test_add_data_page_refuses_a_bad_channel_spec_before_any_job(runs_dir, tmp_p
 
 
 def test_features_stage_lists_what_it_could_not_use(tmp_path):
-    from drlcore.features import FeatureConfig, extract_features
+    from drlcore.embedding.features import FeatureConfig, extract_features
 
     root = tmp_path / "data"
     _write_channel_layout(root / "groups", n_objects=3, classes=("a",), drop=("a", 1, "DNA"))

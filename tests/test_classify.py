@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from drlcore.classify import evaluate_classifiers
+from drlcore.analysis.classify import evaluate_classifiers
 from drlcore.errors import DrlError
 from drlcore.progress import CallbackReporter
 

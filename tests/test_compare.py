@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from drlcore.compare import compare_groups, hedges_g
+from drlcore.analysis.compare import compare_groups, hedges_g
 from drlcore.errors import DrlError
 
 

@@ -23,9 +23,9 @@ import pytest
 import torch
 from PIL import Image
 
-from drlcore import rundir
-from drlcore.artifacts import save_model
-from drlcore.vae import FeatureVAE, VAEConfig
+from drlcore.data import rundir
+from drlcore.disentangle.artifacts import save_model
+from drlcore.disentangle.vae import FeatureVAE, VAEConfig
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +35,9 @@ PROJECT = Path(__file__).resolve().parents[1]
 # each batch so that a test can kill the process while it embeds.
 DRIVER = """
 import os, sys, time
-from drlcore import backbones, cli
-from drlcore.features import FeatureConfig
+from drlcore.embedding import backbones
+from drlcore import cli
+from drlcore.embedding.features import FeatureConfig
 
 cli._feature_config = lambda args, **kw: FeatureConfig(
     backbone="test-tiny", pretrained=False, cache_dir=args.cache_dir, batch_size=4)
@@ -70,7 +71,7 @@ def driver(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def source_model(tmp_path_factory) -> Path:
-    from drlcore.backbones import load_backbone
+    from drlcore.embedding.backbones import load_backbone
 
     backbone = load_backbone("test-tiny", pretrained=False)
     torch.manual_seed(0)

@@ -7,16 +7,16 @@ import re
 
 import pytest
 
-from drlcore.analyze import AnalyzeConfig
-from drlcore.cells import CellsConfig
-from drlcore.discover import IngestConfig
-from drlcore.dsprites import DSpritesConfig
+from drlcore.analysis.analyze import AnalyzeConfig
+from drlcore.disentangle.cells import CellsConfig
+from drlcore.data.discover import IngestConfig
+from drlcore.disentangle.dsprites import DSpritesConfig
 from drlcore.errors import DrlError
-from drlcore.features import FeatureConfig
-from drlcore.pipeline import PipelineConfig
-from drlcore.source import SourceTrainConfig
-from drlcore.transfer import TransferConfig
-from drlcore.vae import VAEConfig
+from drlcore.embedding.features import FeatureConfig
+from drlcore.runs.pipeline import PipelineConfig
+from drlcore.disentangle.source import SourceTrainConfig
+from drlcore.disentangle.transfer import TransferConfig
+from drlcore.disentangle.vae import VAEConfig
 
 CONFIGS = [AnalyzeConfig, CellsConfig, IngestConfig, DSpritesConfig, FeatureConfig,
            PipelineConfig, SourceTrainConfig, TransferConfig, VAEConfig]

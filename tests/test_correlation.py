@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from drlcore.correlation import COLUMNS, best_matches, latent_feature_correlation
+from drlcore.analysis.correlation import COLUMNS, best_matches, latent_feature_correlation
 from drlcore.errors import DrlError
 
 

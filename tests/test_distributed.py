@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from drlcore import distributed
-from drlcore.cache import FeatureCache
+from drlcore.embedding import distributed
+from drlcore.data.cache import FeatureCache
 from drlcore.cli import main
-from drlcore.distributed import ClusterConfig, plan_batches
+from drlcore.embedding.distributed import ClusterConfig, plan_batches
 from drlcore.errors import DrlError
-from drlcore.features import FeatureConfig, extract_features
+from drlcore.embedding.features import FeatureConfig, extract_features
 from drlcore.progress import CallbackReporter
 
 dask_distributed = pytest.importorskip("dask.distributed", reason="needs the extra [dask]")
@@ -88,7 +88,7 @@ def _same_outputs(result, reference, run_dir, reference_dir):
     assert result.manifest["cache"]["key"] == reference.manifest["cache"]["key"]
     # The same thumbnail bytes for every image. How they split into shards may differ: a
     # resumed run keeps the shard its first attempt committed and adds another.
-    from drlcore.rundir import open_thumbs
+    from drlcore.data.rundir import open_thumbs
 
     ours, theirs = open_thumbs(run_dir), open_thumbs(reference_dir)
     hashes = reference.table["sha256"].tolist()
@@ -115,7 +115,7 @@ def test_cluster_features_equal_the_single_process_path(dataset, tmp_path, refer
                              cluster=on_cluster)
     np.testing.assert_array_equal(again.features, reference.features)
     with dask_distributed.Client(cluster) as client:
-        loaded = client.run(lambda: len(__import__("drlcore.distributed").distributed._LOADED))
+        loaded = client.run(lambda: len(__import__("drlcore.embedding.distributed").embedding.distributed._LOADED))
     assert sorted(loaded.values()) == [1, 1]
 
     # Fully cached: no cluster is contacted at all (an unreachable address is never dialled).
@@ -128,7 +128,7 @@ def test_cluster_features_equal_the_single_process_path(dataset, tmp_path, refer
 
 def _flaky_task(settings, prepare, items, *, log_dir):
     """embed_task, but the batch holding c04 fails on its first attempt."""
-    from drlcore import distributed as d
+    from drlcore.embedding import distributed as d
 
     if any(record.path.endswith("c04.png") for record, *_ in items):
         log = os.path.join(log_dir, "attempts")
@@ -314,7 +314,7 @@ def test_plan_batches_counts_only_images_to_embed():
 
 
 def test_a_worker_with_other_weights_fails_loudly(tmp_path):
-    from drlcore.backbones import load_backbone
+    from drlcore.embedding.backbones import load_backbone
 
     tiny = load_backbone("test-tiny", pretrained=False)
     settings = distributed.BackboneSettings.of(tiny, None, False)

@@ -7,7 +7,7 @@ import colorsys
 import numpy as np
 import pytest
 
-from drlcore.dsprites import (
+from drlcore.disentangle.dsprites import (
     DEFAULT_FACTOR_SIZES,
     FACTOR_NAMES,
     SHAPE_RADIUS,

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from drlcore.artifacts import save_model
-from drlcore import rundir
-from drlcore.encode import encode_features, encode_run
+from drlcore.disentangle.artifacts import save_model
+from drlcore.data import rundir
+from drlcore.disentangle.encode import encode_features, encode_run
 from drlcore.errors import DrlError
-from drlcore.vae import FeatureVAE, VAEConfig
+from drlcore.disentangle.vae import FeatureVAE, VAEConfig
 
 D, J = 16, 4
 BACKBONE = {"name": "test-tiny", "timm_name": "test_vit", "weights_hash": "ab" * 32,
@@ -49,7 +49,7 @@ def _features_dir(path, features, backbone="test-tiny", weights_hash="ab" * 32, 
 
 
 def test_encode_features_matches_the_model(model_dir, rng):
-    from drlcore.artifacts import load_model
+    from drlcore.disentangle.artifacts import load_model
 
     model, _ = load_model(model_dir)
     x = rng.normal(size=(10, D)).astype(np.float32)

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from drlcore import rundir
+from drlcore.data import rundir
 from drlcore.cli import main
 from drlcore.errors import DrlError
-from drlcore.export import export_run, run_to_anndata
-from drlcore.pipeline import run_pipeline
+from drlcore.runs.export import export_run, run_to_anndata
+from drlcore.runs.pipeline import run_pipeline
 from test_pipeline import _config, make_dataset, source_model  # noqa: F401 (fixture)
 
 anndata = pytest.importorskip("anndata")
@@ -80,7 +80,7 @@ def test_cli_export_and_refusals(run, tmp_path, capsys):
 def test_slide_set_is_stamped(run, tmp_path):
     from PIL import Image
 
-    from drlcore.slides import SlideConfig, figure_stamp, write_slide_set
+    from drlcore.runs.slides import SlideConfig, figure_stamp, write_slide_set
 
     stamp = figure_stamp(run)
     manifest = rundir.read_manifest(run)["stages"]

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from drlcore import ingest, rundir
-from drlcore.backbones import load_backbone
-from drlcore.cache import FeatureCache, cache_key, default_cache_dir
+from drlcore.data import ingest, rundir
+from drlcore.embedding.backbones import load_backbone
+from drlcore.data.cache import FeatureCache, cache_key, default_cache_dir
 from drlcore.errors import DrlError
-from drlcore.features import (TABLE_COLUMNS, FeatureConfig, embed_arrays, extract_features)
+from drlcore.embedding.features import (TABLE_COLUMNS, FeatureConfig, embed_arrays, extract_features)
 from drlcore.progress import CallbackReporter
 
 MANIFEST_KEYS = {"backbone", "timm_name", "weights_hash", "dtype", "preprocessing",

@@ -15,7 +15,7 @@ from plotly.offline import get_plotlyjs
 sys.path.insert(0, str(Path(__file__).parent))
 from app_fixtures import make_run  # noqa: E402
 
-from drlcore import rundir  # noqa: E402
+from drlcore.data import rundir  # noqa: E402
 from explorer import figures  # noqa: E402
 from explorer.report import ReportSection, build_report  # noqa: E402
 

@@ -20,7 +20,7 @@ from skimage import data as skdata
 from skimage.draw import disk
 
 from drlcore.errors import DrlError, SkipImage
-from drlcore.ingest import (
+from drlcore.data.ingest import (
     Dataset,
     ImageRecord,
     IngestConfig,

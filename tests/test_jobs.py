@@ -1,4 +1,4 @@
-"""Background jobs (drlcore.jobs): one worker per target, progress on disk, death detected, and
+"""Background jobs (drlcore.runs.jobs): one worker per target, progress on disk, death detected, and
 the guards checked before a job starts (data roots, free space, fresh run folders)."""
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from drlcore import jobs, rundir
+from drlcore.runs import jobs
+
+from drlcore.data import rundir
 from drlcore.errors import DrlError
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -12,9 +12,9 @@ import pytest
 import scipy.stats
 from sklearn.metrics import mutual_info_score
 
-from drlcore import metrics
+from drlcore.analysis import metrics
 from drlcore.errors import DrlError
-from drlcore.metrics import associate_dims, compute_dci, compute_mig, compute_omes, dim_names
+from drlcore.analysis.metrics import associate_dims, compute_dci, compute_mig, compute_omes, dim_names
 
 SIZES = np.array([4, 5, 3, 6])
 

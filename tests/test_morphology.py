@@ -12,7 +12,7 @@ from PIL import Image
 from skimage import draw
 
 from drlcore.errors import DrlError
-from drlcore.morphology import (
+from drlcore.analysis.morphology import (
     FEATURE_NAMES,
     circular_mean_degrees,
     load_mask_folder,

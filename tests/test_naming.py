@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from drlcore import morphology
-from drlcore.correlation import latent_feature_correlation
+from drlcore.analysis import morphology
+from drlcore.analysis.correlation import latent_feature_correlation
 from drlcore.errors import DrlError
-from drlcore.naming import (FAMILY_FEATURES, NamingConfig, axis_label, best_family_axes,
+from drlcore.analysis.naming import (FAMILY_FEATURES, NamingConfig, axis_label, best_family_axes,
                             feature_family, name_axes)
 
 
@@ -115,7 +115,7 @@ def test_known_truth_through_the_real_correlation_code():
 def test_axis_help_explains_names_and_reasons():
     corr = _table([(0, "morph_area", 0.55, 1e-6), (1, "morph_area", 0.2, 0.01)])
     a = name_axes(corr, ["z0: scale", "z1: colour"])
-    from drlcore.naming import axis_help
+    from drlcore.analysis.naming import axis_help
     assert "area (size family), ρ = 0.55, 95% CI [0.50, 0.60]" in axis_help(a[0])
     assert "learned as scale on the synthetic source" in axis_help(a[0])
     assert axis_help(a[1]).startswith("Unnamed: no family") and "area ρ=0.20" in axis_help(a[1])

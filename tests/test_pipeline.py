@@ -17,20 +17,20 @@ import torch
 from PIL import Image
 from skimage.draw import ellipse
 
-from drlcore import rundir
-from drlcore.analyze import AnalyzeConfig, analyze_run
-from drlcore.artifacts import save_model
+from drlcore.data import rundir
+from drlcore.analysis.analyze import AnalyzeConfig, analyze_run
+from drlcore.disentangle.artifacts import save_model
 from drlcore.errors import DrlError
-from drlcore.features import FeatureConfig
-from drlcore.pipeline import PipelineConfig, run_pipeline
-from drlcore.vae import FeatureVAE, VAEConfig
+from drlcore.embedding.features import FeatureConfig
+from drlcore.runs.pipeline import PipelineConfig, run_pipeline
+from drlcore.disentangle.vae import FeatureVAE, VAEConfig
 
 LATENT = 4
 
 
 @pytest.fixture(scope="module")
 def source_model(tmp_path_factory):
-    from drlcore.backbones import load_backbone
+    from drlcore.embedding.backbones import load_backbone
 
     backbone = load_backbone("test-tiny", pretrained=False)
     torch.manual_seed(0)
@@ -109,8 +109,8 @@ def test_second_run_is_served_from_caches(tmp_path, dataset, source_model, monke
     config = _config(tmp_path, source_model)
     first = run_pipeline(dataset, tmp_path / "run1", config)
 
-    import drlcore.backbones as backbones
-    import drlcore.transfer as transfer
+    import drlcore.embedding.backbones as backbones
+    import drlcore.disentangle.transfer as transfer
 
     def forbidden(*args, **kwargs):
         raise AssertionError("should have been served from the cache")
@@ -126,7 +126,7 @@ def test_second_run_is_served_from_caches(tmp_path, dataset, source_model, monke
 
 def test_rerun_after_interrupted_analysis_resumes(tmp_path, dataset, source_model, monkeypatch):
     config = _config(tmp_path, source_model)
-    import drlcore.analyze as analyze
+    import drlcore.analysis.analyze as analyze
 
     real = analyze._projections
 
@@ -240,7 +240,7 @@ def test_morphology_is_served_from_the_cache_in_a_new_run(tmp_path, dataset, sou
                                                           monkeypatch):
     config = _config(tmp_path, source_model)
     run_pipeline(dataset, tmp_path / "run1", config)
-    import drlcore.morphology as morphology
+    import drlcore.analysis.morphology as morphology
 
     def forbidden(*args, **kwargs):
         raise AssertionError("morphology should have come from the cache")
@@ -252,9 +252,9 @@ def test_morphology_is_served_from_the_cache_in_a_new_run(tmp_path, dataset, sou
 
 def test_new_images_encoded_with_the_reference_model_land_on_its_map(tmp_path, dataset,
                                                                      source_model):
-    from drlcore.analyze import project_onto
-    from drlcore.encode import encode_run
-    from drlcore.features import extract_features
+    from drlcore.analysis.analyze import project_onto
+    from drlcore.disentangle.encode import encode_run
+    from drlcore.embedding.features import extract_features
 
     config = _config(tmp_path, source_model)
     reference = run_pipeline(dataset, tmp_path / "reference", config)

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drlcore import backbones
-from drlcore.backbones import get_spec, load_backbone, precision_decision
+from drlcore.embedding import backbones
+from drlcore.embedding.backbones import get_spec, load_backbone, precision_decision
 from drlcore.cli import build_parser, main
 from drlcore.errors import DrlError
-from drlcore import rundir
-from drlcore.features import FeatureConfig, extract_features
-from drlcore.precision import (MIN_KNN_OVERLAP, MIN_LATENT_R, accuracy_noise, agreement,
+from drlcore.data import rundir
+from drlcore.embedding.features import FeatureConfig, extract_features
+from drlcore.embedding.precision import (MIN_KNN_OVERLAP, MIN_LATENT_R, accuracy_noise, agreement,
                                axis_correlations, knn_overlap)
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +259,7 @@ def test_dask_workers_run_the_requested_precision(dataset, tmp_path):
     """The driver's resolved precision travels to the workers (BackboneSettings.dtype): bf16
     features from a 2-process LocalCluster equal the single-process bf16 ones, not fp32's."""
     pytest.importorskip("dask.distributed", reason="needs the extra [dask]")
-    from drlcore.distributed import ClusterConfig
+    from drlcore.embedding.distributed import ClusterConfig
 
     single = extract_features(dataset, tmp_path / "single", _config(tmp_path, "bf16"))
     f32 = extract_features(dataset, tmp_path / "f32", _config(tmp_path, "fp32"))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from drlcore.errors import DrlError
-from drlcore.projection import PCAProjector, UMAPProjector, fit_cached, trustworthiness
+from drlcore.analysis.projection import PCAProjector, UMAPProjector, fit_cached, trustworthiness
 
 
 def low_rank(rng, n=400, spreads=(5.0, 2.0), noise=0.0, dims=6):
@@ -142,7 +142,7 @@ def test_umap_rejects_too_few_points():
 def test_umap_fitted_on_a_sample_places_the_rest_with_transform(clusters, tmp_path):
     """map_from_sample: the sample keeps its fitted map (the one a later transform refits), the
     other rows land among their own class, and the whole map comes back from the cache."""
-    from drlcore.projection import map_from_sample
+    from drlcore.analysis.projection import map_from_sample
 
     X, labels = clusters
     rows = np.arange(0, len(X), 3)  # a third of the points fit the map
@@ -167,7 +167,7 @@ def test_umap_fitted_on_a_sample_places_the_rest_with_transform(clusters, tmp_pa
 
 
 def test_pca_from_a_sample_equals_pca_fitted_on_the_sample(rng, tmp_path):
-    from drlcore.projection import map_from_sample
+    from drlcore.analysis.projection import map_from_sample
 
     X, _ = low_rank(rng, n=300, noise=0.1)
     rows = np.arange(0, 300, 4)

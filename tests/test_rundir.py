@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from drlcore import rundir
+from drlcore.data import rundir
 from drlcore.errors import DrlError
 
 # The manifest exactly as the code before schema_version wrote it (features stage at the top,
@@ -150,7 +150,7 @@ def _tiny_pipeline(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     from app_fixtures import make_source_model, make_zip
 
-    from drlcore.pipeline import PipelineConfig
+    from drlcore.runs.pipeline import PipelineConfig
 
     source = make_source_model(tmp_path / "source")
     config = PipelineConfig.from_dict({
@@ -161,8 +161,8 @@ def _tiny_pipeline(tmp_path):
 
 
 def test_rerun_into_the_same_folder_keeps_every_stage(tmp_path):
-    from drlcore.analyze import AnalyzeConfig, analyze_run
-    from drlcore.pipeline import run_pipeline
+    from drlcore.analysis.analyze import AnalyzeConfig, analyze_run
+    from drlcore.runs.pipeline import run_pipeline
 
     data, config = _tiny_pipeline(tmp_path)
     run = run_pipeline(data, tmp_path / "run", config)
@@ -184,7 +184,7 @@ def test_rerun_into_the_same_folder_keeps_every_stage(tmp_path):
 
 
 def test_rerun_into_a_v1_run_folder_upgrades_it_and_keeps_every_stage(tmp_path):
-    from drlcore.pipeline import run_pipeline
+    from drlcore.runs.pipeline import run_pipeline
 
     data, config = _tiny_pipeline(tmp_path)
     run = run_pipeline(data, tmp_path / "run", config)

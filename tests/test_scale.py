@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pandas as pd
 
-from drlcore import scale
-from drlcore.pipeline import run_pipeline
+from drlcore.analysis import scale
+from drlcore.runs.pipeline import run_pipeline
 
 
 def test_stratified_sample_keeps_class_proportions_and_small_classes():
@@ -56,7 +56,7 @@ def test_analysis_above_the_threshold_records_its_samples(tmp_path, monkeypatch)
     monkeypatch.setattr(scale, "UMAP_FIT_SAMPLE", 22)
     monkeypatch.setattr(scale, "MAP_TRANSFORM_CHUNK", 5)
     monkeypatch.setattr(scale, "KNN_EXACT_MAX", 30)
-    from drlcore import analyze
+    from drlcore.analysis import analyze
 
     monkeypatch.setattr(analyze, "MORPHOLOGY_CHUNK", 10)
     make_dataset(tmp_path / "cells")
@@ -83,7 +83,7 @@ def test_analysis_above_the_threshold_records_its_samples(tmp_path, monkeypatch)
     assert set(corr["method"]) == {"pearson", "spearman", "mi"}
     # Placing objects on this map refits the very map drawn: the sample's own copies land on
     # their places (transform puts exact copies on their reference point).
-    from drlcore.analyze import project_onto
+    from drlcore.analysis.analyze import project_onto
 
     placed = project_onto(run, run, "umap")
     on_map = objects[["umap_x", "umap_y"]].to_numpy()
@@ -94,9 +94,9 @@ def test_analysis_above_the_threshold_records_its_samples(tmp_path, monkeypatch)
 def _make_source_model(tmp_path):
     import torch
 
-    from drlcore.artifacts import save_model
-    from drlcore.backbones import load_backbone
-    from drlcore.vae import FeatureVAE, VAEConfig
+    from drlcore.disentangle.artifacts import save_model
+    from drlcore.embedding.backbones import load_backbone
+    from drlcore.disentangle.vae import FeatureVAE, VAEConfig
 
     backbone = load_backbone("test-tiny", pretrained=False)
     torch.manual_seed(0)

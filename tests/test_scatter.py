@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from drlcore import rundir
+from drlcore.data import rundir
 from explorer.scatter import (BUILD_DIR, CHUNK, MAX_CATEGORIES, HoverSource, decode_selection,
                               encode_points, write_hover_index)
 

@@ -1,4 +1,4 @@
-"""Thumbnail shards (drlcore.rundir.Thumbs / ThumbWriter): round trip, the one-file-per-image
+"""Thumbnail shards (drlcore.data.rundir.Thumbs / ThumbWriter): round trip, the one-file-per-image
 layout of older runs, atomic writes, and the readers that go through them."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drlcore import rundir
+from drlcore.data import rundir
 from drlcore.errors import DrlError
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -219,7 +219,7 @@ def test_explorer_and_slides_read_either_layout(tmp_path, layout):
         else:
             assert len(row) == 2 and data == run.thumb_bytes(sha)
 
-    from drlcore.slides import SlideConfig, axis_montage
+    from drlcore.runs.slides import SlideConfig, axis_montage
 
     fig = axis_montage(run_dir, 0, SlideConfig(n_steps=3, n_rows=1))
     images = [ax.get_images() for ax in fig.axes]

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from drlcore.artifacts import load_model, read_metrics
+from drlcore.disentangle.artifacts import load_model, read_metrics
 from drlcore.errors import DrlError
-from drlcore.metrics import compute_mig
-from drlcore.source import SourceTrainConfig
-from drlcore.train import encode_means, latent_activity, train_unsupervised, train_weakly
-from drlcore.transfer import TransferConfig
+from drlcore.analysis.metrics import compute_mig
+from drlcore.disentangle.source import SourceTrainConfig
+from drlcore.disentangle.train import encode_means, latent_activity, train_unsupervised, train_weakly
+from drlcore.disentangle.transfer import TransferConfig
 
 N_FACTORS, FEATURE_DIM, LEVELS = 4, 24, 10
 
@@ -103,16 +103,16 @@ def test_configs_reject_unknown_keys_and_round_trip():
 
 @pytest.mark.slow
 def test_train_source_end_to_end_with_the_tiny_backbone(tmp_path):
-    from drlcore.backbones import load_backbone
-    from drlcore.cache import FeatureCache
-    from drlcore.dsprites import DSpritesConfig
+    from drlcore.embedding.backbones import load_backbone
+    from drlcore.data.cache import FeatureCache
+    from drlcore.disentangle.dsprites import DSpritesConfig
 
     backbone = load_backbone("test-tiny", pretrained=False)
     cfg = SourceTrainConfig(steps=60, batch_size=32, n_anchors=40, variants_per_anchor=2,
                             n_eval=120, n_omes_pairs_per_factor=6, latent_dim=5,
                             hidden_dims=(32,))
     cache = FeatureCache(tmp_path / "cache", "k")
-    from drlcore.source import train_source
+    from drlcore.disentangle.source import train_source
 
     metrics = train_source(tmp_path / "m", backbone, cfg, cache=cache, compare_baseline=True)
     model, meta = load_model(tmp_path / "m", expected_backbone="test-tiny",

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from drlcore.artifacts import load_model, read_metrics, save_model
+from drlcore.disentangle.artifacts import load_model, read_metrics, save_model
 from drlcore.errors import DrlError
-from drlcore.train import encode_means, train_unsupervised
-from drlcore.transfer import (TransferConfig, anchor_names, fine_tune, split_rows, transfer)
+from drlcore.disentangle.train import encode_means, train_unsupervised
+from drlcore.disentangle.transfer import (TransferConfig, anchor_names, fine_tune, split_rows, transfer)
 
 D, J = 24, 6
 BACKBONE = {"name": "test-tiny", "timm_name": "test_vit", "weights_hash": "ab" * 32,
@@ -217,10 +217,10 @@ def test_anchored_drl_run_measures_morphology_first_and_records_the_anchor(tmp_p
     and the anchored axis is reported on held-out images; the default run stays unanchored."""
     import test_pipeline as tp
 
-    from drlcore.backbones import load_backbone
-    from drlcore.features import FeatureConfig
-    from drlcore.pipeline import PipelineConfig, run_pipeline
-    from drlcore.vae import FeatureVAE, VAEConfig
+    from drlcore.embedding.backbones import load_backbone
+    from drlcore.embedding.features import FeatureConfig
+    from drlcore.runs.pipeline import PipelineConfig, run_pipeline
+    from drlcore.disentangle.vae import FeatureVAE, VAEConfig
 
     backbone = load_backbone("test-tiny", pretrained=False)
     torch.manual_seed(0)
@@ -243,7 +243,7 @@ def test_anchored_drl_run_measures_morphology_first_and_records_the_anchor(tmp_p
 
 
 def test_std_floor_tames_nearly_dead_feature_units():
-    from drlcore.vae import FeatureVAE, VAEConfig
+    from drlcore.disentangle.vae import FeatureVAE, VAEConfig
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 8))

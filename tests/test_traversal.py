@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from drlcore.compare import cohens_d, effect_sizes
+from drlcore.analysis.compare import cohens_d, effect_sizes
 from drlcore.errors import DrlError
-from drlcore.traversal import traversal_grid, traversal_indices, traversal_values
+from drlcore.analysis.traversal import traversal_grid, traversal_indices, traversal_values
 
 
 def test_traversal_walks_the_axis_in_order_on_a_line():
@@ -71,7 +71,7 @@ def test_effect_sizes_ranks_the_separating_column_first(rng):
 
 
 def test_traversal_grid_rows_are_nearest_first_and_distinct():
-    from drlcore.traversal import traversal_grid, traversal_indices
+    from drlcore.analysis.traversal import traversal_grid, traversal_indices
 
     rng = np.random.default_rng(1)
     z = rng.normal(size=(500, 4))
@@ -84,7 +84,7 @@ def test_traversal_grid_rows_are_nearest_first_and_distinct():
 
 
 def test_traversal_grid_with_few_objects_repeats_nearest():
-    from drlcore.traversal import traversal_grid
+    from drlcore.analysis.traversal import traversal_grid
 
     z = np.c_[np.arange(5, dtype=float), np.zeros(5)]
     grid = traversal_grid(z, dim=0, n_steps=3, n_rows=4, quantiles=(0.0, 1.0))
@@ -93,7 +93,7 @@ def test_traversal_grid_with_few_objects_repeats_nearest():
 
 
 def test_nearest_first_keeps_stable_argsort_order_and_every_boundary_tie():
-    from drlcore.traversal import _nearest_first
+    from drlcore.analysis.traversal import _nearest_first
 
     d2 = np.array([3.0, 1.0, 2.0, 1.0, 0.5, 2.0, 2.0, 9.0])
     full = np.argsort(d2, kind="stable")

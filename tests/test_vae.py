@@ -8,7 +8,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from drlcore.errors import DrlError
-from drlcore.vae import (FeatureVAE, VAEConfig, ada_gvae_aggregate, ada_gvae_loss, beta_vae_loss,
+from drlcore.disentangle.vae import (FeatureVAE, VAEConfig, ada_gvae_aggregate, ada_gvae_loss, beta_vae_loss,
                          gaussian_kl_between, kl_per_dim)
 
 

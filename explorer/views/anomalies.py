@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from drlcore import anomaly
+from drlcore.analysis import anomaly
 from explorer.figures import DISPLAY_MAX_POINTS, anomaly_histogram, display_positions, latent_map
 from explorer.report import ReportSection, build_report
 from explorer.ui import (cached_figure, csv_download, image_grid, object_detail, report_download, require_run,

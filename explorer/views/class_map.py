@@ -4,7 +4,7 @@ Plotly hover labels cannot show images, so hover shows the object's name, class 
 value, and a click (or box/lasso selection) shows the images: one clicked point opens large
 with its metadata; a selection opens a gallery plus a comparison of the selection vs the rest.
 "Group A vs group B" compares two groups instead, each defined by class, by a map selection or
-by a threshold on any feature or latent axis (Hedges' g with CI and BH q, drlcore.compare).
+by a threshold on any feature or latent axis (Hedges' g with CI and BH q, drlcore.analysis.compare).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from drlcore.analyze import project_onto
-from drlcore.compare import compare_groups, effect_sizes
+from drlcore.analysis.analyze import project_onto
+from drlcore.analysis.compare import compare_groups, effect_sizes
 from drlcore.errors import DrlError
-from drlcore.naming import axis_help, axis_label
+from drlcore.analysis.naming import axis_help, axis_label
 from explorer.data import Run, is_run_dir, list_runs
 from explorer.figures import effect_size_chart, feature_label, group_effect_chart, latent_map
 from explorer.report import ReportSection, build_report

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from drlcore import rundir
-from drlcore.naming import axis_help, axis_label
+from drlcore.data import rundir
+from drlcore.analysis.naming import axis_help, axis_label
 from explorer.figures import DISPLAY_MAX_POINTS, correlation_heatmap, feature_label, pair_scatter
 from explorer.report import ReportSection, axes_section, build_report
 from explorer.ui import (cached_figure, csv_download, image_grid, object_detail, report_download,

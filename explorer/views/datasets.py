@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from drlcore import rundir
+from drlcore.data import rundir
 from drlcore.errors import DrlError
-from drlcore.features import describe_preprocess
+from drlcore.embedding.features import describe_preprocess
 from explorer.data import (Run, backbone_summary, is_demo, list_runs, pipeline_config, pipeline_notes,
                            read_pipeline_settings)
 from explorer import jobs as app_jobs
@@ -93,7 +93,7 @@ if runs:
     st.dataframe(table, hide_index=True, width="stretch")
 app_jobs.show_jobs(runs_dir)  # live progress of running jobs; a watched one opens when done
 if not any(is_demo(p) for p in runs):
-    from drlcore import jobs
+    from drlcore.runs import jobs
 
     from explorer.data import DEMO_RUN_NAME
 
@@ -131,7 +131,7 @@ except DrlError as exc:
     st.error(str(exc))
     settings = {}
 with st.expander("Advanced: backbone and source model"):
-    from drlcore.backbones import BACKBONES, DEFAULT_BACKBONE
+    from drlcore.embedding.backbones import BACKBONES, DEFAULT_BACKBONE
 
     default_backbone = (settings.get("features") or {}).get("backbone", DEFAULT_BACKBONE)
     # Test-only backbones are offered only when the settings file asks for one.
@@ -195,7 +195,7 @@ def _settings_for_job(base: dict) -> dict:
 
 def _start_analysis() -> None:
     """Check the request, reserve a fresh run folder, hand the work to a background job."""
-    from drlcore import jobs
+    from drlcore.runs import jobs
 
     job_settings = _settings_for_job(settings)
     upload_bytes = 0

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from drlcore import rundir
+from drlcore.data import rundir
 from drlcore.io import read_json
 from explorer.figures import factor_heatmap, metric_bars
 from explorer.report import ReportSection, build_report
@@ -29,7 +29,7 @@ if "evaluation" not in metrics and "headline" not in metrics:
     # Older runs recorded no source metrics: the shipped default for the backbone.
     backbone = config.get("backbone", {}).get("name")
     try:
-        from drlcore.pipeline import shipped_source_model
+        from drlcore.runs.pipeline import shipped_source_model
 
         source_dir = shipped_source_model(backbone) if backbone else None
     except Exception:  # noqa: BLE001 - no shipped model for this backbone: say so below

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from drlcore.correlation import best_matches
-from drlcore.naming import NamingConfig, axis_help, axis_label
-from drlcore.traversal import traversal_indices, traversal_values
+from drlcore.analysis.correlation import best_matches
+from drlcore.analysis.naming import NamingConfig, axis_help, axis_label
+from drlcore.analysis.traversal import traversal_indices, traversal_values
 from explorer.downloads import FIGURE_MIME, file_download, montage_bytes
 from explorer.figures import feature_label
 from explorer.report import ReportSection, axes_section, build_report

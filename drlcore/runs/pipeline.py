@@ -1,0 +1,275 @@
+"""``drl run``: the one-shot pipeline a biologist uses.
+
+features -> transfer from the shipped source model -> encode -> analyze, in one run folder.
+
+Each stage leaves complete files or nothing (atomic writes; the transferred model is built in a
+``.partial`` folder and renamed), and each is skipped when its inputs have not changed, so a rerun
+after an interruption resumes where it stopped and a second run on the same data is served from
+caches: features from the feature cache, the transferred model from the model cache (keyed by
+source model, features and transfer settings), analysis from its own content key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from drlcore.errors import DrlError
+from drlcore.data import rundir
+from drlcore.io import fingerprint, read_json, sha256_file
+from drlcore.progress import NullReporter, Reporter
+
+__all__ = ["PipelineConfig", "run_pipeline", "shipped_source_model", "resolve_source_model", "ASSETS_DIR",
+           "DEFAULT_SOURCE", "default_source"]
+
+def _assets_dir() -> Path:
+    """The shipped models: the package ``drlcore.assets`` (the repo's ``assets/`` folder in an
+    editable install, installed files in a wheel)."""
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("drlcore.assets")))
+
+
+ASSETS_DIR = _assets_dir()
+PIPELINE_VERSION = 2  # 2: anchored transfers stop early on the full objective (anchor term included)
+# Fine-tuning a VAE on fewer objects than this only memorises them.
+MIN_IMAGES_FOR_TRANSFER = 32
+
+
+def _default_feature_config():
+    from drlcore.embedding.features import FeatureConfig
+
+    return FeatureConfig()
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    features: object = field(default_factory=_default_feature_config)  # drlcore.embedding.features.FeatureConfig
+    source_model: str | None = None  # default: the shipped model for the backbone
+    transfer: bool = True  # False: encode with the source model as is (the demo does this)
+    transfer_epochs: int | None = None  # a ceiling: early stopping decides (TransferConfig)
+    latent_dim: int | None = None  # None: the source model's (10); see TransferConfig.latent_dim
+    anchors: tuple[str, ...] = ()  # morphology features tied to the first axes (e.g. morph_area)
+    known_classes: tuple[str, ...] | None = None
+    umap: bool = True
+    extra_columns: str | None = None  # a Parquet file with columns joined onto objects by "path"
+
+    def __post_init__(self) -> None:
+        # Checked here, not at the transfer stage: a misspelt anchor fails before any embedding.
+        if self.anchors:
+            from drlcore.disentangle.transfer import anchor_names
+
+            object.__setattr__(self, "anchors", anchor_names(self.anchors))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PipelineConfig:
+        """Settings as JSON (``drl explore --pipeline-config FILE``): ``PipelineConfig`` fields,
+        with ``"features"`` holding ``FeatureConfig`` fields. Unknown keys are an error."""
+        from drlcore.config import from_dict
+        from drlcore.embedding.features import FeatureConfig
+
+        values = dict(d) if isinstance(d, dict) else d
+        if isinstance(values, dict) and "features" in values:
+            values["features"] = FeatureConfig.from_dict(values["features"] or {})
+        return from_dict(cls, values, "pipeline")
+
+
+# Shipped source models by the rendered source they were trained on: folder name per backbone.
+SHIPPED_SOURCES = {"dsprites": "source-{backbone}", "cells": "source-cells-{backbone}"}
+
+
+# The default source, decided by benchmarks/axis_quality.py on the two real sets (the demo left
+# out: it is rendered Texture-dSprites, the dsprites model's own domain). Discovered axes, same
+# class information (blood 0.81 vs 0.81, plankton 0.97 vs 0.96 of raw), better area axes with
+# cells (blood rho 0.69 vs 0.63-0.65; plankton with canvas 0.47 vs 0.38), open set level.
+DEFAULT_SOURCE = "cells"
+
+
+def default_source(backbone: str) -> str:
+    """``cells`` where it is shipped for ``backbone``, else ``dsprites``."""
+    folder = ASSETS_DIR / SHIPPED_SOURCES[DEFAULT_SOURCE].format(backbone=backbone)
+    return DEFAULT_SOURCE if (folder / rundir.MODEL_CONFIG).is_file() else "dsprites"
+
+
+def shipped_source_model(backbone: str, source: str | None = None) -> Path:
+    """The shipped source model of ``source`` (default: ``default_source(backbone)``)."""
+    source = source or default_source(backbone)
+    if source not in SHIPPED_SOURCES:
+        raise DrlError(f"unknown source {source!r}; shipped sources: {sorted(SHIPPED_SOURCES)}")
+    path = ASSETS_DIR / SHIPPED_SOURCES[source].format(backbone=backbone)
+    if not (path / rundir.MODEL_CONFIG).is_file():
+        raise DrlError(
+            f"no shipped {source} source model for backbone {backbone!r} (looked in {path}). "
+            f"Train one with `drl train-source --source {source} --backbone {backbone} --out "
+            f"MODEL_DIR` and pass `--source-model MODEL_DIR`, or use the default backbone "
+            f"effnet-lite0.")
+    return path
+
+
+def resolve_source_model(source_model: str | None, backbone: str) -> Path:
+    """``--source-model``: a model folder, or ``dsprites`` / ``cells`` for the shipped model of
+    that source (a folder of that name is reached as ``./cells``); None = ``default_source``."""
+    if not source_model:
+        return shipped_source_model(backbone)
+    if source_model in SHIPPED_SOURCES:
+        return shipped_source_model(backbone, source_model)
+    return Path(source_model)
+
+
+def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporter: Reporter) -> Path:
+    from drlcore.data.cache import ContentStore, cache_root
+    from drlcore.disentangle.transfer import TransferConfig, anchor_names, measure_anchor_values, transfer
+
+    model_dir = run_dir / rundir.MODEL
+    settings = {"latent_dim": config.latent_dim, "anchors": anchor_names(config.anchors)}
+    if config.transfer_epochs is not None:
+        settings["epochs"] = config.transfer_epochs
+    tconfig = TransferConfig(**settings)
+    key = fingerprint(["transfer", PIPELINE_VERSION, sha256_file(source / rundir.MODEL_WEIGHTS),
+                       sha256_file(run_dir / rundir.FEATURES), dataclasses.asdict(tconfig)])
+    if (model_dir / rundir.MODEL_CONFIG).is_file() and _stage_key(model_dir) == key:
+        reporter.message("transfer: up to date, reusing the run's model")
+        return model_dir
+
+    store = ContentStore(cache_root(config.features.cache_dir) / "models")
+    cached = store.get(key)
+    if cached is not None and (cached / rundir.MODEL_WEIGHTS).is_file():
+        reporter.message("transfer: served from the model cache")
+        _replace_dir(cached, model_dir, copy=True)
+        _write_stage_key(model_dir, key)
+        return model_dir
+
+    partial = run_dir / "model.partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    values = None
+    if tconfig.anchors:  # morphology before transfer (the analysis reuses it from the cache)
+        reporter.message(f"transfer: measuring {', '.join(tconfig.anchors)} to anchor axes")
+        values = measure_anchor_values(run_dir, tconfig.anchors, config.features.cache_dir,
+                                       reporter)
+    transfer(source, run_dir, partial, tconfig, reporter=reporter, anchor_values=values)
+    _write_stage_key(partial, key)
+    _replace_dir(partial, model_dir)
+    try:
+        store.put(key, lambda folder: shutil.copytree(model_dir, folder, dirs_exist_ok=True))
+    except OSError as err:  # a read-only cache must not fail the run
+        reporter.message(f"note: could not store the model in the cache ({err})")
+    return model_dir
+
+
+def _stage_key(model_dir: Path) -> str | None:
+    path = model_dir / rundir.MODEL_STAGE_KEY
+    return read_json(path).get("key") if path.is_file() else None
+
+
+def _write_stage_key(model_dir: Path, key: str) -> None:
+    from drlcore.io import atomic_write_json
+
+    atomic_write_json(model_dir / rundir.MODEL_STAGE_KEY, {"key": key})
+
+
+def _replace_dir(src: Path, dst: Path, copy: bool = False) -> None:
+    """Put ``src`` at ``dst`` with the old ``dst`` removed only once the new one is complete."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if copy:
+        staging = dst.with_name(dst.name + ".incoming")
+        if staging.exists():
+            shutil.rmtree(staging)
+        shutil.copytree(src, staging)
+        src = staging
+    if dst.exists():
+        old = dst.with_name(dst.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        dst.rename(old)
+        src.rename(dst)
+        shutil.rmtree(old)
+    else:
+        src.rename(dst)
+
+
+def _copy_source_model(source: Path, run_dir: Path) -> Path:
+    model_dir = run_dir / rundir.MODEL
+    key = fingerprint(["source-as-is", sha256_file(source / rundir.MODEL_WEIGHTS)])
+    if (model_dir / rundir.MODEL_CONFIG).is_file() and _stage_key(model_dir) == key:
+        return model_dir
+    _replace_dir(source, model_dir, copy=True)
+    _write_stage_key(model_dir, key)
+    return model_dir
+
+
+def run_pipeline(data: str | Path, out_dir: str | Path, config: PipelineConfig | None = None,
+                 reporter: Reporter | None = None, cluster=None) -> Path:
+    """Run every stage on ``data`` into ``out_dir`` and return ``out_dir``.
+
+    ``cluster`` (a :class:`drlcore.embedding.distributed.ClusterConfig`): embed the images on Dask; the
+    later stages (a small VAE, the analysis) run here. It is not a setting of the run: the
+    outputs are the same either way."""
+    from drlcore.analysis.analyze import AnalyzeConfig, analyze_run
+    from drlcore.disentangle.encode import encode_run
+    from drlcore.embedding.features import extract_features
+
+    config = config or PipelineConfig()
+    reporter = reporter or NullReporter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    backbone = config.features.backbone
+    source = resolve_source_model(config.source_model, backbone)
+    if not (source / rundir.MODEL_CONFIG).is_file():
+        raise DrlError(f"source model folder {source} has no {rundir.MODEL_CONFIG}")
+    from drlcore.disentangle.artifacts import read_model_config
+
+    model_backbone = read_model_config(source)["backbone"]["name"]  # strict: a clear DrlError
+    if model_backbone and model_backbone != backbone:
+        raise DrlError(f"the source model {source} was trained on backbone {model_backbone!r} "
+                       f"but features are requested with {backbone!r}; pass --backbone "
+                       f"{model_backbone} or a source model trained on {backbone!r}")
+
+    reporter.message(f"[1/4] features ({backbone})")
+    extract_features(data, out_dir, config.features, reporter=reporter, cluster=cluster)
+    features = np.load(out_dir / rundir.FEATURES, mmap_mode="r")
+    notes: list[str] = []
+    finite = np.isfinite(features).all(axis=1)
+    if config.transfer and finite.sum() < MIN_IMAGES_FOR_TRANSFER:
+        notes.append(f"only {int(finite.sum())} usable image(s): too few to fine-tune the source "
+                     f"model (at least {MIN_IMAGES_FOR_TRANSFER} are needed), so it is used as "
+                     f"it is")
+    if config.transfer and not notes:
+        reporter.message("[2/4] transfer: fine-tuning the source model on these images")
+        model_dir = _transfer_stage(source, out_dir, config, reporter)
+    else:
+        reporter.message("[2/4] transfer skipped: using the source model as it is")
+        model_dir = _copy_source_model(source, out_dir)
+
+    reporter.message("[3/4] encode")
+    encode_run(model_dir, out_dir, out_dir, reporter=reporter)
+    # Before the analysis, which carries these notes into analysis.json.
+    rundir.record_stage(out_dir, "pipeline", {
+        "version": PIPELINE_VERSION, "notes": notes,
+        "transferred": config.transfer and not notes})
+    if config.extra_columns:
+        _join_extra_columns(out_dir, Path(config.extra_columns))
+
+    reporter.message("[4/4] analyze")
+    analyze_run(out_dir, AnalyzeConfig(known_classes=config.known_classes, umap=config.umap,
+                                       cache_dir=config.features.cache_dir), reporter=reporter)
+    return out_dir
+
+
+def _join_extra_columns(run_dir: Path, extra: Path) -> None:
+    import pandas as pd
+
+    from drlcore.io import atomic_write_parquet
+
+    objects = pd.read_parquet(run_dir / rundir.OBJECTS)
+    table = pd.read_parquet(extra)
+    new_cols = [c for c in table.columns if c != "path" and c not in objects.columns]
+    if not new_cols:
+        return
+    merged = objects.merge(table[["path", *new_cols]], on="path", how="left")
+    assert len(merged) == len(objects), "extra columns must have one row per path"
+    atomic_write_parquet(run_dir / rundir.OBJECTS, merged)
