@@ -470,8 +470,8 @@ def _grouping_notes(grouped: list[tuple[str, list[str], int, int]],
         notes.append(f"each file read as one image in {_folder_label(folder)}{more}: {why}"
                      + ("" if explicit else "; give a channel pattern (--channel-pattern) to "
                         "group one-file-per-channel names anyway"))
-    if not grouped and not refused:
-        notes.append("each file read as one image (no one-file-per-channel names)")
+    # Nothing looked like channel files: one image per file goes without saying
+    # (``Dataset.reading`` still records it).
     return notes
 
 
