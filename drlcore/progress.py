@@ -164,6 +164,9 @@ def _short_where(filename: str) -> str:
     return "/".join(parts[-3:])
 
 
+_FILE_LIBRARY_LOGGERS = ("tifffile", "PIL", "imagecodecs")
+
+
 class _LogCapture(logging.Handler):
     def __init__(self, log: WarningLog):
         super().__init__(logging.WARNING)
@@ -185,13 +188,18 @@ def capture_warnings(log: WarningLog | None = None) -> Iterator[WarningLog]:
     place: "once"/"default"/"module" become "always" inside); warnings filtered out stay out
     and "error" still raises. Log records are captured only where nothing else would print
     them (no handler on the root logger: Python's last-resort handler would write them raw to
-    stderr); an application that configured logging keeps its own handling. Warnings raised
+    stderr), except the image libraries' loggers (tifffile, PIL, imagecodecs), always captured:
+    what they say is about the user's files. Otherwise an application that configured logging
+    keeps its own handling. Warnings raised
     in threads of this process are caught too (the hooks are process-wide), so only one
     capture should be active at a time; worker processes need their own.
     """
     log = log if log is not None else WarningLog()
     root = logging.getLogger()
-    handler = _LogCapture(log) if not root.handlers else None
+    handler = _LogCapture(log)
+    # The image libraries' loggers report on the user's files: always the run's notes.
+    libraries = [logging.getLogger(name) for name in _FILE_LIBRARY_LOGGERS]
+    propagate = [lib.propagate for lib in libraries]
     saved_default = warnings.defaultaction
     with warnings.catch_warnings():
         warnings.filters[:] = [(("always" if action in ("default", "module", "once") else action),
@@ -199,11 +207,18 @@ def capture_warnings(log: WarningLog | None = None) -> Iterator[WarningLog]:
         warnings.defaultaction = "always"
         warnings._filters_mutated()  # the C side caches filters by version
         warnings.showwarning = log.showwarning
-        if handler is not None:
+        on_root = not root.handlers
+        if on_root:
             root.addHandler(handler)
+        for lib in libraries:
+            lib.addHandler(handler)
+            lib.propagate = False
         try:
             yield log
         finally:
-            if handler is not None:
+            if on_root:
                 root.removeHandler(handler)
+            for lib, before in zip(libraries, propagate):
+                lib.removeHandler(handler)
+                lib.propagate = before
             warnings.defaultaction = saved_default

@@ -231,3 +231,185 @@ def test_header_check_reads_headers_only(tmp_path, monkeypatch):
     dataset = ingest.discover(tmp_path / "ifc")
     assert calls == []
     assert [r.path for r in dataset.records] == ["a/cell000", "a/cell001", "b/p0", "b/p1"]
+
+
+# --------------------------------------------------------------------------- warnings
+
+
+def _tiny_source_model(path: Path) -> Path:
+    import torch
+
+    from drlcore.disentangle.artifacts import save_model
+    from drlcore.disentangle.vae import FeatureVAE, VAEConfig
+    from drlcore.embedding.backbones import load_backbone
+
+    backbone = load_backbone("test-tiny", pretrained=False)
+    torch.manual_seed(0)
+    model = FeatureVAE(VAEConfig(input_dim=backbone.spec.feature_dim, latent_dim=4,
+                                 hidden_dims=(32,)))
+    model.fit_standardisation(np.random.default_rng(0).normal(size=(64, 64)))
+    save_model(path, model, {
+        "backbone": {"name": "test-tiny", "timm_name": backbone.spec.timm_name,
+                     "weights_hash": backbone.weights_hash, "feature_dim": 64},
+        "dim_names": [f"z{j}: f{j}" for j in range(4)]})
+    return path
+
+
+def test_drl_run_on_constant_images_prints_no_raw_warning(tmp_path, monkeypatch, capfd):
+    import warnings
+
+    from drlcore import cli
+    from drlcore.embedding.features import FeatureConfig
+
+    monkeypatch.setattr(cli, "_feature_config", lambda args, **kw: FeatureConfig(
+        backbone="test-tiny", pretrained=False, cache_dir=args.cache_dir, batch_size=8))
+    root = tmp_path / "blank"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(root / cls / f"b_{i}.png")
+    model = _tiny_source_model(tmp_path / "model")
+    # The tiny backbone and model raise no warning of their own on these images, so each stage
+    # gets a real library warning: scikit-learn's PCA on constant data (what a constant dataset
+    # gave with the default backbone in issue 21), raised in the decode threads and in the
+    # analysis, and a log record as tifffile writes them.
+    import logging
+
+    from sklearn.decomposition import PCA
+
+    from drlcore.analysis import analyze
+    from drlcore.data import ingest as ingest_module
+
+    def constant_pca() -> None:
+        PCA(2).fit(np.ones((5, 3)))
+
+    real_decode, real_analyze = ingest_module.decode, analyze.analyze_run
+
+    def decode(*args, **kwargs):
+        constant_pca()
+        logging.getLogger("tifffile").warning("TiffPage 0: odd tag")
+        return real_decode(*args, **kwargs)
+
+    def analyze_run(*args, **kwargs):
+        constant_pca()
+        return real_analyze(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_module, "decode", decode)
+    monkeypatch.setattr(analyze, "analyze_run", analyze_run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # as on a user's console: shown once per place
+        code = cli.main(["run", str(root), "--out", str(tmp_path / "run"), "--source-model",
+                         str(model), "--cache-dir", str(tmp_path / "cache"), "--epochs", "2"])
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    assert "Warning" not in out + err and "warnings.warn" not in out + err
+    captured = rundir.stage_entry(tmp_path / "run", "pipeline")["warnings"]
+    assert captured and all(w["count"] >= 1 for w in captured)
+    counts = {(w["category"], w["where"]): w["count"] for w in captured}
+    # One per decode (the 12 identical files are one cache entry) and one in the analysis:
+    # every occurrence is counted, not once per place as the "default" filter would show it.
+    pca = counts[("RuntimeWarning", "sklearn/decomposition/_pca.py")]
+    assert pca == 1 + counts[("log warning", "tifffile")]
+    total = sum(w["count"] for w in captured)
+    assert f"note: {total} message(s)" in err
+
+
+def test_capture_counts_every_occurrence_and_keeps_ignore_filters():
+    import logging
+    import threading
+    import warnings
+
+    from drlcore.progress import capture_warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.filterwarnings("ignore", message="hidden")
+        with capture_warnings() as log:
+            for _ in range(3):
+                warnings.warn("same place", RuntimeWarning)
+            warnings.warn("hidden", UserWarning)
+            t = threading.Thread(target=lambda: warnings.warn("from a thread", UserWarning))
+            t.start()
+            t.join()
+            logging.getLogger("tifffile").warning("odd tag")
+    summary = {(w["category"], w["message"]): w["count"] for w in log.summary()}
+    assert summary == {("RuntimeWarning", "same place"): 3, ("UserWarning", "from a thread"): 1,
+                       ("log warning", "odd tag"): 1}
+
+
+# --------------------------------------------------------------------------- unreadable folders
+
+NOBODY = 65534
+
+
+def _can_drop_to_nobody() -> str | None:
+    if not hasattr(os, "geteuid"):
+        return "no POSIX users here"
+    if os.geteuid() != 0:
+        return "not root: cannot run a child as another user (and chmod 000 binds only others)"
+    if shutil.which("setpriv") is None:
+        return "setpriv not available"
+    probe = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                            "--clear-groups", sys.executable, "-c", "import drlcore"],
+                           cwd=REPO, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
+    if probe.returncode != 0:
+        return f"the unprivileged user cannot run this Python ({probe.stderr.strip()[-200:]})"
+    return None
+
+
+def test_unreadable_class_folder_is_skipped_and_the_run_goes_on(tmp_path):
+    """As an ordinary user (nobody, via setpriv): a chmod-000 class folder is listed in
+    skipped.csv with its reason and the other classes are embedded."""
+    why = _can_drop_to_nobody()
+    if why:
+        pytest.skip(why)
+    import tempfile
+
+    # pytest's tmp_path lies below a folder only root may enter; nobody needs a way in.
+    base = Path(tempfile.mkdtemp(prefix="drl-nobody-", dir="/tmp"))
+    try:
+        _run_as_nobody_with_a_locked_class(base)
+    finally:
+        for path in base.rglob("*"):
+            if not path.is_symlink():
+                path.chmod(0o755)
+        shutil.rmtree(base)
+
+
+def _run_as_nobody_with_a_locked_class(base: Path) -> None:
+    base.chmod(0o777)
+    data = base / "data"
+    for cls in ("basophil", "lymphocyte", "monocyte"):
+        (data / cls).mkdir(parents=True)
+        for i in range(3):
+            _rgb(data / cls / f"{cls[:2].upper()}_{1000 + i}.jpg", i)
+    (data / "monocyte" / "MO_1001.jpg").chmod(0o000)  # one unreadable file too
+    for path in [data, *data.rglob("*")]:
+        if path.is_dir():
+            path.chmod(0o755)
+    (data / "lymphocyte").chmod(0o000)
+    script = textwrap.dedent(f"""
+        from drlcore.embedding.features import FeatureConfig, extract_features
+        r = extract_features({str(data)!r}, {str(base / 'run')!r}, FeatureConfig(
+            backbone="test-tiny", pretrained=False, cache_dir={str(base / 'cache')!r},
+            batch_size=4))
+        print(len(r.table))
+    """)
+    try:
+        proc = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                               "--clear-groups", sys.executable, "-c", script],
+                              cwd=REPO, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(REPO),
+                                   "HOME": str(base), "XDG_CACHE_HOME": str(base / "xdg")})
+    finally:
+        (data / "lymphocyte").chmod(0o755)  # so pytest can clean up
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "5"
+    skipped = pd.read_csv(base / "run" / "skipped.csv")
+    reasons = dict(zip(skipped["path"], skipped["reason"]))
+    assert reasons["lymphocyte"] == "cannot read folder: Permission denied"
+    assert reasons["monocyte/MO_1001.jpg"].startswith("cannot read")
+    assert "Permission denied" in reasons["monocyte/MO_1001.jpg"]
+    images = pd.read_parquet(base / "run" / "images.parquet")
+    assert sorted(images["label"].unique()) == ["basophil", "monocyte"]
