@@ -413,3 +413,47 @@ def _run_as_nobody_with_a_locked_class(base: Path) -> None:
     assert "Permission denied" in reasons["monocyte/MO_1001.jpg"]
     images = pd.read_parquet(base / "run" / "images.parquet")
     assert sorted(images["label"].unique()) == ["basophil", "monocyte"]
+
+
+# --------------------------------------------------------------------------- TIFF extra samples
+
+
+def _tiff_bytes(arr: np.ndarray, **kwargs) -> bytes:
+    import io
+    import warnings
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # tifffile on planar RGB defaults
+        tifffile.imwrite(buf, arr, **kwargs)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "planar"])
+def test_four_sample_16bit_tiff_with_tifffile_defaults_is_four_channels(layout):
+    rng = np.random.default_rng(1)
+    planes = rng.integers(0, 60000, (4, 16, 16), dtype=np.uint16)
+    arr = planes if layout == "planar" else np.moveaxis(planes, 0, -1)
+    data = _tiff_bytes(arr)
+    with tifffile.TiffFile(__import__("io").BytesIO(data)) as tf:  # what tifffile wrote
+        assert int(tf.pages.first.photometric) == 2 and tuple(tf.pages.first.extrasamples) == (2,)
+    image = ingest.decode(data)
+    assert image.mode == "4-channel 16-bit" and image.channel_pixels.shape == (16, 16, 4)
+    np.testing.assert_array_equal(np.moveaxis(image.channel_pixels, -1, 0), planes)
+    assert "read as 4 channels, not transparency" in image.note
+
+
+def test_extra_samples_alpha_or_channel():
+    rng = np.random.default_rng(2)
+    rgba8 = rng.integers(0, 255, (8, 8, 4), dtype=np.uint8)
+    rgba8[..., 3] = 255
+    image = ingest.decode(_tiff_bytes(rgba8))  # 8-bit RGB + alpha: the RGBA path, as before
+    assert image.channels is None and image.mode == "RGBA 8-bit"
+    assoc = ingest.decode(_tiff_bytes(rgba8.astype(np.uint16), extrasamples=["assocalpha"]))
+    assert assoc.channels is None  # premultiplied alpha is alpha at any depth
+    unspecified = ingest.decode(_tiff_bytes(rgba8, extrasamples=["unspecified"]))
+    assert unspecified.channels is not None and unspecified.channels.shape[2] == 4
+    assert "unspecified extra sample" in unspecified.note
+    five = ingest.decode(_tiff_bytes(rng.integers(0, 900, (8, 8, 5), dtype=np.uint16),
+                                     photometric="rgb", extrasamples=["unspecified"] * 2))
+    assert five.mode == "5-channel 16-bit"
