@@ -457,3 +457,31 @@ def test_extra_samples_alpha_or_channel():
     five = ingest.decode(_tiff_bytes(rng.integers(0, 900, (8, 8, 5), dtype=np.uint16),
                                      photometric="rgb", extrasamples=["unspecified"] * 2))
     assert five.mode == "5-channel 16-bit"
+
+
+# --------------------------------------------------------------------------- the app's preview
+
+
+def test_add_data_preview_shows_the_reading_before_the_run(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    data = tmp_path / "data"
+    _ifc_like(data / "ifc", n=3, classes=("G1", "G2"))
+    _blood_like(data / "blood")
+    monkeypatch.setenv("DRL_RUNS_DIR", str(runs))
+    monkeypatch.setattr(sys, "argv", ["app.py", "--data-root", str(data)])
+    at = AppTest.from_file(str(REPO / "explorer" / "app.py"), default_timeout=60).run()
+    assert not at.exception, at.exception
+    at.radio(key="data.source").set_value("Folder on the server").run()
+    at.text_input(key="data.folder").input(str(data / "ifc")).run()
+    assert not at.exception, at.exception
+    shown = " ".join(m.value for m in at.markdown)
+    assert "**Preview:** 6 objects, 2 classes" in shown
+    assert "one object per set of channel files (BF, DF, DNA)" in shown
+    at.text_input(key="data.folder").input(str(data / "blood")).run()
+    shown = " ".join(m.value for m in at.markdown)
+    assert "**Preview:** 16 objects, 3 classes" in shown and "one image per file" in shown
+    assert any("not a channel name" in c.value for c in at.caption)
+    assert sorted(p.name for p in runs.iterdir()) == []  # a preview starts nothing
