@@ -465,8 +465,12 @@ def test_extra_samples_alpha_or_channel():
 def test_add_data_preview_shows_the_reading_before_the_run(tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
+    sys.path.insert(0, str(Path(__file__).parent))
+    from app_fixtures import make_run
+
     runs = tmp_path / "runs"
     runs.mkdir()
+    make_run(runs, "cells", n=30)  # a run to open, so the app does not build the demo
     data = tmp_path / "data"
     _ifc_like(data / "ifc", n=3, classes=("G1", "G2"))
     _blood_like(data / "blood")
@@ -484,4 +488,4 @@ def test_add_data_preview_shows_the_reading_before_the_run(tmp_path, monkeypatch
     shown = " ".join(m.value for m in at.markdown)
     assert "**Preview:** 16 objects, 3 classes" in shown and "one image per file" in shown
     assert any("not a channel name" in c.value for c in at.caption)
-    assert sorted(p.name for p in runs.iterdir()) == []  # a preview starts nothing
+    assert sorted(p.name for p in runs.iterdir()) == ["cells"]  # a preview starts nothing
