@@ -224,11 +224,19 @@ def test_channel_names_follow_the_channels_option(tmp_path):
         ingest.channels_entry(dataset, ingest.IngestConfig(channels="GFP=green"), ranges)
 
 
-def test_files_stay_separate_unless_every_file_fits_the_rule(tmp_path):
+def test_a_folder_mixing_channel_files_and_other_images_is_read_as_both(tmp_path):
+    # Issue 21: a file that does not fit no longer turns grouping off for its whole folder
+    # (that used to give 13 separate images); it is read on its own, with a note saying why.
     root = tmp_path / "mixed"
     _write_channel_layout(root, classes=("a",))
     tifffile.imwrite(root / "a" / "overview.tif", np.zeros((8, 8), np.uint16))
-    assert len(ingest.discover(root).records) == 13  # one non-matching file: no grouping
+    mixed = ingest.discover(root)
+    assert [r.path for r in mixed.records] == ["a/overview.tif", "a/site0", "a/site1",
+                                               "a/site2"]
+    assert mixed.reading == "mixed" and mixed.skipped == []
+    assert "not <object>_<channel>" in mixed.records[0].note
+    assert all(r.note is None for r in mixed.records[1:])
+    assert "channels AGP, DNA, ER, Mito" in mixed.notes[0]
     numbered = tmp_path / "numbered"
     numbered.mkdir()
     for i in range(6):  # cell_1 ... cell_6: one "object", six numbers: separate images

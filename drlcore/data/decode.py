@@ -275,6 +275,10 @@ def _decode_tiff(data: bytes, config: IngestConfig) -> _Raw | None:
             multi = _tiff_channels(tf, page, config)
             if multi is not None:
                 return multi
+        if photometric == 2 and int(page.samplesperpixel) > 3:  # RGB + extra samples
+            multi = _rgb_extra_channels(tf, page, dtype)
+            if multi is not None:
+                return multi
         arr = page.asarray()
         axes = page.axes
         bits = int(page.bitspersample)
@@ -391,6 +395,45 @@ def _tiff_channels(tf: tifffile.TiffFile, page, config: IngestConfig) -> _Raw | 
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     return _Raw(np.ascontiguousarray(arr), _multi_mode(n, arr.dtype), notes, True)
+
+
+def _rgb_extra_channels(tf: tifffile.TiffFile, page, dtype: np.dtype) -> _Raw | None:
+    """An RGB TIFF with extra samples as (H, W, C) channels, or None when the one extra sample
+    is alpha (the RGBA path drops it).
+
+    ExtraSamples 1 (associated, i.e. premultiplied, alpha) is alpha. 0 (unspecified) is data.
+    2 (unassociated alpha) is ambiguous: image editors write it for transparency, but tifffile
+    writes it by default for ANY 4-sample array (``imwrite(path, a)`` with ``a`` (H, W, 4) or
+    (4, H, W)), which is how 4-channel microscopy data is commonly saved from Python. It is read
+    as alpha for 8-bit data and as a channel for >8-bit or float data (no editor makes 16-bit
+    transparency), with a note either way a reader can check. More than one extra sample is
+    never a plain RGBA image: all samples are channels.
+    """
+    samples = int(page.samplesperpixel)
+    extras = tuple(int(e) for e in (page.extrasamples or ()))
+    high = dtype.itemsize > 1 or dtype.kind == "f"
+    if samples == 4 and extras[:1] == (1,):
+        return None
+    if samples == 4 and extras[:1] == (2,) and not high:
+        return None
+    if samples > MAX_CHANNELS:
+        raise SkipImage(f"unsupported image mode: {samples} channels (at most {MAX_CHANNELS})")
+    notes: list[str] = []
+    if 2 in extras or 1 in extras:
+        notes.append(f"stored as RGB with {samples - 3} extra sample(s) marked alpha "
+                     f"(tifffile's default for {samples}-channel arrays): read as {samples} "
+                     f"channels, not transparency")
+    else:
+        notes.append(f"RGB TIFF with {samples - 3} unspecified extra sample(s): read as "
+                     f"{samples} channels")
+    arr = page.asarray()
+    arr = np.moveaxis(arr, page.axes.index("S"), -1)
+    arr = arr.reshape(arr.shape[-3], arr.shape[-2], arr.shape[-1]) if arr.ndim > 3 else arr
+    if len(tf.pages) > 1:
+        notes.append(f"multi-page TIFF: first of {len(tf.pages)} pages used")
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    return _Raw(np.ascontiguousarray(arr), _multi_mode(samples, arr.dtype), notes, True)
 
 
 _PIL_MODE_NAMES = {"1": "bilevel", "L": "gray 8-bit", "LA": "gray+alpha 8-bit",

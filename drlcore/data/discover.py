@@ -30,8 +30,13 @@ Layouts :func:`discover` understands (the same rules apply inside a ``.zip``)
     instead of making the whole archive unreadable.
 
 One-file-per-channel layouts (``<object>_<channel>.tif``, Cell Painting style) are grouped into
-one multi-channel image per object when a folder's files all fit ``channel_pattern``; the rule is
-in :func:`_group_channels`.
+one multi-channel image per object only on clear evidence (channel names such as DAPI or w1,
+single-channel files of one size, read from headers), folder by folder; anything else is one
+image per file. The rule is in :func:`_group_channels`; ``Dataset.notes`` says which reading was
+chosen and why, and ``ImageRecord.note`` why a file in a grouped folder was left on its own.
+
+Folders and files that cannot be read (no permission) are skipped with the reason; the rest of
+the input is read.
 
 Only regular files are read: named pipes, sockets, devices and symbolic links to them (or broken
 links) are skipped with a reason, without ever being opened (so a pipe cannot block the run and
@@ -61,7 +66,7 @@ import stat
 import struct
 import threading
 import zipfile
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,6 +166,9 @@ class ImageRecord:
     label: str | None
     split: str | None
     source: str  # absolute file path, or "zip:/abs/a.zip::entry/name"
+    # What discovery has to say about this file, e.g. why it was not grouped with the channel
+    # files beside it; the features stage puts it in the image's ``note``.
+    note: str | None = None
 
 
 @dataclass
@@ -171,6 +179,10 @@ class Dataset:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     # Set when images are channel groups (one file per channel): the channel names, in order.
     channel_names: list[str] | None = None
+    # How files became objects: "per-file", "per-channel" (channel groups) or "mixed"; and the
+    # notes saying which reading was chosen and why (the run's notes, the app's preview).
+    reading: str = "per-file"
+    notes: list[str] = field(default_factory=list)
 
     @property
     def labels(self) -> list[str]:
@@ -238,7 +250,7 @@ def discover(data: str | os.PathLike, config: IngestConfig = IngestConfig(),
                        f"images (or a .zip of it)")
 
     layout, records = _assign_labels(entries, reader, skipped)
-    records, channel_names = _group_channels(records, config, skipped)
+    records, channel_names, reading, notes = _group_channels(records, config, skipped)
     if not records and any(reason == R_ENCRYPTED for _, reason in skipped):
         raise DrlError(f"{path}: encrypted zip: not supported, unzip it first (with its "
                        f"password) and give the folder")
@@ -254,7 +266,7 @@ def discover(data: str | os.PathLike, config: IngestConfig = IngestConfig(),
         layout = f"zip:{layout}"
     skipped.sort(key=lambda item: _sort_key(item[0]))
     return Dataset(root=str(path), layout=layout, records=records, skipped=skipped,
-                   channel_names=channel_names)
+                   channel_names=channel_names, reading=reading, notes=notes)
 
 
 CHANNELS_PREFIX = "channels:"
@@ -277,69 +289,253 @@ def split_channel_source(source: str) -> tuple[list[str], list[str]] | None:
 
 
 def _group_channels(records: list[ImageRecord], config: IngestConfig,
-                    skipped: list[tuple[str, str]]) -> tuple[list[ImageRecord], list[str] | None]:
-    """One-file-per-channel layouts (Cell Painting style) become one record per object.
+                    skipped: list[tuple[str, str]]
+                    ) -> tuple[list[ImageRecord], list[str] | None, str, list[str]]:
+    """One-file-per-channel layouts (Cell Painting style) become one record per object, but
+    only on clear evidence: ordinary names such as ``BA_12345.jpg`` or ``well1_3.jpg`` have
+    the same ``<object>_<token>`` shape and must stay one image per file.
 
-    Rule, per folder: the file stems (name without extension) are matched against
-    ``config.channel_pattern`` (default ``^(?P<object>.+)_(?P<channel>[^_]+)$``: the object is
-    everything before the last ``_``, the channel what follows). The folder is grouped only when
-    EVERY image in it matches, there are 2 to 8 distinct channel names, at least 2 objects, and
-    each channel name occurs for at least half of the objects (so ``cell_1.png, cell_2.png``,
-    one object with numbered "channels", stays two images). Otherwise its files are separate
-    images, as before. In a grouped folder, an object lacking a channel (or with channel files
-    of different labels) is skipped with the reason "incomplete channel group (...)". Channels
-    are ordered by name; the record's path is ``<folder>/<object>`` and its source lists the
-    channel files (see :func:`channel_group_source`).
+    Rule, decided per folder: file stems (names without extension) are matched against
+    ``config.channel_pattern`` (default ``^(?P<object>.+)_(?P<channel>[^_]+)$``). With the
+    default rule a file is a channel candidate only when its token is a channel name
+    (:func:`is_channel_token`: ch1, w2, c0, DAPI, DNA, GFP, BF, Mito, ...); a pattern the
+    user gave counts every match. The folder's channels are the tokens present for at least
+    half of its objects (2 to 8 of them). The folder is grouped when (default rule only)
+    nearly every object has every channel (at most ``max(1, 10 %)`` lacking one) and nearly
+    every complete object's files are single-channel (grey) images of one size, checked from
+    the file headers alone (:func:`_image_header`). Then:
+
+    - each complete object whose files pass the header check becomes one record, path
+      ``<folder>/<object>``, channels ordered by name (:func:`channel_group_source`);
+    - an object lacking a channel (or whose files carry different labels) is skipped with
+      "incomplete channel group (...)";
+    - every other file (colour, another size, a name that is no channel) stays one image, with
+      a ``note`` saying why it was not grouped.
+
+    Otherwise every file of the folder is one image. Colour files are never grouped. Returns
+    the records, the channel names (of the first grouped folder), the reading (``per-file``,
+    ``per-channel`` or ``mixed``) and notes, in words, on which reading was chosen and why.
     """
-    if not config.channel_pattern or len(records) < 4:
-        return records, None
+    if not config.channel_pattern:
+        return records, None, "per-file", ["each file read as one image (channel grouping "
+                                           "turned off)"]
     pattern = re.compile(config.channel_pattern)
+    explicit = config.channel_pattern != DEFAULT_CHANNEL_PATTERN
     folders: dict[str, list[ImageRecord]] = {}
     for r in records:
         folders.setdefault(r.path.rpartition("/")[0], []).append(r)
     out: list[ImageRecord] = []
     names_seen: list[str] | None = None
+    grouped: list[tuple[str, list[str], int, int]] = []  # folder, channels, objects, loose files
+    refused: list[tuple[str, str]] = []  # folder, why its files stay one image each
     for folder, members in folders.items():
-        parsed = []
-        for r in members:
-            stem = r.path.rpartition("/")[2].rpartition(".")[0]
-            m = pattern.match(stem)
-            if m is None or not m.group("object") or not m.group("channel"):
-                break
-            parsed.append((m.group("object"), m.group("channel"), r))
-        else:
-            objects: dict[str, dict[str, ImageRecord]] = {}
-            for obj, ch, r in parsed:
-                objects.setdefault(obj, {})[ch] = r
-            channels = sorted({ch for _, ch, _ in parsed})
-            counts = {ch: sum(ch in chans for chans in objects.values()) for ch in channels}
-            if (2 <= len(channels) <= MAX_GROUP_CHANNELS and len(objects) >= 2
-                    and min(counts.values()) * 2 >= len(objects)
-                    and all(len(chans) == sum(1 for o, _, _ in parsed if o == obj)
-                            for obj, chans in objects.items())):
-                names_seen = names_seen or channels
-                prefix = f"{folder}/" if folder else ""
-                for obj, chans in objects.items():
-                    rel = prefix + obj
-                    missing = [ch for ch in channels if ch not in chans]
-                    labels = {r.label for r in chans.values()}
-                    if missing:
-                        skipped.append((rel, f"{R_INCOMPLETE_GROUP} (missing channel "
-                                             f"{', '.join(missing)})"))
-                        continue
-                    if len(labels) > 1:
-                        skipped.append((rel, f"{R_INCOMPLETE_GROUP} (its channel files have "
-                                             "different labels)"))
-                        continue
-                    first = chans[channels[0]]
-                    out.append(ImageRecord(
-                        path=rel, label=first.label, split=first.split,
-                        source=channel_group_source(channels,
-                                                    [chans[ch].source for ch in channels])))
-                continue
-        out.extend(members)
+        decision = _group_folder(folder, members, pattern, explicit, config, skipped)
+        if decision.channels is None:
+            out.extend(members)
+            if decision.why:
+                refused.append((folder, decision.why))
+            continue
+        names_seen = names_seen or decision.channels
+        out.extend(decision.records)
+        n_objects = sum(1 for r in decision.records if r.source.startswith(CHANNELS_PREFIX))
+        grouped.append((folder, decision.channels, n_objects,
+                        len(decision.records) - n_objects))
     out.sort(key=lambda r: _sort_key(r.path))
-    return out, names_seen
+    notes = _grouping_notes(grouped, refused, explicit, len(folders))
+    if not grouped:
+        reading = "per-file"
+    elif any(loose for *_, loose in grouped) or len(grouped) < len(folders):
+        reading = "mixed"
+    else:
+        reading = "per-channel"
+    return out, names_seen, reading, notes
+
+
+@dataclass
+class _FolderDecision:
+    channels: list[str] | None  # None: every file of the folder is one image
+    records: list[ImageRecord]
+    why: str | None = None  # why the folder was not grouped, when a name looked like it
+
+
+def _folder_label(folder: str) -> str:
+    return f"folder '{folder}'" if folder else "the top folder"
+
+
+def _group_folder(folder: str, members: list[ImageRecord], pattern: re.Pattern, explicit: bool,
+                  config: IngestConfig, skipped: list[tuple[str, str]]) -> _FolderDecision:
+    objects: dict[str, dict[str, ImageRecord]] = {}
+    loose: dict[str, str] = {}  # record path -> why it stays one image (if the folder groups)
+    example = None  # a name that fits the pattern with a token that is no channel name
+    for r in members:
+        stem = r.path.rpartition("/")[2].rpartition(".")[0]
+        m = pattern.match(stem)
+        if m is None or not m.group("object") or not m.group("channel"):
+            loose[r.path] = "its name is not <object>_<channel>"
+            continue
+        obj, ch = m.group("object"), m.group("channel")
+        if not explicit and not is_channel_token(ch):
+            loose[r.path] = f"'{ch}' is not a channel name"
+            example = example or (r.path.rpartition("/")[2], ch)
+            continue
+        if ch in objects.setdefault(obj, {}):
+            loose[r.path] = f"a second file for channel {ch} of {obj}"
+            continue
+        objects[obj][ch] = r
+    objects = {o: chans for o, chans in objects.items() if chans}
+    if not objects:
+        why = None
+        if example is not None:
+            why = (f"names like '{example[0]}' end in '{example[1]}', which is not a channel "
+                   f"name (ch1, w1, c0, DAPI, GFP, BF...)")
+        return _FolderDecision(None, members, why)
+    n = len(objects)
+    counts: dict[str, int] = {}
+    for chans in objects.values():
+        for ch in chans:
+            counts[ch] = counts.get(ch, 0) + 1
+    channels = sorted(ch for ch, k in counts.items() if 2 * k >= n)
+    if not 2 <= len(channels) <= MAX_GROUP_CHANNELS:
+        what = (f"{len(channels)} channel names" if channels else "no channel name")
+        return _FolderDecision(None, members, f"{what} shared by at least half of its objects "
+                                              f"(2 to {MAX_GROUP_CHANNELS} are needed)")
+    complete = {o: chans for o, chans in objects.items() if all(ch in chans for ch in channels)}
+    allowed = max(1, n // 10)
+    if not explicit and n - len(complete) > allowed:
+        return _FolderDecision(None, members, f"only {len(complete)} of its {n} objects have "
+                                              f"all of the channels {', '.join(channels)}")
+    # The header check: a colour file or channels of different sizes are no channel group.
+    failed: dict[str, str] = {}
+    for obj, chans in complete.items():
+        headers = [_image_header(chans[ch].source, config) for ch in channels]
+        if any(h is None for h in headers):
+            failed[obj] = "a channel file's header cannot be read"
+        elif any(kind != "grey" for kind, _ in headers):
+            failed[obj] = "a colour image (colour files are never grouped)"
+        elif len({size for _, size in headers}) > 1:
+            failed[obj] = "its channel files differ in size"
+        if not explicit and len(failed) > allowed:
+            reason = Counter(failed.values()).most_common(1)[0][0]
+            return _FolderDecision(None, members, f"its channel-named files are not single-"
+                                                  f"channel images of one size ({reason})")
+    out: list[ImageRecord] = []
+    prefix = f"{folder}/" if folder else ""
+    for obj, chans in objects.items():
+        rel = prefix + obj
+        extra = {ch: r for ch, r in chans.items() if ch not in channels}
+        for ch, r in extra.items():
+            loose[r.path] = f"'{ch}' is not one of this folder's channels"
+        if obj in failed:
+            for ch in channels:
+                loose[chans[ch].path] = failed[obj]
+            continue
+        missing = [ch for ch in channels if ch not in chans]
+        if missing:
+            skipped.append((rel, f"{R_INCOMPLETE_GROUP} (missing channel {', '.join(missing)})"))
+            continue
+        labels = {chans[ch].label for ch in channels}
+        if len(labels) > 1:
+            skipped.append((rel, f"{R_INCOMPLETE_GROUP} (its channel files have different "
+                                 "labels)"))
+            continue
+        first = chans[channels[0]]
+        out.append(ImageRecord(path=rel, label=first.label, split=first.split,
+                               source=channel_group_source(channels,
+                                                           [chans[ch].source for ch in channels])))
+    for r in members:
+        if r.path in loose:
+            note = (f"not grouped with the channel files of {_folder_label(folder)}: "
+                    f"{loose[r.path]}")
+            out.append(dataclasses.replace(r, note=note))
+    return _FolderDecision(channels, out)
+
+
+def _grouping_notes(grouped: list[tuple[str, list[str], int, int]],
+                    refused: list[tuple[str, str]], explicit: bool, n_folders: int) -> list[str]:
+    """The reading discovery chose, and why, in words (the run's notes and the app preview)."""
+    notes = []
+    rule = "the channel pattern given" if explicit else "channel names"
+    for folder, channels, n_objects, n_loose in grouped[:5]:
+        text = (f"{_folder_label(folder)}: read as one file per channel, {n_objects:,} "
+                f"object(s) with channels {', '.join(channels)} (names end in {rule}; each "
+                f"object's files are single-channel images of one size)")
+        if n_loose:
+            text += f"; {n_loose:,} other file(s) read as one image each (see their notes)"
+        notes.append(text)
+    if len(grouped) > 5:
+        notes.append(f"... and {len(grouped) - 5} more folder(s) read as channel files")
+    if refused:
+        folder, why = refused[0]
+        more = f" and {len(refused) - 1} more folder(s)" if len(refused) > 1 else ""
+        notes.append(f"each file read as one image in {_folder_label(folder)}{more}: {why}"
+                     + ("" if explicit else "; give a channel pattern (--channel-pattern) to "
+                        "group one-file-per-channel names anyway"))
+    # Nothing looked like channel files: one image per file goes without saying
+    # (``Dataset.reading`` still records it).
+    return notes
+
+
+# Tokens that say "this file is one channel". Numbers alone are not evidence: "well1_3.jpg" and
+# "BA_12345.jpg" are how labs number ordinary images.
+_CHANNEL_TOKEN = re.compile(r"^(?:ch|c|w|channel|chan|wl|wavelength)[-_ ]?\d{1,2}$"
+                            r"|^(?:alexa|af)[-_ ]?\d{3}$", re.IGNORECASE)
+KNOWN_CHANNEL_NAMES = frozenset("""
+    dapi hoechst dna nuclei nucleus nuc draq5 syto syto14 pi propidium
+    gfp egfp rfp yfp cfp bfp mcherry tdtomato fitc tritc cy2 cy3 cy5 cy7 texasred txred
+    bf brightfield darkfield df dic phase phasecontrast ssc
+    actin factin phalloidin tubulin er mito mitotracker agp rna wga cona golgi lyso lysosome
+    membrane cyto cytoplasm
+""".split())
+
+
+def is_channel_token(token: str) -> bool:
+    """True for a name that says "one channel": ch1..chN, c0..cN, w1..wN, Alexa488, or a stain
+    or modality (DAPI, Hoechst, DNA, GFP, RFP, BF, brightfield, darkfield, actin, tubulin, ER,
+    Mito, AGP, RNA, ...; case ignored; CellProfiler's ``OrigDNA`` counts as ``DNA``)."""
+    token = token.strip()
+    if _CHANNEL_TOKEN.match(token):
+        return True
+    low = token.lower().replace("-", "").replace(" ", "")
+    if low.startswith("orig") and low[4:] in KNOWN_CHANNEL_NAMES:
+        return True
+    return low in KNOWN_CHANNEL_NAMES
+
+
+_GREY_PIL_MODES = {"1", "L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def _image_header(source: str, config: IngestConfig) -> tuple[str, tuple[int, int]] | None:
+    """("grey" | "colour", (width, height)) from a file's header alone (Pillow's lazy open,
+    tifffile's first page), no pixel decoded; None when it cannot be read. A TIFF is grey when
+    its first page holds one sample per pixel (MINISBLACK or MINISWHITE)."""
+    import warnings
+
+    import tifffile
+    from PIL import Image
+
+    try:
+        if source.startswith("zip:"):
+            zip_path, entry = split_zip_source(source)
+            zf = open_zip(zip_path)
+            fh: Any = io.BytesIO(read_zip_member(zf, zf.getinfo(entry), config.max_file_bytes))
+        else:
+            if not stat.S_ISREG(os.stat(source).st_mode):
+                return None
+            fh = open(source, "rb")
+        with fh, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a header that warns is judged, not shown
+            magic = fh.read(4)
+            fh.seek(0)
+            if magic in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+                with tifffile.TiffFile(fh) as tf:
+                    page = tf.pages.first
+                    grey = int(page.samplesperpixel) == 1 and int(page.photometric) in (0, 1)
+                    return ("grey" if grey else "colour"), (int(page.imagewidth),
+                                                            int(page.imagelength))
+            with Image.open(fh) as im:
+                return ("grey" if im.mode in _GREY_PIL_MODES else "colour"), tuple(im.size)
+    except Exception:  # noqa: BLE001 - any unreadable header means "not evidence"; decode reports
+        return None
 
 
 def _kind(mode: int) -> str:
@@ -409,7 +605,11 @@ def _walk_folder(root: Path, skipped: list[tuple[str, str]], config: IngestConfi
             if stat.S_ISDIR(st.st_mode):
                 if os.path.realpath(child.path) in excluded:
                     continue  # this run's own output folder
-                if _is_run_folder(child.path):
+                try:
+                    is_run = _is_run_folder(child.path)
+                except OSError:  # e.g. no permission to look inside: scandir says why
+                    is_run = False
+                if is_run:
                     skipped.append((rel, R_RUN_FOLDER))
                     continue
                 stack.append((Path(child.path), rel))

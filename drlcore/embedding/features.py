@@ -215,6 +215,8 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
                                         channel_pattern=config.channel_pattern)
     # A run written inside its input folder must not read its own files as images.
     dataset = ingest.discover(data, ingest_config, exclude=(out_dir,))
+    for note in dataset.notes:
+        reporter.message(f"discovery: {note}")
     if backbone is None:
         backbone = load_backbone(config.backbone, config.weights, config.pretrained,
                                  dtype=config.precision, batch_size=config.batch_size)
@@ -387,9 +389,12 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
             skipped.append((record.path, decode_failed[digest]))
             continue
         info = meta[digest]
+        # Discovery's note (e.g. why a file was not grouped with channel files) is about this
+        # record, the cached one about the decoded pixels: the row shows both.
+        note = "; ".join(n for n in (record.note, info["note"]) if n) or None
         rows.append({"row": len(rows), "path": record.path, "label": record.label,
                      "split": record.split, "sha256": digest, "width": info["width"],
-                     "height": info["height"], "mode": info["mode"], "note": info["note"],
+                     "height": info["height"], "mode": info["mode"], "note": note,
                      "source": record.source})
         keep.append(digest)
     if not rows:
@@ -475,7 +480,10 @@ def _manifest(dataset, backbone: Backbone, preprocessing: dict, table: pd.DataFr
         "pooling": backbone.spec.pooling,
         "preprocessing": preprocessing,
         "data": {"root": str(dataset.root), "layout": dataset.layout,
-                 "fingerprint": fingerprint(table["sha256"].tolist())},
+                 "fingerprint": fingerprint(table["sha256"].tolist()),
+                 # how files became objects (one per file, or one per set of channel files)
+                 "reading": getattr(dataset, "reading", "per-file"),
+                 "notes": list(getattr(dataset, "notes", []))},
         "counts": {"accepted": int(len(table)), "skipped": int(len(skipped)),
                    "labels": int(table["label"].nunique(dropna=True))},
         "cache": {"root": str(cache.root), "key": cache.key, "version": CACHE_VERSION},

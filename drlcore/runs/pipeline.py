@@ -208,7 +208,30 @@ def run_pipeline(data: str | Path, out_dir: str | Path, config: PipelineConfig |
 
     ``cluster`` (a :class:`drlcore.embedding.distributed.ClusterConfig`): embed the images on Dask; the
     later stages (a small VAE, the analysis) run here. It is not a setting of the run: the
-    outputs are the same either way."""
+    outputs are the same either way.
+
+    Warnings that libraries raise on the way (e.g. scikit-learn on constant images) are not
+    printed: they are counted into the manifest's ``pipeline.warnings`` (see
+    :func:`drlcore.progress.capture_warnings`) and one line says how many there were.
+    """
+    from drlcore.progress import capture_warnings
+
+    reporter = reporter or NullReporter()
+    with capture_warnings() as log:
+        out = _run_stages(data, out_dir, config, reporter, cluster)
+    entry = rundir.stage_entry(out, "pipeline")
+    entry["warnings"] = log.summary()
+    rundir.record_stage(out, "pipeline", entry)
+    if log.total:
+        kinds = len(entry["warnings"])
+        reporter.message(f"note: {log.total} message(s) of {kinds} kind(s) from the libraries "
+                         f"used were recorded in the run's notes (manifest.json, pipeline "
+                         f"warnings), not printed")
+    return out
+
+
+def _run_stages(data, out_dir, config: PipelineConfig | None, reporter: Reporter,
+                cluster) -> Path:
     from drlcore.analysis.analyze import AnalyzeConfig, analyze_run
     from drlcore.disentangle.encode import encode_run
     from drlcore.embedding.features import extract_features
@@ -233,6 +256,7 @@ def run_pipeline(data: str | Path, out_dir: str | Path, config: PipelineConfig |
     extract_features(data, out_dir, config.features, reporter=reporter, cluster=cluster)
     features = np.load(out_dir / rundir.FEATURES, mmap_mode="r")
     notes: list[str] = []
+    data_entry = rundir.stage_entry(out_dir, "features").get("data") or {}
     finite = np.isfinite(features).all(axis=1)
     if config.transfer and finite.sum() < MIN_IMAGES_FOR_TRANSFER:
         notes.append(f"only {int(finite.sum())} usable image(s): too few to fine-tune the source "
@@ -248,8 +272,9 @@ def run_pipeline(data: str | Path, out_dir: str | Path, config: PipelineConfig |
     reporter.message("[3/4] encode")
     encode_run(model_dir, out_dir, out_dir, reporter=reporter)
     # Before the analysis, which carries these notes into analysis.json.
+    # How files became objects comes first: it is what a reader must know to trust the rest.
     rundir.record_stage(out_dir, "pipeline", {
-        "version": PIPELINE_VERSION, "notes": notes,
+        "version": PIPELINE_VERSION, "notes": list(data_entry.get("notes") or []) + notes,
         "transferred": config.transfer and not notes})
     if config.extra_columns:
         _join_extra_columns(out_dir, Path(config.extra_columns))

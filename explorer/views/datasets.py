@@ -168,8 +168,69 @@ with st.expander("Fluorescence channels (2-8 channel TIFFs, or one file per chan
                        "channels, else blue, green, magenta, grey, cyan...")
     st.text_input("One-file-per-channel rule (regex on the file name without extension)",
                   key="data.channel_pattern", placeholder="^(?P<object>.+)_(?P<channel>[^_]+)$",
-                  help="Files such as cell1_DNA.tif, cell1_actin.tif become one image when every file "
-                       "in a folder fits the rule; 'none' keeps every file separate.")
+                  help="Files such as cell1_DNA.tif, cell1_actin.tif become one image. Without a rule "
+                       "here, only names ending in channel names (DAPI, DNA, GFP, BF, ch1, w2...) whose "
+                       "files are single-channel images of one size are grouped; a rule given here "
+                       "groups whatever it matches (colour files never). 'none' keeps every file "
+                       "separate.")
+
+
+def _channel_pattern_setting() -> str | None:
+    from drlcore.data.discover import DEFAULT_CHANNEL_PATTERN
+
+    pattern = (st.session_state.get("data.channel_pattern") or "").strip()
+    if not pattern:
+        return DEFAULT_CHANNEL_PATTERN
+    return None if pattern.lower() == "none" else pattern
+
+
+@st.cache_data(ttl=60, max_entries=16, show_spinner=False)
+def _preview(path: str, pattern: str | None, stamp: object) -> dict:
+    """What discovery will read (headers only, no pixel decoded); ``stamp`` keys the cache
+    (folder mtime or upload id)."""
+    from drlcore.data.discover import IngestConfig, discover
+
+    dataset = discover(path, IngestConfig(channel_pattern=pattern))
+    return {"objects": len(dataset.records), "classes": len(dataset.labels),
+            "layout": dataset.layout, "reading": dataset.reading, "notes": list(dataset.notes),
+            "channels": dataset.channel_names, "skipped": len(dataset.skipped),
+            "loose": sum(1 for r in dataset.records if r.note)}
+
+
+def _show_preview(upload, folder: str | None, roots: list[str]) -> None:
+    """The Add-data preview: how the files will become objects, before any job starts."""
+    import tempfile
+
+    from drlcore.runs import jobs
+
+    try:
+        pattern = _channel_pattern_setting()
+        if upload is not None:
+            with tempfile.TemporaryDirectory(prefix="drl-preview-") as tmp:
+                path = Path(tmp) / "upload.zip"
+                path.write_bytes(upload.getvalue())
+                info = _preview(str(path), pattern, ("upload", upload.file_id, upload.size))
+        elif folder and roots:
+            path = jobs.resolve_data_folder(folder, roots)
+            info = _preview(str(path), pattern, ("folder", path.stat().st_mtime_ns))
+        else:
+            return
+    except (DrlError, OSError) as exc:
+        st.caption(f"Preview: {exc}")
+        return
+    channels = ", ".join(info["channels"] or [])
+    reading = {"per-file": "one image per file",
+               "per-channel": f"one object per set of channel files ({channels})",
+               "mixed": f"channel files grouped per object ({channels}); {info['loose']:,} other "
+                        f"file(s) read as one image each"}[info["reading"]]
+    classes = f"{info['classes']} classes" if info["classes"] else "no classes"
+    st.markdown(f"**Preview:** {info['objects']:,} objects, {classes} (layout "
+                f"{info['layout']}); read as {reading}.")
+    for note in info["notes"][:6]:
+        st.caption(note)
+    if info["skipped"]:
+        st.caption(f"{info['skipped']:,} file(s) or folder(s) will be skipped, each with its reason "
+                   "(listed with the run).")
 
 
 def _settings_for_job(base: dict) -> dict:
@@ -185,9 +246,8 @@ def _settings_for_job(base: dict) -> dict:
         features.pop("pad_to_square", None)  # an older settings file's spelling of the same choice
     if (st.session_state.get("data.channels") or "").strip():
         features["channels"] = st.session_state["data.channels"].strip()
-    pattern = (st.session_state.get("data.channel_pattern") or "").strip()
-    if pattern:
-        features["channel_pattern"] = None if pattern.lower() == "none" else pattern
+    if (st.session_state.get("data.channel_pattern") or "").strip():
+        features["channel_pattern"] = _channel_pattern_setting()
     settings["features"] = features
     pipeline_config(settings)  # unknown keys and bad values fail here, before any job starts
     return settings
@@ -223,6 +283,7 @@ def _start_analysis() -> None:
 
 
 roots = st.session_state.get("app.data_roots") or []
+_show_preview(upload, folder if source_kind == "Folder on the server" else None, roots)
 if source_kind == "Folder on the server":
     if roots:
         st.caption("Folders under " + ", ".join(f"`{r}`" for r in roots) + " can be read.")
