@@ -1,0 +1,158 @@
+"""The Python API (drlcore.runs.api) and the example notebook.
+
+The notebook is executed in a real kernel (nbclient) on a fixture run, and each figure it shows
+is compared with the figure the explorer's page draws for the same run (Streamlit AppTest): the
+notebook and the app must agree because they call the same builders.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from app_fixtures import make_run  # noqa: E402
+from test_pipeline import make_dataset, source_model  # noqa: E402,F401 - the pipeline tests' tiny source model
+
+import drlcore  # noqa: E402
+from drlcore.data import rundir  # noqa: E402
+from drlcore.errors import DrlError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "examples" / "explore_a_run.ipynb"
+APP = str(ROOT / "explorer" / "app.py")
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+
+
+@pytest.fixture(scope="module")
+def runs_template(tmp_path_factory):
+    root = tmp_path_factory.mktemp("api-template")
+    make_run(root, "cells", n=90)
+    return root
+
+
+@pytest.fixture
+def runs_dir(tmp_path, runs_template, monkeypatch):
+    root = tmp_path / "runs"
+    shutil.copytree(runs_template, root)
+    monkeypatch.setenv("DRL_RUNS_DIR", str(root))
+    return root
+
+
+# --------------------------------------------------------------------------- the package
+
+
+def test_import_drlcore_is_light_and_names_are_lazy():
+    code = ("import sys, drlcore as drl\n"
+            "heavy = ('pandas', 'plotly', 'streamlit', 'torch', 'sklearn', 'explorer')\n"
+            "print([m for m in heavy if m in sys.modules])\n"
+            "drl.open_run\n"
+            "print([m for m in heavy if m in sys.modules])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=ROOT).stdout.splitlines()
+    assert out == ["[]", "[]"], out
+    assert drlcore.open_run is drlcore.runs.api.open_run and drlcore.DrlError is DrlError
+    with pytest.raises(AttributeError):
+        drlcore.no_such_name  # noqa: B018
+
+
+def test_open_run_tables_are_read_once_and_kept(runs_dir):
+    run = drlcore.open_run(runs_dir / "cells")
+    assert "90 objects, 3 classes" in repr(run) and "z0: size" in repr(run)
+    assert run.objects is run.objects
+    assert list(run.latents.columns) == [f"z_mean_{j}" for j in range(6)]
+    assert set(run.morphology.columns) == {"morph_area", "morph_eccentricity",
+                                           "morph_intensity_mean", "morph_solidity"}
+    assert run.classes == ["lymphocyte", "neutrophil", "platelet"]
+    assert run.analysis.dim_names[:3] == ["z0: size", "z1: shape", "z2: intensity"]
+    assert run.analysis.config["known_classes"] == ["lymphocyte", "neutrophil"]
+    axes = run.axes
+    assert list(axes["status"][:3]) == ["named"] * 3 and axes.loc[0, "feature"] == "morph_area"
+    thumbs = run.thumbnails([0, 5])
+    assert [t.size for t in thumbs] == [(64, 64), (64, 64)]
+    path = run.objects["path"].iloc[5]
+    assert run.thumbnail_bytes([path]) == run.thumbnail_bytes([5])
+
+
+def test_traversal_and_groups_follow_the_fixture(runs_dir):
+    """z0 follows size and platelets are small: the z0 strip climbs, and lymphocytes vs
+    platelets puts z0 and area on top with A larger."""
+    run = drlcore.open_run(runs_dir / "cells")
+    strip = run.traversal(0, n_steps=7)
+    assert len(strip) == 7 and np.all(np.diff(strip["value"]) > 0)
+    assert np.corrcoef(strip["value"], strip["z_mean_0"])[0, 1] > 0.9
+    assert strip["caption"].iloc[0].startswith("z0 = ")
+    table = run.compare("lymphocyte", "platelet")
+    assert set(table["column"].head(2)) == {"z_mean_0", "morph_area"}
+    assert (table["hedges_g"].head(2) > 1).all()
+    rest = run.compare("platelet")
+    assert int(rest["n_b"].iloc[0]) == 60
+    assert run.traversal("size")["row"].tolist() == run.traversal(0)["row"].tolist()
+
+
+def test_clear_errors(runs_dir, tmp_path):
+    with pytest.raises(DrlError, match="no run folder"):
+        drlcore.open_run(tmp_path / "nowhere")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(DrlError, match="not a drl run folder"):
+        drlcore.open_run(tmp_path / "plain")
+    run = drlcore.open_run(runs_dir / "cells")
+    with pytest.raises(DrlError, match="no figure 'pie'.*heatmap"):
+        run.figure("pie")
+    with pytest.raises(DrlError, match="no class 'monocyte'"):
+        run.compare("monocyte")
+    with pytest.raises(DrlError, match="axis 9 does not exist"):
+        run.traversal(9)
+    with pytest.raises(DrlError, match="cannot colour by"):
+        run.figure("class map", colour="nothing")
+    with pytest.raises(DrlError, match="figure 'heatmap'"):
+        run.figure("heatmap", colour="x")
+    with pytest.raises(DrlError, match="no object with row 1000"):
+        run.thumbnails([1000])
+    with pytest.raises(DrlError, match="unknown option.*bakbone"):
+        drlcore.run(tmp_path / "data", tmp_path / "out", bakbone="effnet-lite0")
+
+
+def test_run_options_are_the_cli_options():
+    """drl.run(**options) and `drl run --...` build the same PipelineConfig."""
+    from drlcore.cli import _feature_config, build_parser
+    from drlcore.runs.options import feature_config, pipeline_config
+
+    args = build_parser().parse_args(["run", "data", "--out", "o", "--backbone", "test-tiny",
+                                      "--batch-size", "8", "--preprocess", "canvas",
+                                      "--known-classes", "a", "b", "--epochs", "3",
+                                      "--anchor", "area"])
+    from_cli = pipeline_config(_feature_config(args), source_model=args.source_model,
+                               known_classes=args.known_classes, epochs=args.epochs,
+                               latent_dim=args.latent_dim, anchor=args.anchor)
+    from_api = pipeline_config(feature_config(backbone="test-tiny", batch_size=8,
+                                              preprocess="canvas"),
+                               known_classes=["a", "b"], epochs=3, anchor="area")
+    assert from_cli == from_api
+    assert from_api.anchors == ("morph_area",) and from_api.transfer_epochs == 3
+
+
+@pytest.mark.slow
+def test_run_from_python_reports_progress(tmp_path, source_model):
+    """drl.run on drawn cells (tiny random-init backbone, 2 transfer epochs): the run opens with
+    the options given, and the progress callback saw every stage."""
+    data = tmp_path / "cells"
+    make_dataset(data, n_per_class=12)
+    seen: list[tuple] = []
+    run = drlcore.run(data, tmp_path / "run", backbone="test-tiny", pretrained=False,
+                      batch_size=8, cache_dir=str(tmp_path / "cache"),
+                      source_model=str(source_model), epochs=2, known_classes=["round", "long"],
+                      progress=lambda stage, done, total, postfix: seen.append((stage, done, total)))
+    assert isinstance(run, drlcore.Run) and len(run.objects) == 36
+    assert sorted(run.analysis.config["known_classes"]) == ["long", "round"]
+    assert rundir.stage_entry(run.path, "pipeline")["transferred"] is True
+    finished = [(s, d, t) for s, d, t in seen if t]
+    assert finished and all(d <= t for _, d, t in finished), seen
+    assert len({s for s, _, _ in seen}) >= 3, seen
