@@ -156,3 +156,101 @@ def test_run_from_python_reports_progress(tmp_path, source_model):
     finished = [(s, d, t) for s, d, t in seen if t]
     assert finished and all(d <= t for _, d, t in finished), seen
     assert len({s for s, _, _ in seen}) >= 3, seen
+
+
+# --------------------------------------------------------------------------- the example notebook
+
+
+def _plain(value):
+    """Figure JSON with Plotly's typed arrays ({"dtype", "bdata"}) decoded to lists, so a figure
+    serialised by the notebook and by Streamlit compare as values."""
+    if isinstance(value, dict):
+        if set(value) >= {"dtype", "bdata"} and set(value) <= {"dtype", "bdata", "shape"}:
+            array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+            if "shape" in value:
+                shape = value["shape"]
+                array = array.reshape([int(n) for n in str(shape).split(",")]
+                                      if isinstance(shape, str) else shape)
+            return _plain(array.tolist())
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _same(a, b, where="figure"):
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert set(a) == set(b), f"{where}: keys differ {sorted(set(a) ^ set(b))}"
+        for k in a:
+            _same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), f"{where}: {len(a)} vs {len(b)} items"
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12, nan_ok=True), f"{where}: {a} vs {b}"
+    else:
+        assert a == b, f"{where}: {a!r} vs {b!r}"
+
+
+def _figure(spec: dict) -> dict:
+    return _plain({"data": spec["data"], "layout": spec["layout"]})
+
+
+def _execute_notebook(run_dir: Path, workdir: Path) -> dict[str, dict]:
+    """Run the example notebook in a fresh kernel on ``run_dir``; its figures by cell tag."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    # kernel "python3" is ipykernel's own spec: jupyter_client starts it with this interpreter.
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=180,
+                                     resources={"metadata": {"path": str(workdir)}})
+    client.execute(env={**__import__("os").environ, "DRL_EXAMPLE_RUN": str(run_dir)})
+    figures = {}
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        for output in cell.get("outputs", []):
+            assert output.get("output_type") != "error", output
+            data = output.get("data", {})
+            if tags and PLOTLY_MIME in data:
+                figures[tags[0]] = _figure(data[PLOTLY_MIME])
+    return figures
+
+
+def _app_figures(runs_dir: Path) -> dict[str, dict]:
+    """The figures the explorer's pages draw for the run on screen, untouched (AppTest)."""
+    from streamlit.testing.v1 import AppTest
+
+    def page(name: str, **state) -> list[dict]:
+        at = AppTest.from_file(APP, default_timeout=60)
+        at.run()
+        at.switch_page(f"views/{name}.py").run()
+        for key, value in state.items():
+            at.radio(key=key).set_value(value).run()
+        assert not at.exception, [e.value for e in at.exception]
+        return [_figure(json.loads(el.proto.spec)) for el in at.get("plotly_chart")]
+
+    heatmap = page("correlations")[0]
+    class_map = page("class_map")[0]
+    groups = page("class_map", **{"map.compare": "groups"})[-1]
+    anomaly_map = page("anomalies")[1]  # after the score histogram
+    return {"heatmap": heatmap, "class map": class_map, "groups": groups,
+            "anomaly map": anomaly_map}
+
+
+def test_example_notebook_runs_and_draws_the_apps_figures(runs_dir, tmp_path):
+    figures = _execute_notebook(runs_dir / "cells", tmp_path)
+    assert set(figures) == {"heatmap", "traversal", "class map", "groups", "anomaly map"}
+    app = _app_figures(runs_dir)
+    for name, spec in app.items():
+        _same(figures[name], spec, name)
+    # The strip has no Plotly chart in the app (the page shows an image grid): the notebook's
+    # images and captions are the page's objects and captions, from the same engine functions.
+    run = drlcore.open_run(runs_dir / "cells")
+    strip = run.traversal(0)
+    titles = [a["text"] for a in figures["traversal"]["layout"]["annotations"]]
+    assert titles == strip["caption"].tolist()
+    sources = [t["source"] for t in figures["traversal"]["data"]]
+    expected = ["data:image/jpeg;base64," + base64.b64encode(b).decode() for b in
+                run.thumbnail_bytes(strip["row"].tolist())]
+    assert sources == expected
