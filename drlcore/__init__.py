@@ -6,7 +6,8 @@ The tree follows the pipeline, one subpackage per stage::
                   discover -> decode -> channels/geometry (ingest gathers them);
                   cache (content stores), rundir (the run folder), outdir (where to write)
     embedding/    backbones (timm registry) -> features (``drl features``), precision, distributed
-    disentangle/  dsprites, cells (synthetic sources) -> vae, train -> source (``drl train-source``)
+    disentangle/  dsprites, cells (synthetic sources; their factor interface shared in render)
+                  -> vae, train -> source (``drl train-source``)
                   -> transfer (``drl transfer``) -> encode (``drl encode``); artifacts (model files)
     analysis/     morphology, correlation, naming, classify, anomaly, projection, traversal,
                   compare, metrics (pure cores), driven by analyze (``drl analyze``)
