@@ -156,6 +156,9 @@ def test_run_from_python_reports_progress(tmp_path, source_model):
     finished = [(s, d, t) for s, d, t in seen if t]
     assert finished and all(d <= t for _, d, t in finished), seen
     assert len({s for s, _, _ in seen}) >= 3, seen
+    # The originals decode as the pipeline decoded them (drawn 80 x 80 RGB cells).
+    original = run.images([0, run.objects["path"].iloc[1]])
+    assert [im.shape for im in original] == [(80, 80, 3)] * 2 and original[0].dtype == np.uint8
 
 
 # --------------------------------------------------------------------------- the example notebook
