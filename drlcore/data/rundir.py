@@ -62,6 +62,7 @@ __all__ = [
     "THUMB_INDEX", "thumb_shard_name",
     "VIEWS", "VIEW_SCHEMA_VERSION", "view_path", "save_view", "list_views", "read_view",
     "DEMO_MARKER", "read_analysis", "MODEL_WEIGHTS", "MODEL_STAGE_KEY",
+    "morph_columns", "axis_records", "display_dim_names",
     "write_features", "write_objects", "write_analysis", "model_stage_key", "has_model_for",
     "replace_folder", "install_model", "new_partial_model", "commit_model",
 ]
@@ -587,6 +588,34 @@ def dim_names(config_or_run: str | os.PathLike | Mapping, n_dims: int) -> list[s
     config = config_or_run if isinstance(config_or_run, Mapping) else model_config(config_or_run)
     names = list(config.get("dim_names") or [])
     return [str(names[j]) if j < len(names) and names[j] else f"z{j}" for j in range(n_dims)]
+
+
+def morph_columns(table) -> list[str]:
+    """The numeric morphology feature columns (``morph_*``) of an objects table, in table order
+    (the ``morph_ok`` flag and ``morph_note`` text left out)."""
+    import pandas as pd
+
+    return [c for c in table.columns if str(c).startswith("morph_")
+            and c not in ("morph_ok", "morph_note")
+            and pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])]
+
+
+def axis_records(analysis: Mapping, n_dims: int) -> list[dict]:
+    """analysis.json's per-axis naming records (drlcore.analysis.naming), one per latent axis;
+    [] for an older analysis or one that does not match the ``n_dims`` axes."""
+    axes = analysis.get("axes")
+    if isinstance(axes, list) and len(axes) == n_dims and all(isinstance(a, dict) for a in axes):
+        return axes
+    return []
+
+
+def display_dim_names(analysis: Mapping, config: Mapping, n_dims: int) -> list[str]:
+    """The axes' display names: from the run's own data (analysis.json ``dim_names``, ``z3:
+    size``, ``z4 (unnamed)``) when it named them, else the model's source names."""
+    names = analysis.get("dim_names")
+    if isinstance(names, list) and len(names) == n_dims and axis_records(analysis, n_dims):
+        return [str(n) for n in names]
+    return dim_names(config, n_dims)
 
 
 def model_hash(run_dir_or_manifest: str | os.PathLike | Mapping) -> str | None:

@@ -163,11 +163,7 @@ class Run:
 
     @cached_property
     def morph_columns(self) -> list[str]:
-        import pandas as pd
-
-        df = self.objects
-        return [c for c in df.columns if c.startswith("morph_") and c not in ("morph_ok", "morph_note")
-                and pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
+        return rundir.morph_columns(self.objects)
 
     @property
     def latents(self):
@@ -189,11 +185,7 @@ class Run:
 
     @cached_property
     def _axis_records(self) -> list[dict]:
-        axes = self.analysis.raw.get("axes")
-        if isinstance(axes, list) and len(axes) == len(self.latent_columns) \
-                and all(isinstance(a, dict) for a in axes):
-            return axes
-        return []
+        return rundir.axis_records(self.analysis.raw, len(self.latent_columns))
 
     @property
     def axes(self):
@@ -207,10 +199,8 @@ class Run:
     @cached_property
     def dim_names(self) -> list[str]:
         """Display names of the axes (``z3: size``), as the app shows them."""
-        names = self.analysis.dim_names
-        if len(names) == len(self.latent_columns) and self._axis_records:
-            return names
-        return rundir.dim_names(self.model_config, len(self.latent_columns))
+        return rundir.display_dim_names(self.analysis.raw, self.model_config,
+                                        len(self.latent_columns))
 
     @property
     def has_labels(self) -> bool:
