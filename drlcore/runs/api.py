@@ -281,7 +281,7 @@ class Run:
                 out.append(np.asarray(decode(read_bytes(record), config).rgb))
             except DrlError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # a moved or damaged file: name it, point at the thumbnail
                 raise DrlError(f"the original image of {obj['path']} cannot be read "
                                f"({type(exc).__name__}: {exc}); run.thumbnails() still has "
                                f"its thumbnail") from None
@@ -368,10 +368,14 @@ class Run:
         except ImportError as exc:
             raise DrlError(f"figures need the explorer package and Plotly ({exc}); install "
                            f"drlcore with its default dependencies") from None
-        try:
-            return build(**options)
-        except TypeError as exc:  # an option the figure does not take
-            raise DrlError(f"figure {name!r}: {exc}") from None
+        import inspect
+
+        accepted = inspect.signature(build).parameters
+        wrong = sorted(set(options) - set(accepted))
+        if wrong:
+            raise DrlError(f"figure {name!r} takes no option {', '.join(wrong)}; its options: "
+                           f"{', '.join(accepted) or 'none'}")
+        return build(**options)
 
     def _heatmap(self, method: str = "pearson", cluster: bool = False):
         from explorer.figures import run_heatmap
