@@ -202,49 +202,25 @@ def _reporter():
 
 
 def _feature_config(args, **overrides):
-    from drlcore.embedding.features import FeatureConfig
+    from drlcore.runs.options import FEATURE_OPTIONS, feature_config
 
-    preprocess = getattr(args, "preprocess", None)
-    if args.no_pad:
-        if preprocess not in (None, "stretch"):
-            raise DrlError(f"--no-pad means --preprocess stretch; it contradicts --preprocess "
-                           f"{preprocess}")
-        preprocess = "stretch"
-    kwargs = dict(batch_size=args.batch_size, preprocess=preprocess or "auto",
-                  cache_dir=args.cache_dir, weights=args.weights,
-                  channels=getattr(args, "channels", None),
-                  precision=getattr(args, "precision", None) or "auto")
-    pattern = getattr(args, "channel_pattern", None)
-    if pattern is not None:
-        kwargs["channel_pattern"] = None if pattern.lower() == "none" else pattern
-    if args.backbone is not None:
-        kwargs["backbone"] = args.backbone
-    kwargs.update(overrides)
-    return FeatureConfig(**kwargs)
+    options = {name: getattr(args, name, None) for name in FEATURE_OPTIONS}
+    options["no_pad"] = bool(options["no_pad"])
+    return feature_config(**{**options, **overrides})
 
 
 def _cluster_config(args):
-    """--cluster / --scheduler as a ClusterConfig (None without them). Checked before any work:
-    without Dask this is the one error the user sees."""
-    cluster, scheduler = getattr(args, "cluster", None), getattr(args, "scheduler", None)
-    workers = getattr(args, "workers", None)
-    if cluster is None and scheduler is None:
-        if workers is not None:
-            raise DrlError("--workers sizes the cluster of --cluster local; give that too")
-        return None
-    from drlcore.embedding.distributed import ClusterConfig, require_dask
+    from drlcore.runs.options import cluster_config
 
-    config = ClusterConfig(cluster=cluster, scheduler=scheduler, n_workers=workers)
-    require_dask()
-    return config
+    return cluster_config(getattr(args, "cluster", None), getattr(args, "scheduler", None),
+                          getattr(args, "workers", None))
 
 
 def _prepare_out(args, data: str | None) -> Path:
-    """Every command that writes a run folder checks its --out (and --cache-dir) here first."""
-    from drlcore.data.outdir import check_cache_dir, prepare_output_dir
+    from drlcore.runs.options import prepare_run_folder
 
-    check_cache_dir(args.cache_dir)
-    return prepare_output_dir(args.out, data, force=getattr(args, "force", False))
+    return prepare_run_folder(args.out, data, force=getattr(args, "force", False),
+                              cache_dir=args.cache_dir)
 
 
 def _features_for(args, data: str, out_dir: Path, model_backbone: str | None = None,
@@ -355,18 +331,13 @@ def _print_summary(summary: dict) -> None:
 
 
 def _cmd_run(args) -> None:
-    from drlcore.runs.pipeline import PipelineConfig, run_pipeline
-    from drlcore.disentangle.transfer import anchor_names
+    from drlcore.runs.options import pipeline_config
+    from drlcore.runs.pipeline import run_pipeline
 
     cluster = _cluster_config(args)
-    config = PipelineConfig(
-        features=_feature_config(args),
-        source_model=args.source_model,
-        known_classes=tuple(args.known_classes) if args.known_classes else None,
-        transfer_epochs=args.epochs,
-        latent_dim=args.latent_dim,
-        anchors=anchor_names(args.anchor) if args.anchor else (),
-    )
+    config = pipeline_config(_feature_config(args), source_model=args.source_model,
+                             known_classes=args.known_classes, epochs=args.epochs,
+                             latent_dim=args.latent_dim, anchor=args.anchor)
     out = run_pipeline(args.data, _prepare_out(args, args.data), config, reporter=_reporter(),
                        cluster=cluster)
     from drlcore.data import rundir

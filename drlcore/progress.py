@@ -61,9 +61,12 @@ class NullReporter(Reporter):
 
 
 class TqdmReporter(Reporter):
-    def __init__(self, file=None, disable: bool = False):
+    def __init__(self, file=None, disable: bool = False, notebook: bool = False):
         self.file = file or sys.stderr
         self.disable = disable
+        # A notebook's output is no terminal, but a person watches it: redraw as often as in one
+        # (tqdm.auto draws a widget there when ipywidgets is installed, else a text bar).
+        self.notebook = notebook
 
     @contextlib.contextmanager
     def stage(self, name: str, total: int | None, unit: str = "it") -> Iterator[StageHandle]:
@@ -71,7 +74,7 @@ class TqdmReporter(Reporter):
 
         # Off a terminal (CI logs, background jobs) tqdm would hide the bar; print a line every
         # 30 s instead, so a long job still shows it is alive and how far it got.
-        interactive = hasattr(self.file, "isatty") and self.file.isatty()
+        interactive = self.notebook or (hasattr(self.file, "isatty") and self.file.isatty())
         with tqdm(total=total, desc=name, unit=unit, file=self.file, dynamic_ncols=True,
                   disable=bool(self.disable), smoothing=0.1,
                   mininterval=0.1 if interactive else 30.0) as bar:

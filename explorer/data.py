@@ -237,18 +237,13 @@ class Run:
 
     @cached_property
     def morph_columns(self) -> list[str]:
-        df = self.objects
-        return [c for c in df.columns if c.startswith("morph_") and c not in ("morph_ok", "morph_note")
-                and pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
+        return rundir.morph_columns(self.objects)
 
     @cached_property
     def dim_names(self) -> list[str]:
         """Display names from the run's own data (analysis.json ``dim_names``: ``z3: size``,
         ``z4 (unnamed)``); the model's source names where the run has not been analysed."""
-        names = self.analysis.get("dim_names")
-        if isinstance(names, list) and len(names) == len(self.latent_columns) and self.axes:
-            return [str(n) for n in names]
-        return self.source_dim_names
+        return rundir.display_dim_names(self.analysis, self.model_config, len(self.latent_columns))
 
     @cached_property
     def source_dim_names(self) -> list[str]:
@@ -258,11 +253,7 @@ class Run:
     @cached_property
     def axes(self) -> list[dict]:
         """analysis.json's per-axis naming records (drlcore.analysis.naming), [] for an older analysis."""
-        axes = self.analysis.get("axes")
-        if isinstance(axes, list) and len(axes) == len(self.latent_columns) \
-                and all(isinstance(a, dict) for a in axes):
-            return axes
-        return []
+        return rundir.axis_records(self.analysis, len(self.latent_columns))
 
     @property
     def inactive_dims(self) -> set[int]:

@@ -478,3 +478,100 @@ def _selected_positions(part: pd.DataFrame, selected_rows: Sequence[int] | None)
     if not selected_rows:
         return None
     return np.flatnonzero(part["row"].isin(selected_rows).to_numpy()).tolist()
+
+
+# --------------------------------------------------------------------------- a run's figures
+#
+# What a page passes to the builders above, decided once here, so the app's pages and the
+# notebook API (drlcore.runs.api.Run.figure) draw the same figure from the same run.
+
+
+def heatmap_features(corr: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    """The morphology features of the correlations heatmap: those correlated and present in the
+    objects table (``columns``), sorted."""
+    present = set(columns)
+    return sorted(f for f in corr["feature"].unique() if f in present)
+
+
+def run_heatmap(corr: pd.DataFrame, columns: Sequence[str], dim_labels: Sequence[str],
+                axes: Sequence[dict] | None, method: str = "pearson",
+                cluster: bool = False) -> go.Figure:
+    """The Correlations page's heatmap of a run (its correlations table, objects columns, axis
+    names and naming records)."""
+    return correlation_heatmap(corr, method, dim_labels, heatmap_features(corr, columns),
+                               axes=axes or [], cluster=cluster)
+
+
+def map_colour_choices(columns: Sequence[str], latent_columns: Sequence[str],
+                       dim_labels: Sequence[str], morph_columns: Sequence[str],
+                       has_labels: bool) -> dict[str, str]:
+    """What the class map can be coloured by: option -> its title (``class``, the anomaly score,
+    each latent axis, each morphology feature; ``none`` when nothing else)."""
+    choices = {"class": "Class"} if has_labels else {}
+    if "anomaly_score" in columns:
+        choices["anomaly_score"] = "Anomaly score"
+    choices.update({c: f"Latent · {n}" for c, n in zip(latent_columns, dim_labels, strict=False)})
+    choices.update({c: f"Morphology · {feature_label(c)}" for c in morph_columns})
+    return choices or {"none": "None"}
+
+
+def map_colour_column(choice: str) -> tuple[str | None, bool]:
+    """A colour choice of :func:`map_colour_choices` -> (objects column, continuous?)."""
+    column = None if choice == "none" else ("label" if choice == "class" else choice)
+    return column, column not in (None, "label")
+
+
+def measure_labels(latent_columns: Sequence[str], dim_labels: Sequence[str],
+                   morph_columns: Sequence[str]) -> dict[str, str]:
+    """Display names of the measures two groups are compared on (latent axes, morphology)."""
+    return {**dict(zip(latent_columns, dim_labels, strict=False)),
+            **{c: feature_label(c) for c in morph_columns}}
+
+
+def anomaly_map(df: pd.DataFrame, projection: str, values: np.ndarray, flagged: np.ndarray,
+                labelled: bool) -> tuple[go.Figure, int, int]:
+    """The map with flagged objects ringed; above DISPLAY_MAX_POINTS objects a seeded sample as
+    background plus the most anomalous flagged objects (up to a fifth of the points).
+    Returns (figure, objects drawn, flagged objects drawn)."""
+    p = projection
+    on_map, ringed = df, flagged
+    if len(df) > DISPLAY_MAX_POINTS:
+        flagged_idx = np.flatnonzero(flagged)
+        most_anomalous = flagged_idx[np.argsort(-values[flagged_idx])][:DISPLAY_MAX_POINTS // 5]
+        picked = display_positions(len(df), keep=most_anomalous)
+        needed = [c for c in ("row", "path", "label", f"{p}_x", f"{p}_y") if c in df]
+        on_map = pd.DataFrame({c: df[c].to_numpy()[picked] for c in needed})
+        ringed = flagged[picked]
+    fig = latent_map(on_map, f"{p}_x", f"{p}_y", "label" if labelled else None, False, highlight=ringed)
+    return fig, len(on_map), int(ringed.sum())
+
+
+def traversal_captions(dim_label: str, values: Sequence[float]) -> list[str]:
+    """Captions of a traversal strip's images: the axis and its value at each step."""
+    return [f"{dim_label.split(':')[0]} = {v:+.2f}" for v in values]
+
+
+def traversal_strip(images: Sequence[bytes | None], captions: Sequence[str],
+                    title: str | None = None) -> go.Figure:
+    """The images along one latent axis, low to high, side by side with their captions.
+
+    ``images`` are encoded images (the run's JPEG thumbnails), embedded as data URIs: Plotly
+    shows them as they are, without decoding them here."""
+    import base64
+
+    from plotly.subplots import make_subplots
+
+    n = max(len(images), 1)
+    fig = make_subplots(rows=1, cols=n, subplot_titles=list(captions) or None,
+                        horizontal_spacing=0.01)
+    for k, data in enumerate(images, start=1):
+        if not data:
+            continue
+        kind = "png" if data[:4] == b"\x89PNG" else "jpeg"
+        uri = f"data:image/{kind};base64," + base64.b64encode(data).decode("ascii")
+        fig.add_trace(go.Image(source=uri, hoverinfo="skip"), row=1, col=k)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    for note in fig.layout.annotations:
+        note.font = {"size": FONT_SIZE - 3}
+    return style(fig, title=title, height=260)

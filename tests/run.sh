@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch/torchvision are pinned in pyproject.toml (CPU-usable 2.14.1 / 0.29.1).
 .venv/bin/python -m pip install --quiet -e ".[test]"
+# The example notebook's test starts kernel "python3": this venv's own python, not a system one.
+.venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 
 # The browser tests drive Debian's Chromium through Playwright; never a downloaded browser.
 if [ ! -x /usr/bin/chromium ]; then

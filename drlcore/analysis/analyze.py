@@ -32,7 +32,7 @@ from drlcore.data import rundir
 from drlcore.analysis import scale
 from drlcore.data.cache import ContentStore, cache_root
 from drlcore.errors import DrlError
-from drlcore.io import atomic_write_json, atomic_write_parquet, fingerprint, sha256_bytes
+from drlcore.io import fingerprint, sha256_bytes
 from drlcore.progress import NullReporter, Reporter
 
 __all__ = ["AnalyzeConfig", "analyze_run", "project_onto", "ANALYSIS_VERSION",
@@ -520,9 +520,7 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
         "summary": summary,
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    atomic_write_parquet(run_dir / rundir.CORRELATIONS, corr)
-    atomic_write_parquet(objects_path, result)
-    atomic_write_json(previous, analysis)
+    rundir.write_analysis(run_dir, corr, result, analysis)
     rundir.record_stage(run_dir, "analyze", stage)
     return summary
 

@@ -36,6 +36,7 @@ from drlcore.validation import as_finite_matrix
 from drlcore.progress import NullReporter, Reporter
 
 __all__ = [
+    "flag_above_quantile",
     "KNNScorer",
     "knn_method",
     "MahalanobisScorer",
@@ -366,6 +367,17 @@ def latent_zscores(Z, Z_known) -> np.ndarray:
     scale = np.where(scale > 0, scale, fallback)
     scale = np.where(scale > 0, scale, 1.0)
     return (Z - centre) / scale
+
+
+def flag_above_quantile(scores, reference_mask, quantile: float = 0.95) -> tuple[float, np.ndarray]:
+    """(threshold, flagged): the ``quantile`` of the finite scores where ``reference_mask``
+    holds (the known classes), and which objects score at or above it (NaN: never flagged;
+    no reference scores: a NaN threshold and nothing flagged)."""
+    scores = np.asarray(scores, dtype=float)
+    reference = scores[np.asarray(reference_mask, dtype=bool) & np.isfinite(scores)]
+    threshold = float(np.quantile(reference, quantile)) if len(reference) else float("nan")
+    with np.errstate(invalid="ignore"):
+        return threshold, np.isfinite(scores) & (scores >= threshold)
 
 
 def out_of_range_axes(z_row, dim_names: Sequence[str], threshold: float = 3.0) -> list[str]:

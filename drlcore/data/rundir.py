@@ -26,6 +26,10 @@ The manifest is versioned and nested, one entry per stage::
      "stages": {"features": {...}, "model": {...}, "encode": {...}, "pipeline": {...},
                 "analyze": {...}}}
 
+Stages write their files through this module too (:func:`write_features`, :func:`write_objects`,
+:func:`write_analysis`; the run's model through :func:`install_model` / :func:`new_partial_model`
+and :func:`commit_model`, keyed by what it was made from).
+
 Stages write their entry with :func:`record_stage` (read-modify-write, atomic, other entries
 kept) and everybody reads with :func:`read_manifest`, which also opens the layout written before
 ``schema_version`` existed (v1: the features stage's entry at the top level, later stages beside
@@ -58,6 +62,9 @@ __all__ = [
     "THUMB_INDEX", "thumb_shard_name",
     "VIEWS", "VIEW_SCHEMA_VERSION", "view_path", "save_view", "list_views", "read_view",
     "DEMO_MARKER", "read_analysis", "MODEL_WEIGHTS", "MODEL_STAGE_KEY",
+    "morph_columns", "axis_records", "display_dim_names",
+    "write_features", "write_objects", "write_analysis", "model_stage_key", "has_model_for",
+    "replace_folder", "install_model", "new_partial_model", "commit_model",
 ]
 
 SCHEMA_VERSION = 2
@@ -583,6 +590,34 @@ def dim_names(config_or_run: str | os.PathLike | Mapping, n_dims: int) -> list[s
     return [str(names[j]) if j < len(names) and names[j] else f"z{j}" for j in range(n_dims)]
 
 
+def morph_columns(table) -> list[str]:
+    """The numeric morphology feature columns (``morph_*``) of an objects table, in table order
+    (the ``morph_ok`` flag and ``morph_note`` text left out)."""
+    import pandas as pd
+
+    return [c for c in table.columns if str(c).startswith("morph_")
+            and c not in ("morph_ok", "morph_note")
+            and pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])]
+
+
+def axis_records(analysis: Mapping, n_dims: int) -> list[dict]:
+    """analysis.json's per-axis naming records (drlcore.analysis.naming), one per latent axis;
+    [] for an older analysis or one that does not match the ``n_dims`` axes."""
+    axes = analysis.get("axes")
+    if isinstance(axes, list) and len(axes) == n_dims and all(isinstance(a, dict) for a in axes):
+        return axes
+    return []
+
+
+def display_dim_names(analysis: Mapping, config: Mapping, n_dims: int) -> list[str]:
+    """The axes' display names: from the run's own data (analysis.json ``dim_names``, ``z3:
+    size``, ``z4 (unnamed)``) when it named them, else the model's source names."""
+    names = analysis.get("dim_names")
+    if isinstance(names, list) and len(names) == n_dims and axis_records(analysis, n_dims):
+        return [str(n) for n in names]
+    return dim_names(config, n_dims)
+
+
 def model_hash(run_dir_or_manifest: str | os.PathLike | Mapping) -> str | None:
     """The hash of the model that encoded the run (the manifest's ``model`` entry)."""
     return stage_entry(run_dir_or_manifest, "model").get("model_hash")
@@ -667,3 +702,111 @@ def read_view(run_dir: str | os.PathLike, name: str) -> dict:
         raise DrlError(f"the saved view {path} has schema_version {version!r}; this drl reads "
                        f"{VIEW_SCHEMA_VERSION}")
     return view
+
+
+# --------------------------------------------------------------------------- writing the stages' files
+#
+# The stages hand their results here and never spell a path into the run folder themselves:
+# following ``out_dir`` from ``run_pipeline``, every file of the run is written by this module
+# (the model's own files by drlcore.disentangle.artifacts, into the folder handed out by
+# :func:`new_partial_model`). Each write is atomic (a temporary name, then a rename).
+
+
+def write_features(run_dir: str | os.PathLike, features: np.ndarray, images, skipped) -> None:
+    """The features stage's files: ``features.npy`` (row i <-> ``images.parquet`` row i), the
+    images table and the list of skipped files. The stage records its manifest entry after."""
+    from drlcore.io import atomic_save_npy, atomic_write_csv, atomic_write_parquet
+
+    run_dir = Path(run_dir)
+    atomic_save_npy(run_dir / FEATURES, features)
+    atomic_write_parquet(run_dir / IMAGES, images)
+    atomic_write_csv(run_dir / SKIPPED, skipped)
+
+
+def write_objects(run_dir: str | os.PathLike, objects) -> Path:
+    """Replace ``objects.parquet`` (one row per object) and return its path."""
+    from drlcore.io import atomic_write_parquet
+
+    path = Path(run_dir) / OBJECTS
+    atomic_write_parquet(path, objects)
+    return path
+
+
+def write_analysis(run_dir: str | os.PathLike, correlations, objects, analysis: Mapping) -> None:
+    """The analysis stage's files. ``analysis.json`` goes last: it is what says the run is
+    complete (:func:`is_complete_run`), so a run killed midway is never taken for finished."""
+    from drlcore.io import atomic_write_parquet
+
+    run_dir = Path(run_dir)
+    atomic_write_parquet(run_dir / CORRELATIONS, correlations)
+    write_objects(run_dir, objects)
+    atomic_write_json(run_dir / ANALYSIS, dict(analysis))
+
+
+def model_stage_key(run_dir: str | os.PathLike) -> str | None:
+    """The key ``drl run`` recorded for the run's model (what it was made from), or None."""
+    path = Path(run_dir) / MODEL / MODEL_STAGE_KEY
+    return read_json(path).get("key") if path.is_file() else None
+
+
+def has_model_for(run_dir: str | os.PathLike, key: str) -> bool:
+    """Whether the run holds a complete model made for ``key`` (the stage can be skipped)."""
+    return (Path(run_dir) / MODEL / MODEL_CONFIG).is_file() and model_stage_key(run_dir) == key
+
+
+def _write_model_key(model_dir: Path, key: str) -> None:
+    atomic_write_json(model_dir / MODEL_STAGE_KEY, {"key": key})
+
+
+def replace_folder(src: str | os.PathLike, dst: str | os.PathLike, copy: bool = False) -> None:
+    """Put folder ``src`` at ``dst`` (moved, or copied when ``copy``), the old ``dst`` removed
+    only once the new one is complete: a reader sees the old folder or the new one."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if copy:
+        staging = dst.with_name(dst.name + ".incoming")
+        if staging.exists():
+            shutil.rmtree(staging)
+        shutil.copytree(src, staging)
+        src = staging
+    if dst.exists():
+        old = dst.with_name(dst.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        dst.rename(old)
+        src.rename(dst)
+        shutil.rmtree(old)
+    else:
+        src.rename(dst)
+
+
+def install_model(run_dir: str | os.PathLike, model_folder: str | os.PathLike, key: str) -> Path:
+    """Copy a finished model folder (a shipped source model, a cached transfer) in as the run's
+    ``model/``, recorded as made for ``key``; returns the run's model folder."""
+    model_dir = Path(run_dir) / MODEL
+    replace_folder(model_folder, model_dir, copy=True)
+    _write_model_key(model_dir, key)
+    return model_dir
+
+
+def new_partial_model(run_dir: str | os.PathLike) -> Path:
+    """An empty place to build the run's next model (``model.partial``, not yet made: the
+    writer creates it); what an interrupted build left there is removed."""
+    import shutil
+
+    partial = Path(run_dir) / f"{MODEL}.partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    return partial
+
+
+def commit_model(run_dir: str | os.PathLike, partial: str | os.PathLike, key: str) -> Path:
+    """Make the model built in ``partial`` (:func:`new_partial_model`) the run's ``model/``,
+    recorded as made for ``key``; returns the run's model folder."""
+    partial = Path(partial)
+    _write_model_key(partial, key)
+    model_dir = Path(run_dir) / MODEL
+    replace_folder(partial, model_dir)
+    return model_dir

@@ -60,6 +60,7 @@ from drlcore.disentangle.dsprites import (
     sample_weak_pairs,
     unique_factor_rows,
 )
+from drlcore.disentangle.render import FactorSpace, is_int, normalise_factor_sizes
 from drlcore.errors import DrlError
 
 __all__ = [
@@ -110,6 +111,7 @@ _RANGES: dict[str, tuple[float, float, float]] = {
     "blur": (0.0, 2.0, 0.0),
 }
 MAX_VALUES = 8  # per numeric factor: beyond this, neighbouring values barely differ in an image
+_LIMITS = {name: len(APPEARANCE_NAMES) if name == "appearance" else MAX_VALUES for name in FACTOR_NAMES}
 MIN_CANVAS, MIN_IMAGE_SIZE = 32, 32
 _HARMONICS = np.array([2, 3, 4, 5])
 _HARMONIC_WEIGHTS = np.array([1.0, 0.8, 0.6, 0.5])
@@ -128,10 +130,6 @@ _GREY_DENSITY = (0.9, 1.8)
 # Config
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 @dataclass(frozen=True)
 class CellsConfig:
     """Which factors vary (in this order) and how many values each takes; canvas and image side;
@@ -143,12 +141,13 @@ class CellsConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "factor_sizes", _normalise_factor_sizes(self.factor_sizes))
-        if not _is_int(self.image_size) or self.image_size < MIN_IMAGE_SIZE:
+        object.__setattr__(self, "factor_sizes", normalise_factor_sizes(
+            self.factor_sizes, "cells", FACTOR_NAMES, _LIMITS))
+        if not is_int(self.image_size) or self.image_size < MIN_IMAGE_SIZE:
             raise DrlError(f"cells image_size must be an integer >= {MIN_IMAGE_SIZE}, got {self.image_size!r}.")
-        if not _is_int(self.canvas_size) or self.canvas_size < MIN_CANVAS:
+        if not is_int(self.canvas_size) or self.canvas_size < MIN_CANVAS:
             raise DrlError(f"cells canvas_size must be an integer >= {MIN_CANVAS}, got {self.canvas_size!r}.")
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise DrlError(f"cells seed must be an integer, got {self.seed!r}.")
 
     @property
@@ -169,34 +168,6 @@ class CellsConfig:
             "canvas_size": self.canvas_size,
             "seed": self.seed,
         }
-
-
-def _normalise_factor_sizes(raw: Any) -> tuple[tuple[str, int], ...]:
-    items = list(raw.items()) if isinstance(raw, Mapping) else raw
-    try:
-        pairs = [tuple(item) for item in items]
-    except TypeError:
-        raise DrlError("cells factor_sizes must be a list of (name, size) pairs or a mapping name -> size.") from None
-    if not pairs:
-        raise DrlError(f"cells factor_sizes is empty; name at least one of {list(FACTOR_NAMES)}.")
-    seen: set[str] = set()
-    out = []
-    for pair in pairs:
-        if len(pair) != 2:
-            raise DrlError(f"cells factor_sizes entry {pair!r} is not a (name, size) pair.")
-        name, size = pair
-        if name not in FACTOR_NAMES:
-            raise DrlError(f"Unknown cells factor {name!r}; known factors: {list(FACTOR_NAMES)}.")
-        if name in seen:
-            raise DrlError(f"cells factor {name!r} is listed twice.")
-        seen.add(name)
-        if not _is_int(size) or size < 1:
-            raise DrlError(f"cells factor {name!r} needs an integer size >= 1, got {size!r}.")
-        limit = len(APPEARANCE_NAMES) if name == "appearance" else MAX_VALUES
-        if size > limit:
-            raise DrlError(f"cells factor {name!r} has at most {limit} values, got {size}.")
-        out.append((str(name), int(size)))
-    return tuple(out)
 
 
 def _numeric_values(name: str, n: int) -> np.ndarray:
@@ -220,20 +191,14 @@ def _band_pass(rng: np.random.Generator, size: int, fine: float, coarse: float) 
     return ((field - field.mean()) / field.std()).astype(np.float64)
 
 
-class SyntheticCells:
+class SyntheticCells(FactorSpace):
     """Renderer and factor sampler for one :class:`CellsConfig` (same interface as TextureDSprites)."""
 
     def __init__(self, config: CellsConfig = CellsConfig()):
         if not isinstance(config, CellsConfig):
             raise DrlError(f"SyntheticCells needs a CellsConfig, got {type(config).__name__}.")
         self.config = config
-        self.factor_names: tuple[str, ...] = config.factor_names
-        sizes = np.array([size for _, size in config.factor_sizes], dtype=np.int64)
-        sizes.setflags(write=False)
-        self.factor_sizes: np.ndarray = sizes
-        self.num_factors: int = len(self.factor_names)
-        self._column = {name: i for i, name in enumerate(self.factor_names)}
-        size_of = dict(config.factor_sizes)
+        size_of = self._init_factors(config.factor_sizes)
         self._appearances = APPEARANCE_NAMES[: size_of.get("appearance", 1)]
         self._numeric = {name: _numeric_values(name, size_of.get(name, 1))
                          for name in FACTOR_NAMES if name != "appearance"}
@@ -252,11 +217,6 @@ class SyntheticCells:
 
     # ---- factor helpers ------------------------------------------------------------------------
 
-    @property
-    def changeable_factors(self) -> np.ndarray:
-        """Indices of factors with more than one value (the only ones a pair can change)."""
-        return np.flatnonzero(self.factor_sizes > 1)
-
     def factor_values(self, name: str) -> np.ndarray | list[str]:
         """The values behind each index of ``name``: appearance names, numbers otherwise
         (orientation in radians, hue in degrees, the rest in the units of the module docstring)."""
@@ -265,33 +225,6 @@ class SyntheticCells:
         if name in self._numeric:
             return self._numeric[name].copy()
         raise DrlError(f"Unknown cells factor {name!r}; known factors: {list(FACTOR_NAMES)}.")
-
-    def sample_factors(self, n: int, rng: np.random.Generator | int | None = None) -> np.ndarray:
-        """``n`` factor rows, each factor uniform over its values; int64 (n, K)."""
-        if not _is_int(n) or n < 0:
-            raise DrlError(f"Number of samples must be a non-negative integer, got {n!r}.")
-        rng = np.random.default_rng(rng)
-        return rng.integers(0, self.factor_sizes, size=(int(n), self.num_factors), dtype=np.int64)
-
-    def check_factors(self, factors: Any) -> np.ndarray:
-        """Validate an (n, K) integer factor array and return it as int64."""
-        array = np.asarray(factors)
-        if array.ndim != 2 or array.shape[1] != self.num_factors:
-            raise DrlError(
-                f"Factors must have shape (n, {self.num_factors}) for factors {list(self.factor_names)}, "
-                f"got {array.shape}."
-            )
-        if array.size and not np.issubdtype(array.dtype, np.integer):
-            raise DrlError(f"Factors must be integer indices, got dtype {array.dtype}.")
-        array = array.astype(np.int64, copy=False)
-        bad = (array < 0) | (array >= self.factor_sizes)
-        if bad.any():
-            row, col = np.argwhere(bad)[0]
-            raise DrlError(
-                f"Factor {self.factor_names[col]!r} index {array[row, col]} (row {row}) is outside "
-                f"0..{self.factor_sizes[col] - 1}."
-            )
-        return array
 
     def _value(self, row: np.ndarray, name: str) -> float:
         column = self._column.get(name)

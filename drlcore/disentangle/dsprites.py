@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from drlcore.disentangle.render import FactorSpace, is_int, normalise_factor_sizes
 from drlcore.errors import DrlError
 
 FACTOR_NAMES: tuple[str, ...] = ("texture", "colour", "shape", "scale", "orientation", "pos_x", "pos_y")
@@ -82,11 +83,11 @@ class DSpritesConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        sizes = _normalise_factor_sizes(self.factor_sizes)
+        sizes = normalise_factor_sizes(self.factor_sizes, "dSprites", FACTOR_NAMES, _MAX_SIZES)
         object.__setattr__(self, "factor_sizes", sizes)
-        if not _is_int(self.image_size) or self.image_size < MIN_IMAGE_SIZE:
+        if not is_int(self.image_size) or self.image_size < MIN_IMAGE_SIZE:
             raise DrlError(f"dSprites image_size must be an integer >= {MIN_IMAGE_SIZE}, got {self.image_size!r}.")
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise DrlError(f"dSprites seed must be an integer, got {self.seed!r}.")
 
     @property
@@ -106,40 +107,6 @@ class DSpritesConfig:
             "image_size": self.image_size,
             "seed": self.seed,
         }
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _normalise_factor_sizes(raw: Any) -> tuple[tuple[str, int], ...]:
-    items = list(raw.items()) if isinstance(raw, Mapping) else raw
-    try:
-        pairs = [tuple(item) for item in items]
-    except TypeError:
-        raise DrlError(
-            "dSprites factor_sizes must be a list of (name, size) pairs or a mapping name -> size."
-        ) from None
-    if not pairs:
-        raise DrlError(f"dSprites factor_sizes is empty; name at least one of {list(FACTOR_NAMES)}.")
-    seen: set[str] = set()
-    out = []
-    for pair in pairs:
-        if len(pair) != 2:
-            raise DrlError(f"dSprites factor_sizes entry {pair!r} is not a (name, size) pair.")
-        name, size = pair
-        if name not in FACTOR_NAMES:
-            raise DrlError(f"Unknown dSprites factor {name!r}; known factors: {list(FACTOR_NAMES)}.")
-        if name in seen:
-            raise DrlError(f"dSprites factor {name!r} is listed twice.")
-        seen.add(name)
-        if not _is_int(size) or size < 1:
-            raise DrlError(f"dSprites factor {name!r} needs an integer size >= 1, got {size!r}.")
-        limit = _MAX_SIZES.get(name)
-        if limit is not None and size > limit:
-            raise DrlError(f"dSprites factor {name!r} has at most {limit} values, got {size}.")
-        out.append((str(name), int(size)))
-    return tuple(out)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -255,7 +222,7 @@ def _make_texture(name: str, size: int, seed: int, index: int) -> np.ndarray:
 # Dataset
 
 
-class TextureDSprites:
+class TextureDSprites(FactorSpace):
     """Renderer and factor sampler for one :class:`DSpritesConfig`.
 
     ``render`` caches one anti-aliased mask per (shape, scale, orientation) so that a batch costs
@@ -268,13 +235,7 @@ class TextureDSprites:
         if not isinstance(config, DSpritesConfig):
             raise DrlError(f"TextureDSprites needs a DSpritesConfig, got {type(config).__name__}.")
         self.config = config
-        self.factor_names: tuple[str, ...] = config.factor_names
-        sizes = np.array([size for _, size in config.factor_sizes], dtype=np.int64)
-        sizes.setflags(write=False)
-        self.factor_sizes: np.ndarray = sizes
-        self.num_factors: int = len(self.factor_names)
-        self._column = {name: i for i, name in enumerate(self.factor_names)}
-        size_of = dict(config.factor_sizes)
+        size_of = self._init_factors(config.factor_sizes)
 
         def count(name: str) -> int:
             return size_of.get(name, 1)
@@ -308,11 +269,6 @@ class TextureDSprites:
 
     # ---- factor helpers ------------------------------------------------------------------------
 
-    @property
-    def changeable_factors(self) -> np.ndarray:
-        """Indices of factors with more than one value (the only ones a pair can change)."""
-        return np.flatnonzero(self.factor_sizes > 1)
-
     def factor_values(self, name: str) -> np.ndarray | list[str]:
         """The values behind each index of ``name``: names for categorical factors, numbers otherwise
         (scale; orientation in radians; position in [0, 1])."""
@@ -325,33 +281,6 @@ class TextureDSprites:
         if name in self._numeric:
             return self._numeric[name].copy()
         raise DrlError(f"Unknown dSprites factor {name!r}; known factors: {list(FACTOR_NAMES)}.")
-
-    def sample_factors(self, n: int, rng: np.random.Generator | int | None = None) -> np.ndarray:
-        """``n`` factor rows, each factor uniform over its values; int64 (n, K)."""
-        if not _is_int(n) or n < 0:
-            raise DrlError(f"Number of samples must be a non-negative integer, got {n!r}.")
-        rng = np.random.default_rng(rng)
-        return rng.integers(0, self.factor_sizes, size=(int(n), self.num_factors), dtype=np.int64)
-
-    def check_factors(self, factors: Any) -> np.ndarray:
-        """Validate an (n, K) integer factor array and return it as int64."""
-        array = np.asarray(factors)
-        if array.ndim != 2 or array.shape[1] != self.num_factors:
-            raise DrlError(
-                f"Factors must have shape (n, {self.num_factors}) for factors {list(self.factor_names)}, "
-                f"got {array.shape}."
-            )
-        if array.size and not np.issubdtype(array.dtype, np.integer):
-            raise DrlError(f"Factors must be integer indices, got dtype {array.dtype}.")
-        array = array.astype(np.int64, copy=False)
-        bad = (array < 0) | (array >= self.factor_sizes)
-        if bad.any():
-            row, col = np.argwhere(bad)[0]
-            raise DrlError(
-                f"Factor {self.factor_names[col]!r} index {array[row, col]} (row {row}) is outside "
-                f"0..{self.factor_sizes[col] - 1}."
-            )
-        return array
 
     def _indices(self, factors: np.ndarray, name: str) -> np.ndarray:
         column = self._column.get(name)
@@ -454,9 +383,9 @@ def sample_weak_pairs(
     need ``n / v + n`` embeddings instead of ``2 n``; render and embed the anchors once (see
     :func:`anchor_index`) and index the embeddings with it.
     """
-    if not _is_int(n_anchors) or n_anchors < 0:
+    if not is_int(n_anchors) or n_anchors < 0:
         raise DrlError(f"n_anchors must be a non-negative integer, got {n_anchors!r}.")
-    if not _is_int(variants_per_anchor) or variants_per_anchor < 1:
+    if not is_int(variants_per_anchor) or variants_per_anchor < 1:
         raise DrlError(f"variants_per_anchor must be an integer >= 1, got {variants_per_anchor!r}.")
     changeable = _changeable_or_error(ds)
     n_changeable = changeable.size
@@ -465,7 +394,7 @@ def sample_weak_pairs(
 
     if k is None or (isinstance(k, str) and k == "rand"):
         k_per_pair = rng.integers(1, max(n_changeable - 1, 1), size=n, endpoint=True)
-    elif _is_int(k):
+    elif is_int(k):
         if not 1 <= k <= n_changeable:
             names = [ds.factor_names[j] for j in changeable]
             raise DrlError(f"k={k} factors cannot change: only {n_changeable} factor(s) vary ({names}).")
@@ -513,7 +442,7 @@ def sample_one_factor_pairs(
     ``ds.factor_names``) that differs, and rows come grouped by factor in column order. Factors with
     a single value have no pairs.
     """
-    if not _is_int(n_per_factor) or n_per_factor < 0:
+    if not is_int(n_per_factor) or n_per_factor < 0:
         raise DrlError(f"n_per_factor must be a non-negative integer, got {n_per_factor!r}.")
     changeable = _changeable_or_error(ds)
     rng = np.random.default_rng(rng)

@@ -19,7 +19,7 @@ import torch
 
 from drlcore.errors import DrlError
 from drlcore.data import rundir
-from drlcore.io import atomic_write_parquet, sha256_file
+from drlcore.io import sha256_file
 from drlcore.progress import NullReporter, Reporter
 from drlcore.disentangle.vae import FeatureVAE
 
@@ -80,8 +80,7 @@ def encode_run(model_dir: str | Path, features_dir: str | Path, out_dir: str | P
     objects["recon_error"] = codes["recon_error"].astype(np.float64)
 
     out_dir = Path(out_dir)
-    out_path = out_dir / rundir.OBJECTS
-    atomic_write_parquet(out_path, objects)
+    out_path = rundir.write_objects(out_dir, objects)
 
     model_entry = {
         "model_hash": meta["model_hash"],

@@ -43,8 +43,7 @@ from drlcore.data.cache import CACHE_VERSION, FeatureCache, cache_key, feature_c
 from drlcore.data.discover import DEFAULT_CHANNEL_PATTERN
 from drlcore.errors import DrlError, SkipImage
 from drlcore.data.geometry import DEFAULT_CANVAS_PERCENTILE, PREPROCESS_MODES
-from drlcore.io import (atomic_save_npy, atomic_write_csv,
-                        atomic_write_parquet, fingerprint, sha256_bytes)
+from drlcore.io import fingerprint, sha256_bytes
 from drlcore.progress import NullReporter, Reporter
 from drlcore.data import rundir
 
@@ -410,9 +409,7 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
         decision["shrunk"] = int((np.maximum(table["width"], table["height"]) > canvas_side).sum())
     manifest = _manifest(dataset, backbone, preprocessing, table, skipped_df, cache)
     manifest["preprocess"] = decision
-    atomic_save_npy(out_dir / rundir.FEATURES, features)
-    atomic_write_parquet(out_dir / rundir.IMAGES, table)
-    atomic_write_csv(out_dir / rundir.SKIPPED, skipped_df)
+    rundir.write_features(out_dir, features, table, skipped_df)
     # Only this stage's entry: a rerun into a run folder keeps what the later stages recorded.
     rundir.record_stage(out_dir, "features", manifest)
     return FeatureResult(features=features, table=table, skipped=skipped_df, manifest=manifest)

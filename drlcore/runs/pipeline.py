@@ -20,7 +20,7 @@ import numpy as np
 
 from drlcore.errors import DrlError
 from drlcore.data import rundir
-from drlcore.io import fingerprint, read_json, sha256_file
+from drlcore.io import fingerprint, sha256_file
 from drlcore.progress import NullReporter, Reporter
 
 __all__ = ["PipelineConfig", "run_pipeline", "shipped_source_model", "resolve_source_model", "ASSETS_DIR",
@@ -124,36 +124,30 @@ def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporte
     from drlcore.data.cache import ContentStore, cache_root
     from drlcore.disentangle.transfer import TransferConfig, anchor_names, measure_anchor_values, transfer
 
-    model_dir = run_dir / rundir.MODEL
     settings = {"latent_dim": config.latent_dim, "anchors": anchor_names(config.anchors)}
     if config.transfer_epochs is not None:
         settings["epochs"] = config.transfer_epochs
     tconfig = TransferConfig(**settings)
     key = fingerprint(["transfer", PIPELINE_VERSION, sha256_file(source / rundir.MODEL_WEIGHTS),
                        sha256_file(run_dir / rundir.FEATURES), dataclasses.asdict(tconfig)])
-    if (model_dir / rundir.MODEL_CONFIG).is_file() and _stage_key(model_dir) == key:
+    if rundir.has_model_for(run_dir, key):
         reporter.message("transfer: up to date, reusing the run's model")
-        return model_dir
+        return run_dir / rundir.MODEL
 
     store = ContentStore(cache_root(config.features.cache_dir) / "models")
     cached = store.get(key)
     if cached is not None and (cached / rundir.MODEL_WEIGHTS).is_file():
         reporter.message("transfer: served from the model cache")
-        _replace_dir(cached, model_dir, copy=True)
-        _write_stage_key(model_dir, key)
-        return model_dir
+        return rundir.install_model(run_dir, cached, key)
 
-    partial = run_dir / "model.partial"
-    if partial.exists():
-        shutil.rmtree(partial)
+    partial = rundir.new_partial_model(run_dir)
     values = None
     if tconfig.anchors:  # morphology before transfer (the analysis reuses it from the cache)
         reporter.message(f"transfer: measuring {', '.join(tconfig.anchors)} to anchor axes")
         values = measure_anchor_values(run_dir, tconfig.anchors, config.features.cache_dir,
                                        reporter)
     transfer(source, run_dir, partial, tconfig, reporter=reporter, anchor_values=values)
-    _write_stage_key(partial, key)
-    _replace_dir(partial, model_dir)
+    model_dir = rundir.commit_model(run_dir, partial, key)
     try:
         store.put(key, lambda folder: shutil.copytree(model_dir, folder, dirs_exist_ok=True))
     except OSError as err:  # a read-only cache must not fail the run
@@ -161,45 +155,12 @@ def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporte
     return model_dir
 
 
-def _stage_key(model_dir: Path) -> str | None:
-    path = model_dir / rundir.MODEL_STAGE_KEY
-    return read_json(path).get("key") if path.is_file() else None
-
-
-def _write_stage_key(model_dir: Path, key: str) -> None:
-    from drlcore.io import atomic_write_json
-
-    atomic_write_json(model_dir / rundir.MODEL_STAGE_KEY, {"key": key})
-
-
-def _replace_dir(src: Path, dst: Path, copy: bool = False) -> None:
-    """Put ``src`` at ``dst`` with the old ``dst`` removed only once the new one is complete."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if copy:
-        staging = dst.with_name(dst.name + ".incoming")
-        if staging.exists():
-            shutil.rmtree(staging)
-        shutil.copytree(src, staging)
-        src = staging
-    if dst.exists():
-        old = dst.with_name(dst.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        dst.rename(old)
-        src.rename(dst)
-        shutil.rmtree(old)
-    else:
-        src.rename(dst)
-
-
 def _copy_source_model(source: Path, run_dir: Path) -> Path:
-    model_dir = run_dir / rundir.MODEL
+    """The source model as it is, as the run's model (keyed by its weights, so a rerun skips)."""
     key = fingerprint(["source-as-is", sha256_file(source / rundir.MODEL_WEIGHTS)])
-    if (model_dir / rundir.MODEL_CONFIG).is_file() and _stage_key(model_dir) == key:
-        return model_dir
-    _replace_dir(source, model_dir, copy=True)
-    _write_stage_key(model_dir, key)
-    return model_dir
+    if rundir.has_model_for(run_dir, key):
+        return run_dir / rundir.MODEL
+    return rundir.install_model(run_dir, source, key)
 
 
 def run_pipeline(data: str | Path, out_dir: str | Path, config: PipelineConfig | None = None,
@@ -288,8 +249,6 @@ def _run_stages(data, out_dir, config: PipelineConfig | None, reporter: Reporter
 def _join_extra_columns(run_dir: Path, extra: Path) -> None:
     import pandas as pd
 
-    from drlcore.io import atomic_write_parquet
-
     objects = pd.read_parquet(run_dir / rundir.OBJECTS)
     table = pd.read_parquet(extra)
     new_cols = [c for c in table.columns if c != "path" and c not in objects.columns]
@@ -297,4 +256,4 @@ def _join_extra_columns(run_dir: Path, extra: Path) -> None:
         return
     merged = objects.merge(table[["path", *new_cols]], on="path", how="left")
     assert len(merged) == len(objects), "extra columns must have one row per path"
-    atomic_write_parquet(run_dir / rundir.OBJECTS, merged)
+    rundir.write_objects(run_dir, merged)

@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from drlcore.analysis import anomaly
-from explorer.figures import DISPLAY_MAX_POINTS, anomaly_histogram, display_positions, latent_map
+from explorer.figures import anomaly_histogram, anomaly_map
 from explorer.report import ReportSection, build_report
 from explorer.ui import (cached_figure, csv_download, image_grid, object_detail, report_download, require_run,
                          show_chart)
@@ -78,10 +78,8 @@ score_col = st.session_state["anom.score"]
 controls[1].slider("Flag objects above this percentile of the known classes", 0.80, 0.999,
                    key="anom.quantile", step=0.001, format="%.3f")
 values = scores[score_col].to_numpy(float)
-ref = values[known_mask & np.isfinite(values)]
-threshold = float(np.quantile(ref, st.session_state["anom.quantile"])) if len(ref) else float("nan")
+threshold, flagged = anomaly.flag_above_quantile(values, known_mask, st.session_state["anom.quantile"])
 st.session_state["anom.threshold"] = threshold if score_col == "anomaly_score" else None
-flagged = np.isfinite(values) & (values >= threshold)
 
 unknown = ~known_mask
 metric_cols = st.columns(3)
@@ -102,27 +100,11 @@ hist = cached_figure(run, "anomaly histogram", view, lambda: anomaly_histogram(
 show_chart(hist, key="anom.hist", filename=f"{run.name}-anomaly-histogram")
 
 
-def _flagged_map(p: str):
-    """The map with flagged objects ringed; above DISPLAY_MAX_POINTS objects a seeded sample as
-    background plus the most anomalous flagged objects (up to a fifth of the points).
-    Returns (figure, objects drawn, flagged objects drawn)."""
-    on_map, ringed = df, flagged
-    if len(df) > DISPLAY_MAX_POINTS:
-        flagged_idx = np.flatnonzero(flagged)
-        most_anomalous = flagged_idx[np.argsort(-values[flagged_idx])][:DISPLAY_MAX_POINTS // 5]
-        picked = display_positions(len(df), keep=most_anomalous)
-        needed = [c for c in ("row", "path", "label", f"{p}_x", f"{p}_y") if c in df]
-        on_map = pd.DataFrame({c: df[c].to_numpy()[picked] for c in needed})
-        ringed = flagged[picked]
-    fig = latent_map(on_map, f"{p}_x", f"{p}_y", "label" if labelled else None, False, highlight=ringed)
-    return fig, len(on_map), int(ringed.sum())
-
-
 proj = run.projections()
 map_fig = None
 if proj:
     map_fig, n_drawn, n_ringed = cached_figure(run, "anomaly map", (*view, proj[0]),
-                                               lambda: _flagged_map(proj[0]))
+                                               lambda: anomaly_map(df, proj[0], values, flagged, labelled))
     st.subheader("Flagged objects on the map")
     if n_drawn < len(df):
         st.caption(f"Drawn: {n_drawn:,} of {len(df):,} objects, a seeded random sample plus the "

@@ -21,7 +21,8 @@ from drlcore.analysis.compare import compare_groups, effect_sizes
 from drlcore.errors import DrlError
 from drlcore.analysis.naming import axis_help, axis_label
 from explorer.data import Run, is_run_dir, list_runs
-from explorer.figures import effect_size_chart, feature_label, group_effect_chart, latent_map
+from explorer.figures import (effect_size_chart, feature_label, group_effect_chart, latent_map, map_colour_choices,
+                              map_colour_column, measure_labels)
 from explorer.report import ReportSection, build_report
 from explorer.scatter import class_map_webgl, webgl_wanted
 from explorer.share import GROUP_KINDS
@@ -39,13 +40,7 @@ if st.session_state["map.projection"] not in projections:
     st.session_state["map.projection"] = projections[0]
 
 names = run.dim_names
-colour_options = {"class": "Class"} if run.has_labels else {}
-if "anomaly_score" in df:
-    colour_options["anomaly_score"] = "Anomaly score"
-colour_options.update({c: f"Latent · {n}" for c, n in zip(run.latent_columns, names, strict=False)})
-colour_options.update({c: f"Morphology · {feature_label(c)}" for c in run.morph_columns})
-if not colour_options:
-    colour_options["none"] = "None"
+colour_options = map_colour_choices(df.columns, run.latent_columns, names, run.morph_columns, run.has_labels)
 if st.session_state["map.color_by"] not in colour_options:
     st.session_state["map.color_by"] = next(iter(colour_options))
 
@@ -63,8 +58,7 @@ controls[2].selectbox("Place another run on this map (grey)", ["", *others], key
 proj = st.session_state["map.projection"]
 x_col, y_col = f"{proj}_x", f"{proj}_y"
 colour = st.session_state["map.color_by"]
-colour_col = None if colour == "none" else ("label" if colour == "class" else colour)
-continuous = colour_col not in (None, "label")
+colour_col, continuous = map_colour_column(colour)
 if colour_col in run.latent_columns and run.axes:
     _axis = run.axes[run.latent_columns.index(colour_col)]
     st.caption(f"Colour: {axis_label(_axis)}", help=axis_help(_axis))
@@ -221,8 +215,7 @@ def _two_groups() -> tuple[pd.DataFrame, str, str] | None:
     except DrlError as exc:
         st.info(f"Define both groups to compare them: {exc}.", icon=":material/info:")
         return None
-    labels = {**dict(zip(run.latent_columns, names, strict=False)),
-              **{c: feature_label(c) for c in run.morph_columns}}
+    labels = measure_labels(run.latent_columns, names, run.morph_columns)
     st.caption("Hedges' g: difference of means (A − B) in pooled standard deviations, corrected for "
                "small groups; |g| ≥ 0.8 is a large effect. 95% CI from its normal approximation; "
                f"q: Benjamini-Hochberg over the {len(columns)} measures compared (Welch t-test p).")
@@ -269,8 +262,7 @@ elif len(selected) > 1:
     with tabs[1]:
         columns = [*run.latent_columns, *run.morph_columns]
         effects = effect_sizes(df, mask, columns)
-        labels = {**dict(zip(run.latent_columns, names, strict=False)),
-                  **{c: feature_label(c) for c in run.morph_columns}}
+        labels = measure_labels(run.latent_columns, names, run.morph_columns)
         st.caption("Cohen's d: difference of means in pooled standard deviations; |d| ≥ 0.8 is a large effect.")
         show_chart(effect_size_chart(effects, labels), key="map.effects", filename=f"{run.name}-selection-effects")
         shown = effects.assign(column=effects["column"].map(labels))
@@ -286,8 +278,7 @@ elif len(selected) > 1:
 def _report() -> str:
     sections = [ReportSection(f"{proj.upper()} map coloured by {colour_options.get(colour)}", figures=[fig])]
     if effects is not None:
-        labels = {**dict(zip(run.latent_columns, names, strict=False)),
-                  **{c: feature_label(c) for c in run.morph_columns}}
+        labels = measure_labels(run.latent_columns, names, run.morph_columns)
         sel = df[df["row"].isin(selected)].head(24)
         sections.append(ReportSection(
             f"Selection of {len(selected)} objects vs the rest", figures=[effect_size_chart(effects, labels)],
@@ -296,8 +287,7 @@ def _report() -> str:
             table=effects.assign(column=effects["column"].map(labels)).drop(columns="abs_d")))
     if groups is not None:
         table, a_desc, b_desc = groups
-        labels = {**dict(zip(run.latent_columns, names, strict=False)),
-                  **{c: feature_label(c) for c in run.morph_columns}}
+        labels = measure_labels(run.latent_columns, names, run.morph_columns)
         sections.append(ReportSection(
             f"Group A: {a_desc} vs group B: {b_desc}", figures=[group_effect_chart(table, labels)],
             table=table.assign(column=table["column"].map(labels)).drop(columns="abs_g")))

@@ -12,7 +12,7 @@ from drlcore.analysis.correlation import best_matches
 from drlcore.analysis.naming import NamingConfig, axis_help, axis_label
 from drlcore.analysis.traversal import traversal_indices, traversal_values
 from explorer.downloads import FIGURE_MIME, file_download, montage_bytes
-from explorer.figures import feature_label
+from explorer.figures import feature_label, traversal_captions
 from explorer.report import ReportSection, axes_section, build_report
 from explorer.ui import (caption_for, channel_choice, csv_download, image_grid, object_detail, report_download,
                          require_run, run_channels)
@@ -92,7 +92,7 @@ for dim in dims:
             st.caption(_axis_line(dim))
         st.markdown(f"Best morphology matches: {_match_text(dim)}")
         picked = df.iloc[rows]  # traversal_indices gives table positions
-        captions = [f"{names[dim].split(':')[0]} = {v:+.2f}" for v in values]
+        captions = traversal_captions(names[dim], values)
         image_grid(run, picked, key_prefix=f"trav.strip.{dim}", focus_key="trav.focus", n_cols=n_steps,
                    max_images=n_steps, captions=captions, channel=strip_channel)
     summary_rows.append({"dim": dim, "name": names[dim], "about": _axis_line(dim),
