@@ -33,6 +33,43 @@ intensity on the 0-255 scale; saturation and value in [0, 1]; hue in degrees [0,
 nothing. GLCM contrast/homogeneity: grey image of the object's bounding box at full resolution,
 quantised to ``GLCM_LEVELS`` levels, distance 1, averaged over four angles, counting only pixel
 pairs that both lie on the object (so the outline does not pose as texture).
+
+RGB and grey images add two columns only (the heatmap stays readable): ``morph_intensity_integrated``,
+the object's summed grey-level contrast to the frame (|grey - background| in the object's polarity,
+0-255 units: stain content of a blood cell, opacity of a plankton organism; size times contrast),
+and ``morph_intensity_background``, the border median grey it is measured against.
+
+Multi-channel (fluorescence, imaging flow cytometry) images
+-----------------------------------------------------------
+Measured per channel and compartment on the pixels as stored (file units, e.g. 16-bit counts),
+never on the 8-bit composite, after CellProfiler's MeasureObjectIntensity / SizeShape / Texture:
+
+- Channel roles come from the channel names (OME-XML, per-channel file tokens, ``--channels``;
+  :func:`drlcore.data.channels.channel_role`).
+- Background of each channel: the median of the frame border, subtracted from every intensity
+  measure and recorded as ``morph_<channel>_background``.
+- Object mask: from ONE channel, ``mask_channel`` (name or index) if given, else the bright-field
+  channel, else the non-DNA channel whose object stands out best. Pixels that differ from the
+  channel's background either way (a bright-field cell is darker inside and brighter at its
+  halo) above Otsu's threshold of the smoothed deviation, cleaned, the central component kept.
+  If that mask is implausible (too small, the whole frame) the other channels are tried in turn,
+  then a central disc of a quarter of the frame; ``morph_note`` says which was used, and the cell
+  is measured, not dropped.
+- Nucleus: the DNA channel above its background (Otsu), the component overlapping the object most.
+  The cell is object plus nucleus (a bright-field outline that clips the nucleus would cut DNA
+  content); a user's mask is kept as drawn. Cytoplasm: cell minus nucleus.
+- Per channel and compartment (cell, nucleus, cytoplasm; the last two only with a DNA channel):
+  ``morph_<channel>_<compartment>_<measure>`` for integrated, mean, std, min, q25, median, q75,
+  max, mad (median absolute deviation) and mass_displacement (pixels between the compartment's
+  centroid and its intensity-weighted centroid), from ``regionprops`` with the multi-channel,
+  background-subtracted intensity image. ``<channel>`` is the channel's name, letters and digits
+  kept (:func:`channel_key`). Integrated DNA over the cell is DNA content.
+- Texture per channel over the cell: ``morph_<channel>_cell_glcm_contrast`` / ``_homogeneity``,
+  the channel's range over the cell quantised to ``GLCM_LEVELS`` levels.
+- Size and shape per mask: the cell's are the object-level columns above; the nucleus' area,
+  equivalent diameter, eccentricity and share of the cell area, the cytoplasm's area.
+- The object-level columns keep their meaning on the cell mask (colour ones read the composite),
+  and ``morph_ch<k>_<name>_mean`` (raw channel mean over the cell, earlier versions) stays.
 """
 
 from __future__ import annotations
