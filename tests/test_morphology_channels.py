@@ -337,3 +337,17 @@ def test_ifc_dna_content_orders_the_cell_cycle(shared_data):
     phases = table[table["label"] != "Prophase"]
     order = phases["label"].map({"G1": 0, "S_phase": 1, "G2": 2})
     assert spearmanr(phases["morph_DNA_cell_integrated"], order)[0] >= 0.8
+
+
+def test_heatmap_shows_a_compact_set_by_default():
+    from explorer.figures import heatmap_features
+
+    columns = [*FEATURE_NAMES, *channel_columns(NAMES), "morph_ch1_DNA_mean"]
+    shown = heatmap_features(columns)
+    assert heatmap_features(columns, every=True) == columns
+    assert set(FEATURE_NAMES) <= set(shown)
+    assert {"morph_DNA_cell_integrated", "morph_DNA_nucleus_integrated", "morph_actin_cell_mean",
+            "morph_actin_cell_glcm_contrast", "morph_nucleus_area"} <= set(shown)
+    assert not {"morph_DNA_background", "morph_DNA_cell_q25", "morph_actin_nucleus_integrated",
+                "morph_ch1_DNA_mean"} & set(shown)
+    assert len(shown) <= 40
