@@ -349,7 +349,7 @@ def measure(rgb: np.ndarray, mask: np.ndarray | None = None,
     if why is not None:
         return _failed(why)
     result = _object_columns(rgb, small, object_mask, factor, notes)
-    result.update(_grey_columns(rgb, object_mask, factor))
+    result.update(_grey_columns(small, object_mask, factor))
     return result
 
 
@@ -474,21 +474,22 @@ def _full_resolution(mask: np.ndarray, factor: int, shape: tuple[int, int] | Non
     return full
 
 
-def _grey_columns(rgb: np.ndarray, object_mask: np.ndarray, factor: int) -> dict:
+def _grey_columns(small: np.ndarray, object_mask: np.ndarray, factor: int) -> dict:
     """RGB and grey images: the object's integrated grey-level contrast to its background.
 
     ``morph_intensity_integrated`` = sum over the object's pixels of |grey - background| in the
     polarity of the object (darker objects on a pale field count what they absorb, brighter ones
     what they emit), grey on 0-255, background = median of the frame border. It is the one
     per-cell "amount" a single RGB image holds (stain content of a blood cell, opacity of a
-    plankton organism): size times contrast. The background is recorded beside it.
+    plankton organism): size times contrast. The background is recorded beside it. Summed at the
+    segmentation scale (``small``: block means) times the block area, which is the full-resolution
+    sum over the object's blocks.
     """
-    grey = rgb.astype(np.float64) @ _GREY
+    grey = small @ _GREY
     background = float(np.median(_border(grey)))
-    full = _full_resolution(object_mask, factor, grey.shape)
-    values = grey[full] - background
+    values = grey[object_mask] - background
     sign = -1.0 if values.mean() < 0 else 1.0
-    return {"morph_intensity_integrated": float(sign * values.sum()),
+    return {"morph_intensity_integrated": float(sign * values.sum() * factor * factor),
             "morph_intensity_background": background}
 
 
