@@ -733,6 +733,7 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
                            else ("nucleus", "cytoplasm")[region.label - 1])
             measured[compartment] = _profile(region)
             shapes[compartment] = region
+    contrasts, homogeneities = _channel_textures(intensity, cell_full)
     for k, key in enumerate(keys):
         result[f"morph_{key}_background"] = float(background[k])
         for compartment in (COMPARTMENTS if dna is not None else ("cell",)):
@@ -740,9 +741,8 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
             for m, name in enumerate(INTENSITY_MEASURES):
                 result[f"morph_{key}_{compartment}_{name}"] = (
                     float(values[m, k]) if values is not None else math.nan)
-        contrast, homogeneity = _channel_texture(intensity[..., k], cell_full)
-        result[f"morph_{key}_cell_glcm_contrast"] = contrast
-        result[f"morph_{key}_cell_glcm_homogeneity"] = homogeneity
+        result[f"morph_{key}_cell_glcm_contrast"] = float(contrasts[k])
+        result[f"morph_{key}_cell_glcm_homogeneity"] = float(homogeneities[k])
     if dna is not None:
         nuc = shapes.get("nucleus")
         cyto = shapes.get("cytoplasm")
@@ -760,137 +760,40 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
     return result
 
 
-def _channel_texture(channel: np.ndarray, cell: np.ndarray) -> tuple[float, float]:
-    """GLCM contrast and homogeneity of one channel over the cell (bounding box at full
-    resolution), the channel's range over the cell quantised to ``GLCM_LEVELS`` levels, so the
-    texture reads the pattern of the stain, not its brightness."""
+def _channel_textures(channels: np.ndarray, cell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """GLCM contrast and homogeneity of each channel over the cell (bounding box at full
+    resolution), each channel's range over the cell quantised to ``GLCM_LEVELS`` levels, so the
+    texture reads the pattern of the stain, not its brightness. Pairs as in :func:`_glcm`
+    (both pixels on the cell, distance 1, four angles averaged); a flat channel has no contrast
+    and full homogeneity."""
     rows = np.flatnonzero(cell.any(axis=1))
     cols = np.flatnonzero(cell.any(axis=0))
-    crop = channel[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    crop = channels[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     crop_mask = cell[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    values = crop[crop_mask]
-    low, high = float(values.min()), float(values.max())
-    if high <= low:
-        return 0.0, 1.0  # a flat channel has no texture: no contrast, full homogeneity
-    grey = (crop - low) * (255.0 / (high - low))
-    return _glcm(np.clip(grey, 0, 255), crop_mask)
-
-
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a mask image (PNG or TIFF); nonzero pixels (in any channel) are the object."""
-    path = Path(path)
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            array = tifffile.imread(path)
-        else:
-            from PIL import Image
-
-            with Image.open(path) as image:
-                array = np.asarray(image)
-    except Exception as exc:  # noqa: BLE001 - any decoder failure means the same to the user
-        raise DrlError(f"cannot read mask {path}: {exc}") from exc
-    array = np.squeeze(array)
-    if array.ndim == 3:
-        array = array.any(axis=2) if array.shape[2] <= 4 else array.any(axis=0)
-    return array != 0
-
-
-def load_mask_folder(folder: str | os.PathLike, paths: Sequence[str]) -> list[Path | None]:
-    """Match each image id in ``paths`` (e.g. ``"basophil/BA_1.jpg"``) to a mask file in ``folder``.
-
-    A mask matches when it sits at the same relative path with a mask suffix (``.png``,
-    ``.tif``, ``.tiff``), or, failing that, when its file stem equals the image's stem (optionally
-    followed by ``_mask``) anywhere under ``folder``. Returns one ``Path`` or ``None`` per image
-    (``None``: no mask; ``measure_dataset`` then segments automatically and says so). Raises
-    ``DrlError`` if the folder is missing, holds no mask file, or a stem matches several files.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DrlError(f"mask folder {folder} does not exist")
-    by_relative: dict[str, Path] = {}
-    by_stem: dict[str, list[Path]] = {}
-    for file in sorted(folder.rglob("*")):
-        if not file.is_file() or file.suffix.lower() not in _MASK_SUFFIXES:
+    values = crop[crop_mask]  # (n, C)
+    low, high = values.min(axis=0), values.max(axis=0)
+    span = np.where(high > low, high - low, 1.0)
+    # Level 0 is the background; the cell's pixels take 1..GLCM_LEVELS (as _glcm does).
+    levels = 1 + np.clip(((crop - low) * (GLCM_LEVELS / span)).astype(np.int32), 0,
+                         GLCM_LEVELS - 1)
+    levels = np.where(crop_mask[..., None], levels, 0).astype(np.uint8)
+    contrasts, homogeneities = [], []
+    for k in range(channels.shape[2]):
+        if not high[k] > low[k]:
+            contrasts.append(0.0)
+            homogeneities.append(1.0)
             continue
-        relative = file.relative_to(folder).with_suffix("").as_posix()
-        by_relative.setdefault(relative, file)
-        stem = file.stem[:-5] if file.stem.endswith("_mask") else file.stem
-        by_stem.setdefault(stem, []).append(file)
-        if relative.endswith("_mask"):
-            by_relative.setdefault(relative[:-5], file)
-    if not by_stem:
-        raise DrlError(f"no mask files (.png, .tif, .tiff) found in {folder}")
-    found: list[Path | None] = []
-    for image_path in paths:
-        relative = Path(image_path).with_suffix("").as_posix()
-        if relative in by_relative:
-            found.append(by_relative[relative])
+        counts = graycomatrix(levels[..., k], distances=[1],
+                              angles=[0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4],
+                              levels=GLCM_LEVELS + 1, symmetric=True, normed=False)
+        counts = counts[1:, 1:, 0, :].astype(np.float64)  # (levels, levels, angles)
+        totals = counts.sum(axis=(0, 1))
+        valid = totals > 0
+        if not valid.any():
+            contrasts.append(math.nan)
+            homogeneities.append(math.nan)
             continue
-        candidates = by_stem.get(Path(image_path).stem, [])
-        if len(candidates) > 1:
-            shown = ", ".join(str(c.relative_to(folder)) for c in candidates[:3])
-            raise DrlError(f"mask for {image_path} is ambiguous: {shown}; arrange masks in the "
-                           "same sub-folders as the images")
-        found.append(candidates[0] if candidates else None)
-    return found
-
-
-def _measure_item(rgb: np.ndarray, mask, masks_expected: bool, mask_channel=None,
-                  channels=None, channel_names=None) -> dict:
-    note = None
-    if isinstance(mask, (str, os.PathLike)):
-        try:
-            mask = read_mask(mask)
-        except DrlError as exc:
-            mask, note = None, f"{exc}; segmented automatically"
-    elif mask is None and masks_expected:
-        note = "no mask found; segmented automatically"
-    row = measure(rgb, mask, channels, channel_names, mask_channel)
-    if note:
-        row["morph_note"] = note if row["morph_note"] is None else f"{note}; {row['morph_note']}"
-    return row
-
-
-def measure_dataset(images: Iterable[tuple[np.ndarray, np.ndarray | str | os.PathLike | None]],
-                    reporter: Reporter | None = None, n_jobs: int = 1,
-                    masks_expected: bool = False,
-                    mask_channel: str | int | None = None) -> pd.DataFrame:
-    """One row of ``measure`` per ``(rgb, mask)`` pair, in input order.
-
-    An item may be ``(rgb, mask, channels, channel_names)`` (multi-channel images): its
-    per-channel columns are added (NaN for images without them, or whose segmentation failed).
-
-    ``mask`` may be an array, a path to a mask file (read lazily, e.g. from ``load_mask_folder``)
-    or ``None``. With ``masks_expected=True`` a ``None`` mask is noted in ``morph_note`` (the user
-    gave a mask folder but this image has no mask). ``n_jobs > 1`` measures in worker processes.
-    ``mask_channel`` (multi-channel images): the channel the object is segmented on, by name or
-    index (see :func:`measure`).
-    """
-    reporter = reporter or NullReporter()
-    total = len(images) if hasattr(images, "__len__") else None
-    rows: list[dict] = []
-    with reporter.stage("morphology", total=total, unit="img") as bar:
-        if n_jobs == 1:
-            for rgb, mask, *extra in images:
-                rows.append(_measure_item(rgb, mask, masks_expected, mask_channel, *extra))
-                bar.update(1)
-        else:
-            from joblib import Parallel, delayed
-
-            parallel = Parallel(n_jobs=n_jobs, return_as="generator", batch_size=16)
-            for row in parallel(delayed(_measure_item)(rgb, mask, masks_expected, mask_channel,
-                                                       *extra)
-                                for rgb, mask, *extra in images):
-                rows.append(row)
-                bar.update(1)
-    extra_columns = list(dict.fromkeys(key for row in rows for key in row
-                                       if key not in FEATURE_NAMES
-                                       and key not in ("morph_ok", "morph_note")))
-    columns = [*FEATURE_NAMES, *extra_columns, "morph_ok", "morph_note"]
-    frame = pd.DataFrame(rows, columns=columns)
-    frame["morph_ok"] = frame["morph_ok"].astype(bool)
-    # None, not NaN, for "no note": the column stays a clean nullable string in Parquet.
-    frame["morph_note"] = pd.Series([row["morph_note"] for row in rows], dtype=object)
-    return frame
+        matrix = counts[:, :, valid] / totals[valid]
+        contrasts.append(float((matrix * _GLCM_CONTRAST).sum(axis=(0, 1)).mean()))
+        homogeneities.append(float((matrix * _GLCM_HOMOGENEITY).sum(axis=(0, 1)).mean()))
+    return np.asarray(contrasts), np.asarray(homogeneities)
