@@ -797,3 +797,123 @@ def _channel_textures(channels: np.ndarray, cell: np.ndarray) -> tuple[np.ndarra
         contrasts.append(float((matrix * _GLCM_CONTRAST).sum(axis=(0, 1)).mean()))
         homogeneities.append(float((matrix * _GLCM_HOMOGENEITY).sum(axis=(0, 1)).mean()))
     return np.asarray(contrasts), np.asarray(homogeneities)
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a mask image (PNG or TIFF); nonzero pixels (in any channel) are the object."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            array = tifffile.imread(path)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as image:
+                array = np.asarray(image)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means the same to the user
+        raise DrlError(f"cannot read mask {path}: {exc}") from exc
+    array = np.squeeze(array)
+    if array.ndim == 3:
+        array = array.any(axis=2) if array.shape[2] <= 4 else array.any(axis=0)
+    return array != 0
+
+
+def load_mask_folder(folder: str | os.PathLike, paths: Sequence[str]) -> list[Path | None]:
+    """Match each image id in ``paths`` (e.g. ``"basophil/BA_1.jpg"``) to a mask file in ``folder``.
+
+    A mask matches when it sits at the same relative path with a mask suffix (``.png``,
+    ``.tif``, ``.tiff``), or, failing that, when its file stem equals the image's stem (optionally
+    followed by ``_mask``) anywhere under ``folder``. Returns one ``Path`` or ``None`` per image
+    (``None``: no mask; ``measure_dataset`` then segments automatically and says so). Raises
+    ``DrlError`` if the folder is missing, holds no mask file, or a stem matches several files.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DrlError(f"mask folder {folder} does not exist")
+    by_relative: dict[str, Path] = {}
+    by_stem: dict[str, list[Path]] = {}
+    for file in sorted(folder.rglob("*")):
+        if not file.is_file() or file.suffix.lower() not in _MASK_SUFFIXES:
+            continue
+        relative = file.relative_to(folder).with_suffix("").as_posix()
+        by_relative.setdefault(relative, file)
+        stem = file.stem[:-5] if file.stem.endswith("_mask") else file.stem
+        by_stem.setdefault(stem, []).append(file)
+        if relative.endswith("_mask"):
+            by_relative.setdefault(relative[:-5], file)
+    if not by_stem:
+        raise DrlError(f"no mask files (.png, .tif, .tiff) found in {folder}")
+    found: list[Path | None] = []
+    for image_path in paths:
+        relative = Path(image_path).with_suffix("").as_posix()
+        if relative in by_relative:
+            found.append(by_relative[relative])
+            continue
+        candidates = by_stem.get(Path(image_path).stem, [])
+        if len(candidates) > 1:
+            shown = ", ".join(str(c.relative_to(folder)) for c in candidates[:3])
+            raise DrlError(f"mask for {image_path} is ambiguous: {shown}; arrange masks in the "
+                           "same sub-folders as the images")
+        found.append(candidates[0] if candidates else None)
+    return found
+
+
+def _measure_item(rgb: np.ndarray, mask, masks_expected: bool, mask_channel=None,
+                  channels=None, channel_names=None) -> dict:
+    note = None
+    if isinstance(mask, (str, os.PathLike)):
+        try:
+            mask = read_mask(mask)
+        except DrlError as exc:
+            mask, note = None, f"{exc}; segmented automatically"
+    elif mask is None and masks_expected:
+        note = "no mask found; segmented automatically"
+    row = measure(rgb, mask, channels, channel_names, mask_channel)
+    if note:
+        row["morph_note"] = note if row["morph_note"] is None else f"{note}; {row['morph_note']}"
+    return row
+
+
+def measure_dataset(images: Iterable[tuple[np.ndarray, np.ndarray | str | os.PathLike | None]],
+                    reporter: Reporter | None = None, n_jobs: int = 1,
+                    masks_expected: bool = False,
+                    mask_channel: str | int | None = None) -> pd.DataFrame:
+    """One row of ``measure`` per ``(rgb, mask)`` pair, in input order.
+
+    An item may be ``(rgb, mask, channels, channel_names)`` (multi-channel images): its
+    per-channel columns are added (NaN for images without them, or whose segmentation failed).
+
+    ``mask`` may be an array, a path to a mask file (read lazily, e.g. from ``load_mask_folder``)
+    or ``None``. With ``masks_expected=True`` a ``None`` mask is noted in ``morph_note`` (the user
+    gave a mask folder but this image has no mask). ``n_jobs > 1`` measures in worker processes.
+    ``mask_channel`` (multi-channel images): the channel the object is segmented on, by name or
+    index (see :func:`measure`).
+    """
+    reporter = reporter or NullReporter()
+    total = len(images) if hasattr(images, "__len__") else None
+    rows: list[dict] = []
+    with reporter.stage("morphology", total=total, unit="img") as bar:
+        if n_jobs == 1:
+            for rgb, mask, *extra in images:
+                rows.append(_measure_item(rgb, mask, masks_expected, mask_channel, *extra))
+                bar.update(1)
+        else:
+            from joblib import Parallel, delayed
+
+            parallel = Parallel(n_jobs=n_jobs, return_as="generator", batch_size=16)
+            for row in parallel(delayed(_measure_item)(rgb, mask, masks_expected, mask_channel,
+                                                       *extra)
+                                for rgb, mask, *extra in images):
+                rows.append(row)
+                bar.update(1)
+    extra_columns = list(dict.fromkeys(key for row in rows for key in row
+                                       if key not in FEATURE_NAMES
+                                       and key not in ("morph_ok", "morph_note")))
+    columns = [*FEATURE_NAMES, *extra_columns, "morph_ok", "morph_note"]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["morph_ok"] = frame["morph_ok"].astype(bool)
+    # None, not NaN, for "no note": the column stays a clean nullable string in Parquet.
+    frame["morph_note"] = pd.Series([row["morph_note"] for row in rows], dtype=object)
+    return frame
