@@ -57,7 +57,9 @@ def _time(tree: Path, paths: list[str]) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree))
     # cwd too: "python -c" puts the working folder first on sys.path, ahead of PYTHONPATH.
     out = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(paths)], env=env, cwd=tree,
-                         check=True, capture_output=True, text=True)
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"the tree {tree} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -84,7 +84,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 from skimage import filters, measure as skmeasure, morphology as skmorph
-from skimage.feature import graycomatrix, graycoprops
+from skimage.feature import graycomatrix
 from skimage.transform import downscale_local_mean
 
 from drlcore.errors import DrlError
