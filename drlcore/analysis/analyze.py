@@ -84,6 +84,17 @@ def _morphology(objects: pd.DataFrame, run_dir: Path, config: AnalyzeConfig,
     if config.mask_channel is not None:  # another mask channel, other answers for the same image
         root = root / f"mask-{sha256_bytes(str(config.mask_channel).encode())[:16]}"
     store = ContentStore(root)
+    if config.mask_channel is not None:
+        # Checked once, before any image is measured: a misspelt channel fails here, by name.
+        from drlcore.data.channels import mask_channel_index
+
+        info = rundir.features_info(run_dir)
+        recorded = ((info.preprocessing.get("channels") if info is not None else None) or {})
+        if recorded.get("names"):
+            mask_channel_index(recorded["names"], config.mask_channel)
+        else:
+            notes.append(f"mask channel {config.mask_channel!r} ignored: the images are not "
+                         "multi-channel")
     use_cache = config.mask_dir is None  # masks change the answer for the same image
     cached = _read_morph_cache(store) if use_cache else pd.DataFrame()
     hashes = objects["sha256"].astype(str)
