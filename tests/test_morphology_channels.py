@@ -351,3 +351,13 @@ def test_heatmap_shows_a_compact_set_by_default():
     assert not {"morph_DNA_background", "morph_DNA_cell_q25", "morph_actin_nucleus_integrated",
                 "morph_ch1_DNA_mean"} & set(shown)
     assert len(shown) <= 40
+
+
+def test_a_cell_without_stain_has_no_nucleus_and_says_so():
+    rgb, stored, cell, _ = draw_cell(dna=0.0)
+    row = measure(rgb, channels=stored, channel_names=NAMES)
+    assert row["morph_ok"] and "no nucleus" in row["morph_note"]
+    assert row["morph_area"] == pytest.approx(cell.sum())
+    assert np.isnan(row["morph_nucleus_area"]) and np.isnan(row["morph_cytoplasm_area"])
+    assert np.isnan(row["morph_DNA_nucleus_integrated"])
+    assert row["morph_DNA_cell_integrated"] == pytest.approx(0)

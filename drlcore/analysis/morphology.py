@@ -697,6 +697,10 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
         nucleus = _nucleus(small[..., dna], background[dna], object_mask)
         if nucleus is None:
             notes.append(f"no nucleus found on the DNA channel {names[dna]}")
+    if nucleus is not None and not (nucleus & object_mask).any():
+        notes.append(f"the stain on the DNA channel {names[dna]} lies outside the object: "
+                     "no nucleus")
+        nucleus = None
     cell = object_mask
     if nucleus is not None:
         # The cell holds its nucleus: a bright-field outline that clips the nucleus would cut DNA
@@ -754,7 +758,9 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
             "morph_nucleus_eccentricity": float(nuc.eccentricity) if nuc is not None else math.nan,
             "morph_nucleus_fraction": (float(nuc.area) / cell_area if nuc is not None
                                        else math.nan),
-            "morph_cytoplasm_area": float(cyto.area) if cyto is not None else 0.0,
+            # No nucleus: no cytoplasm either; a nucleus filling the cell: none left.
+            "morph_cytoplasm_area": (math.nan if nuc is None else
+                                     float(cyto.area) if cyto is not None else 0.0),
         })
     result["morph_note"] = "; ".join(notes) if notes else None
     return result
