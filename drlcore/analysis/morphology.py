@@ -74,6 +74,7 @@ never on the 8-bit composite, after CellProfiler's MeasureObjectIntensity / Size
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -638,7 +639,7 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
                       channel_names: Sequence[str] | None, mask_channel: str | int | None,
                       notes: list[str]) -> dict:
     """Per-channel, per-compartment measurement of a multi-channel image (module docstring)."""
-    from drlcore.data.channels import channel_roles, mask_channel_index
+    from drlcore.data.channels import mask_channel_index
 
     height, width = rgb.shape[:2]
     if stored.ndim != 3 or stored.shape[:2] != (height, width):
@@ -653,7 +654,7 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
     background = np.array([float(np.median(_border(pixels[..., k]))) for k in range(n)])
     small = (downscale_local_mean(pixels[:height_used, :width_used], (factor, factor, 1))
              if factor > 1 else pixels)
-    roles = channel_roles(names)
+    roles, _, legacy_names, columns = _layout(tuple(names))
     dna = roles.index("dna") if "dna" in roles else None
 
     if given is not None:
@@ -716,9 +717,8 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
     shape = (height, width)
     cell_full = _full_resolution(cell, factor, shape)
     intensity = pixels - background
-    keys = channel_key(names)
     # The per-channel means of earlier versions (file units, no background subtracted).
-    for k, legacy in enumerate(channel_feature_names(names)):
+    for k, legacy in enumerate(legacy_names):
         result[legacy] = float(pixels[..., k][cell_full].mean())
 
     regions = {"cell": cell_full.astype(np.uint8)}
@@ -738,15 +738,16 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
             measured[compartment] = _profile(region)
             shapes[compartment] = region
     contrasts, homogeneities = _channel_textures(intensity, cell_full)
-    for k, key in enumerate(keys):
-        result[f"morph_{key}_background"] = float(background[k])
-        for compartment in (COMPARTMENTS if dna is not None else ("cell",)):
+    for k, (background_col, by_compartment, texture_cols) in enumerate(columns):
+        result[background_col] = float(background[k])
+        for compartment, names_m in by_compartment:
             values = measured.get(compartment)
-            for m, name in enumerate(INTENSITY_MEASURES):
-                result[f"morph_{key}_{compartment}_{name}"] = (
-                    float(values[m, k]) if values is not None else math.nan)
-        result[f"morph_{key}_cell_glcm_contrast"] = float(contrasts[k])
-        result[f"morph_{key}_cell_glcm_homogeneity"] = float(homogeneities[k])
+            if values is None:
+                result.update(dict.fromkeys(names_m, math.nan))
+            else:
+                result.update(zip(names_m, values[:, k].tolist()))
+        result[texture_cols[0]] = float(contrasts[k])
+        result[texture_cols[1]] = float(homogeneities[k])
     if dna is not None:
         nuc = shapes.get("nucleus")
         cyto = shapes.get("cytoplasm")
@@ -764,6 +765,25 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
         })
     result["morph_note"] = "; ".join(notes) if notes else None
     return result
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(names: tuple[str, ...]):
+    """Per channel-name list, worked out once (a dataset repeats the same names): roles, column
+    keys, the older per-channel mean columns, and every per-channel column name by channel:
+    (background, ((compartment, measure columns), ...), (contrast, homogeneity))."""
+    from drlcore.data.channels import channel_roles
+
+    roles = tuple(channel_roles(names))
+    keys = channel_key(names)
+    compartments = COMPARTMENTS if "dna" in roles else ("cell",)
+    columns = tuple(
+        (f"morph_{key}_background",
+         tuple((c, tuple(f"morph_{key}_{c}_{m}" for m in INTENSITY_MEASURES))
+               for c in compartments),
+         tuple(f"morph_{key}_cell_{m}" for m in TEXTURE_MEASURES))
+        for key in keys)
+    return roles, keys, tuple(channel_feature_names(names)), columns
 
 
 def _channel_textures(channels: np.ndarray, cell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
