@@ -68,11 +68,22 @@ def _add_ingest_options(p: argparse.ArgumentParser) -> None:
                         "per-channel files), which make the composite the network sees: "
                         "'DNA=blue,actin=green,...' by name, '0=blue,1=green' by index, or "
                         "'blue,green,...' in order; 'off' leaves a channel out of the composite "
-                        "(default: green/magenta for 2, else blue, green, magenta, grey, cyan...)")
+                        "(default: green/magenta for 2, else blue, green, magenta, grey, cyan...). "
+                        "Bare names name the channels in order: 'BrightField,DAPI,actin'; a DNA "
+                        "stain (DAPI, Hoechst, DRAQ5, DNA, PI, nuclear...) is recognised by its "
+                        "name and gives the nucleus and DNA-content measurements")
     p.add_argument("--channel-pattern", default=None, metavar="REGEX",
                    help="rule grouping one-file-per-channel images: a regex on the file stem with "
                         "named groups 'object' and 'channel' (default "
                         "'^(?P<object>.+)_(?P<channel>[^_]+)$'); 'none' keeps every file separate")
+
+
+def _add_mask_channel_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mask-channel", default=None, metavar="NAME|INDEX",
+                   help="multi-channel images: the channel the object mask is cut from, by name "
+                        "or 0-based index (default: the bright-field channel where one is named "
+                        "so, else the non-DNA channel that best separates an object); the nucleus "
+                        "comes from the DNA channel")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_transfer_options(p)
     _add_backbone_options(p)
     _add_ingest_options(p)
+    _add_mask_channel_option(p)
     _add_force_option(p)
     _add_cluster_options(p, "transfer, encoding and analysis (small models) run here")
 
@@ -145,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--known-classes", nargs="*", default=None, metavar="CLASS")
     p.add_argument("--no-umap", action="store_true", help="skip the UMAP map (PCA only)")
     p.add_argument("--cache-dir", default=None, metavar="DIR")
+    _add_mask_channel_option(p)
 
     p = sub.add_parser("explore", help="open the explorer app (default: the built-in demo)")
     p.add_argument("runs", nargs="*", help="run folders to open")
@@ -318,7 +331,8 @@ def _cmd_analyze(args) -> None:
     from drlcore.analysis.analyze import AnalyzeConfig, analyze_run
 
     config = AnalyzeConfig(known_classes=tuple(args.known_classes) if args.known_classes else None,
-                           umap=not args.no_umap, cache_dir=args.cache_dir)
+                           umap=not args.no_umap, cache_dir=args.cache_dir,
+                           mask_channel=args.mask_channel)
     summary = analyze_run(Path(args.run_dir), config, reporter=_reporter())
     _print_summary(summary)
 
@@ -337,7 +351,8 @@ def _cmd_run(args) -> None:
     cluster = _cluster_config(args)
     config = pipeline_config(_feature_config(args), source_model=args.source_model,
                              known_classes=args.known_classes, epochs=args.epochs,
-                             latent_dim=args.latent_dim, anchor=args.anchor)
+                             latent_dim=args.latent_dim, anchor=args.anchor,
+                             mask_channel=args.mask_channel)
     out = run_pipeline(args.data, _prepare_out(args, args.data), config, reporter=_reporter(),
                        cluster=cluster)
     from drlcore.data import rundir

@@ -7,6 +7,7 @@ diverging RdBu for signed correlations. Fonts are sized for a projected slide (>
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -42,7 +43,7 @@ __all__ = [
     "OKABE_ITO", "FONT_SIZE", "plot_config", "style", "class_colours", "feature_label",
     "correlation_heatmap", "heatmap_order", "pair_scatter", "latent_map", "anomaly_histogram", "effect_size_chart",
     "group_effect_chart", "metric_bars", "factor_heatmap", "empty_figure", "display_positions", "display_sample",
-    "DISPLAY_MAX_POINTS",
+    "DISPLAY_MAX_POINTS", "heatmap_features", "correlated_features", "FAMILY_TITLES",
 ]
 
 
@@ -86,6 +87,35 @@ def feature_label(column: str) -> str:
     """``morph_intensity_mean`` -> ``intensity mean`` (axis labels a biologist reads)."""
     name = column.removeprefix("morph_")
     return name.replace("_", " ")
+
+
+# How a family reads above its columns (the family keys are drlcore.analysis.naming's).
+FAMILY_TITLES = {"dna": "DNA content"}
+
+# Per-channel measures the heatmap shows by default: one amount, one level and one texture per
+# channel, DNA content per compartment. The full CellProfiler-style set (10 measures x 3
+# compartments x channels) stays in objects.parquet, the feature picker and the toggle.
+_COMPACT_MEASURES = ("cell_integrated", "cell_mean", "cell_glcm_contrast")
+
+
+def heatmap_features(features: Sequence[str], every: bool = False) -> list[str]:
+    """The columns the correlation heatmap shows: all of them with ``every``, else the
+    object-level columns, the nucleus and cytoplasm masks' size and shape, and per channel the
+    compact measures above (frame backgrounds and the older per-channel means left out)."""
+    from drlcore.analysis.naming import feature_channel, feature_family
+
+    if every:
+        return list(features)
+    out = []
+    for f in features:
+        if f.endswith("_background") or re.match(r"morph_ch\d+(_.+)?_mean$", f):
+            continue
+        channel = feature_channel(f)
+        if (channel is not None and not f.endswith(tuple("_" + m for m in _COMPACT_MEASURES))
+                and feature_family(f) != "dna"):
+            continue
+        out.append(f)
+    return out
 
 
 def class_colours(classes: Sequence[str]) -> dict[str, tuple[str, str]]:
@@ -215,7 +245,8 @@ def correlation_heatmap(corr: pd.DataFrame, method: str, dim_labels: Sequence[st
     fig.update_layout(hoverdistance=-1, clickmode="event+select", dragmode=False)
     # Family labels above their columns, a white rule between families.
     for fam, first, last in spans:
-        fig.add_annotation(text=f"<b>{fam}</b>", x=(first + last) / 2, xref="x", y=1.0,
+        fig.add_annotation(text=f"<b>{FAMILY_TITLES.get(fam, fam)}</b>", x=(first + last) / 2,
+                           xref="x", y=1.0,
                            yref="paper", yanchor="bottom", showarrow=False,
                            font={"size": FONT_SIZE - 1})
         if first > 0:
@@ -486,20 +517,20 @@ def _selected_positions(part: pd.DataFrame, selected_rows: Sequence[int] | None)
 # notebook API (drlcore.runs.api.Run.figure) draw the same figure from the same run.
 
 
-def heatmap_features(corr: pd.DataFrame, columns: Sequence[str]) -> list[str]:
-    """The morphology features of the correlations heatmap: those correlated and present in the
-    objects table (``columns``), sorted."""
+def correlated_features(corr: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    """The morphology features a run's correlations table covers that are present in the objects
+    table (``columns``), sorted: what the heatmap may show (:func:`heatmap_features` picks)."""
     present = set(columns)
     return sorted(f for f in corr["feature"].unique() if f in present)
 
 
 def run_heatmap(corr: pd.DataFrame, columns: Sequence[str], dim_labels: Sequence[str],
                 axes: Sequence[dict] | None, method: str = "pearson",
-                cluster: bool = False) -> go.Figure:
+                cluster: bool = False, every: bool = False) -> go.Figure:
     """The Correlations page's heatmap of a run (its correlations table, objects columns, axis
-    names and naming records)."""
-    return correlation_heatmap(corr, method, dim_labels, heatmap_features(corr, columns),
-                               axes=axes or [], cluster=cluster)
+    names and naming records); ``every`` adds every per-channel measurement."""
+    shown = heatmap_features(correlated_features(corr, columns), every=every)
+    return correlation_heatmap(corr, method, dim_labels, shown, axes=axes or [], cluster=cluster)
 
 
 def map_colour_choices(columns: Sequence[str], latent_columns: Sequence[str],

@@ -45,6 +45,7 @@ STATE_DEFAULTS: dict = {
     "trav.montage_class": "",  # axis montage download: one class ("" = all) and rows per axis
     "trav.montage_rows": 3,
     "corr.cluster": False,
+    "corr.every": False,
     # Class map, "Group A vs group B": each group by class, map selection or a threshold
     # (explorer.share puts these in the URL).
     "map.compare": "rest",

@@ -96,7 +96,7 @@ def test_clear_errors(runs_dir, tmp_path):
         run.traversal(9)
     with pytest.raises(DrlError, match="cannot colour by"):
         run.figure("class map", colour="nothing")
-    with pytest.raises(DrlError, match="figure 'heatmap' takes no option colour; its options: method, cluster"):
+    with pytest.raises(DrlError, match="figure 'heatmap' takes no option colour; its options: method, cluster, every"):
         run.figure("heatmap", colour="x")
     with pytest.raises(DrlError, match="no object with row 1000"):
         run.thumbnails([1000])

@@ -217,7 +217,9 @@ def test_mask_folder_matching_and_dataset(tmp_path: Path):
 def test_measure_dataset_keeps_order_and_columns():
     images = [(disk_image(r), None) for r in (10, 20, 30)] + [(canvas(), None)]
     table = measure_dataset(images)
-    assert list(table.columns) == [*FEATURE_NAMES, "morph_ok", "morph_note"]
+    # RGB / grey images add the object's integrated grey contrast and the frame's background.
+    assert list(table.columns) == [*FEATURE_NAMES, "morph_intensity_integrated",
+                                   "morph_intensity_background", "morph_ok", "morph_note"]
     assert list(table["morph_ok"]) == [True, True, True, False]
     assert np.all(np.diff(table["morph_area"].iloc[:3].to_numpy()) > 0)
 

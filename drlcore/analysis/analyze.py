@@ -39,7 +39,9 @@ __all__ = ["AnalyzeConfig", "analyze_run", "project_onto", "ANALYSIS_VERSION",
            "MIN_OBJECTS_FOR_MAPS"]
 
 ANALYSIS_VERSION = 3  # 2: data-derived axis names (drlcore.analysis.naming); 3: names need |rho| >= 0.5
-MORPHOLOGY_CACHE_VERSION = 3  # 3: one ContentStore entry per measured batch
+# 3: one ContentStore entry per measured batch; 4: multi-channel images segmented on one stated
+# channel and measured per channel and compartment in file units (issue 19); grey integrated
+MORPHOLOGY_CACHE_VERSION = 4
 MORPHOLOGY_CHUNK = 50_000  # images measured (and cached) per batch
 MIN_OBJECTS_FOR_MAPS = 5
 # umap-learn needs a handful of neighbours; below this a map says nothing anyway.
@@ -59,6 +61,9 @@ class AnalyzeConfig:
     classify: bool = True
     mask_dir: str | None = None  # optional folder of object masks (matched by file stem)
     n_jobs: int = 1
+    # Multi-channel images: the channel the object mask is cut from, a name or a 0-based index
+    # (None: bright field where a channel is named so, else the best-separated non-DNA channel).
+    mask_channel: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> AnalyzeConfig:
@@ -75,8 +80,21 @@ def _morphology(objects: pd.DataFrame, run_dir: Path, config: AnalyzeConfig,
     """Morphology per object, served per image from a content-addressed cache when possible."""
     from drlcore.analysis import morphology
 
-    store = ContentStore(cache_root(config.cache_dir) / "morphology"
-                         / f"v{MORPHOLOGY_CACHE_VERSION}")
+    root = cache_root(config.cache_dir) / "morphology" / f"v{MORPHOLOGY_CACHE_VERSION}"
+    if config.mask_channel is not None:  # another mask channel, other answers for the same image
+        root = root / f"mask-{sha256_bytes(str(config.mask_channel).encode())[:16]}"
+    store = ContentStore(root)
+    if config.mask_channel is not None:
+        # Checked once, before any image is measured: a misspelt channel fails here, by name.
+        from drlcore.data.channels import mask_channel_index
+
+        info = rundir.features_info(run_dir)
+        recorded = ((info.preprocessing.get("channels") if info is not None else None) or {})
+        if recorded.get("names"):
+            mask_channel_index(recorded["names"], config.mask_channel)
+        else:
+            notes.append(f"mask channel {config.mask_channel!r} ignored: the images are not "
+                         "multi-channel")
     use_cache = config.mask_dir is None  # masks change the answer for the same image
     cached = _read_morph_cache(store) if use_cache else pd.DataFrame()
     hashes = objects["sha256"].astype(str)
@@ -93,7 +111,8 @@ def _morphology(objects: pd.DataFrame, run_dir: Path, config: AnalyzeConfig,
                                                 [objects["path"].iloc[i] for i in chunk])
         measured = morphology.measure_dataset(
             _images_for(objects, chunk, run_dir, masks, notes), reporter=reporter,
-            n_jobs=config.n_jobs, masks_expected=masks is not None)
+            n_jobs=config.n_jobs, masks_expected=masks is not None,
+            mask_channel=config.mask_channel)
         measured.index = hashes.iloc[chunk].to_numpy()
         if use_cache:
             _write_morph_cache(store, measured)

@@ -33,12 +33,51 @@ intensity on the 0-255 scale; saturation and value in [0, 1]; hue in degrees [0,
 nothing. GLCM contrast/homogeneity: grey image of the object's bounding box at full resolution,
 quantised to ``GLCM_LEVELS`` levels, distance 1, averaged over four angles, counting only pixel
 pairs that both lie on the object (so the outline does not pose as texture).
+
+RGB and grey images add two columns only (the heatmap stays readable): ``morph_intensity_integrated``,
+the object's summed grey-level contrast to the frame (|grey - background| in the object's polarity,
+0-255 units: stain content of a blood cell, opacity of a plankton organism; size times contrast),
+and ``morph_intensity_background``, the border median grey it is measured against.
+
+Multi-channel (fluorescence, imaging flow cytometry) images
+-----------------------------------------------------------
+Measured per channel and compartment on the pixels as stored (file units, e.g. 16-bit counts),
+never on the 8-bit composite, after CellProfiler's MeasureObjectIntensity / SizeShape / Texture:
+
+- Channel roles come from the channel names (OME-XML, per-channel file tokens, ``--channels``;
+  :func:`drlcore.data.channels.channel_role`).
+- Background of each channel: the median of the frame border, subtracted from every intensity
+  measure and recorded as ``morph_<channel>_background``.
+- Object mask: from ONE channel, ``mask_channel`` (name or index) if given, else the bright-field
+  channel, else the non-DNA channel whose object stands out best. Pixels that differ from the
+  channel's background either way (a bright-field cell is darker inside and brighter at its
+  halo) above Otsu's threshold of the smoothed deviation, cleaned, the central component kept.
+  If that mask is implausible (too small, the whole frame) the other channels are tried in turn,
+  then a central disc of a quarter of the frame; ``morph_note`` says which was used, and the cell
+  is measured, not dropped.
+- Nucleus: the DNA channel above its background (Otsu), the component overlapping the object most.
+  The cell is object plus nucleus (a bright-field outline that clips the nucleus would cut DNA
+  content); a user's mask is kept as drawn. Cytoplasm: cell minus nucleus.
+- Per channel and compartment (cell, nucleus, cytoplasm; the last two only with a DNA channel):
+  ``morph_<channel>_<compartment>_<measure>`` for integrated, mean, std, min, q25, median, q75,
+  max, mad (median absolute deviation) and mass_displacement (pixels between the compartment's
+  centroid and its intensity-weighted centroid), from ``regionprops`` with the multi-channel,
+  background-subtracted intensity image. ``<channel>`` is the channel's name, letters and digits
+  kept (:func:`channel_key`). Integrated DNA over the cell is DNA content.
+- Texture per channel over the cell: ``morph_<channel>_cell_glcm_contrast`` / ``_homogeneity``,
+  the channel's range over the cell quantised to ``GLCM_LEVELS`` levels.
+- Size and shape per mask: the cell's are the object-level columns above; the nucleus' area,
+  equivalent diameter, eccentricity and share of the cell area, the cytoplasm's area.
+- The object-level columns keep their meaning on the cell mask (colour ones read the composite),
+  and ``morph_ch<k>_<name>_mean`` (raw channel mean over the cell, earlier versions) stays.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -46,7 +85,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 from skimage import filters, measure as skmeasure, morphology as skmorph
-from skimage.feature import graycomatrix, graycoprops
+from skimage.feature import graycomatrix
 from skimage.transform import downscale_local_mean
 
 from drlcore.errors import DrlError
@@ -57,6 +96,11 @@ __all__ = [
     "measure",
     "measure_dataset",
     "channel_feature_names",
+    "channel_key",
+    "channel_columns",
+    "COMPARTMENTS",
+    "INTENSITY_MEASURES",
+    "TEXTURE_MEASURES",
     "circular_mean_degrees",
     "load_mask_folder",
     "read_mask",
@@ -227,9 +271,16 @@ def _glcm(grey_crop: np.ndarray, crop_mask: np.ndarray) -> tuple[float, float]:
     # Angles without any object pair (a one-pixel-wide line) are left out, not counted as 0.
     valid = totals[0, 0] > 0
     matrix = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-    contrast = float(graycoprops(matrix, "contrast")[valid].mean())
-    homogeneity = float(graycoprops(matrix, "homogeneity")[valid].mean())
+    # graycoprops' "contrast" and "homogeneity" weights, applied at once to every angle.
+    matrix = matrix[:, :, 0, :]  # (levels, levels, angles): one distance
+    contrast = float((matrix * _GLCM_CONTRAST).sum(axis=(0, 1))[valid[0]].mean())
+    homogeneity = float((matrix * _GLCM_HOMOGENEITY).sum(axis=(0, 1))[valid[0]].mean())
     return contrast, homogeneity
+
+
+_LEVEL_GAP = np.subtract.outer(np.arange(GLCM_LEVELS), np.arange(GLCM_LEVELS)).astype(np.float64)
+_GLCM_CONTRAST = (_LEVEL_GAP**2)[:, :, None]
+_GLCM_HOMOGENEITY = (1.0 / (1.0 + _LEVEL_GAP**2))[:, :, None]
 
 
 def _downscale_factor(shape: Sequence[int]) -> int:
@@ -249,16 +300,19 @@ def channel_feature_names(names: Sequence[str]) -> list[str]:
 
 def measure(rgb: np.ndarray, mask: np.ndarray | None = None,
             channels: np.ndarray | None = None,
-            channel_names: Sequence[str] | None = None) -> dict:
+            channel_names: Sequence[str] | None = None,
+            mask_channel: str | int | None = None) -> dict:
     """Morphology, colour and texture of the object in one image.
 
     ``rgb``: uint8 HxWx3 (HxW greyscale accepted). ``mask``: optional HxW array, nonzero = object;
     measured as given (all nonzero pixels form the object). Returns ``{morph_*: float, morph_ok:
     bool, morph_note: str | None}``; see the module docstring for units and the failure rules.
 
-    ``channels`` (multi-channel fluorescence images: HxWxC as stored, ``rgb`` being their
-    composite, which is what is segmented) adds the mean of each channel over the object, in the
-    file's own units (e.g. 16-bit counts), as :func:`channel_feature_names` names them.
+    ``channels`` (multi-channel fluorescence images: HxWxC as stored, in the file's own units,
+    ``rgb`` being their composite) switches to the per-channel measurement of the module
+    docstring: the object is segmented on one stated channel (``mask_channel``, a name or index;
+    default bright field, else the best-separated non-DNA channel), never on the composite; a
+    nucleus on the DNA channel; every channel is measured per compartment in file units.
     """
     rgb = _as_rgb(rgb)
     height, width = rgb.shape[:2]
@@ -271,23 +325,18 @@ def measure(rgb: np.ndarray, mask: np.ndarray | None = None,
     small = (downscale_local_mean(rgb[:height_used, :width_used], (factor, factor, 1))
              if factor > 1 else rgb.astype(np.float64))
     notes: list[str] = []
-
+    given = None
     if mask is not None:
-        mask = np.asarray(mask)
-        if mask.ndim == 3:
-            mask = mask.any(axis=2)
-        if mask.shape != (height, width):
-            return _failed(f"mask shape {mask.shape} does not match image {height}x{width}")
-        object_mask = mask != 0
-        if factor > 1:
-            # Block majority, not striding: striding can drop thin structures entirely.
-            object_mask = downscale_local_mean(object_mask[:height_used, :width_used],
-                                               (factor, factor)) >= 0.5
-        if not object_mask.any():
-            return _failed("mask is empty")
-        n_components = ndi.label(object_mask)[1]
-        if n_components > 1:
-            notes.append(f"mask has {n_components} components; measured as one object")
+        given = _given_mask(mask, height, width, factor, height_used, width_used, notes)
+        if isinstance(given, str):
+            return _failed(given)
+
+    if channels is not None:
+        return _measure_channels(rgb, small, factor, given, np.asarray(channels),
+                                 channel_names, mask_channel, notes)
+
+    if given is not None:
+        object_mask = given
     else:
         foreground, why = _foreground(small)
         if foreground is None:
@@ -297,20 +346,60 @@ def measure(rgb: np.ndarray, mask: np.ndarray | None = None,
             return _failed("segmentation found no object")
         object_mask = _pick_component(foreground)
 
+    why = _implausible(object_mask)
+    if why is not None:
+        return _failed(why)
+    result = _object_columns(rgb, small, object_mask, factor, notes)
+    result.update(_grey_columns(small, object_mask, factor))
+    return result
+
+
+def _given_mask(mask, height, width, factor, height_used, width_used, notes) -> np.ndarray | str:
+    """A user's mask at the segmentation scale, or the reason it cannot be used."""
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        mask = mask.any(axis=2)
+    if mask.shape != (height, width):
+        return f"mask shape {mask.shape} does not match image {height}x{width}"
+    object_mask = mask != 0
+    if factor > 1:
+        # Block majority, not striding: striding can drop thin structures entirely.
+        object_mask = downscale_local_mean(object_mask[:height_used, :width_used],
+                                           (factor, factor)) >= 0.5
+    if not object_mask.any():
+        return "mask is empty"
+    n_components = ndi.label(object_mask)[1]
+    if n_components > 1:
+        notes.append(f"mask has {n_components} components; measured as one object")
+    return object_mask
+
+
+def _implausible(object_mask: np.ndarray) -> str | None:
+    """Why a mask (segmentation scale) is not an object, or None when it is plausible."""
     pixels = int(object_mask.sum())
     frame = object_mask.size
     if pixels < MIN_OBJECT_PIXELS:
-        return _failed(f"object too small ({pixels} px at segmentation scale, "
-                       f"minimum {MIN_OBJECT_PIXELS})")
+        return (f"object too small ({pixels} px at segmentation scale, "
+                f"minimum {MIN_OBJECT_PIXELS})")
     if pixels / frame > MAX_AREA_FRACTION:
-        return _failed(f"object covers {pixels / frame:.0%} of the frame: background, "
-                       "not an object")
+        return f"object covers {pixels / frame:.0%} of the frame: background, not an object"
+    if (object_mask[0].any() and object_mask[-1].any() and object_mask[:, 0].any()
+            and object_mask[:, -1].any()):
+        return "object touches all four edges of the frame: background, not an object"
+    return None
+
+
+def _object_columns(rgb: np.ndarray, small: np.ndarray, object_mask: np.ndarray, factor: int,
+                    notes: list[str]) -> dict:
+    """The object-level columns of :data:`FEATURE_NAMES` for a plausible mask."""
+    height, width = rgb.shape[:2]
+    height_used, width_used = height - height % factor, width - width % factor
+    pixels = int(object_mask.sum())
+    frame = object_mask.size
     rows = np.flatnonzero(object_mask.any(axis=1))
     cols = np.flatnonzero(object_mask.any(axis=0))
     touches = (rows[0] == 0, rows[-1] == object_mask.shape[0] - 1,
                cols[0] == 0, cols[-1] == object_mask.shape[1] - 1)
-    if all(touches):
-        return _failed("object touches all four edges of the frame: background, not an object")
     if any(touches):
         notes.append("object touches the image edge; shape features may be truncated")
 
@@ -326,7 +415,7 @@ def measure(rgb: np.ndarray, mask: np.ndarray | None = None,
     inside = small[object_mask]  # (n, 3) float, 0-255
     saturation = _saturation(inside)
     value = inside.max(axis=1) / 255.0
-    grey_inside = inside @ np.array([0.2125, 0.7154, 0.0721])
+    grey_inside = inside @ _GREY
     mean_saturation = float(saturation.mean())
     if mean_saturation < ACHROMATIC_SATURATION:
         hue = math.nan
@@ -338,12 +427,12 @@ def measure(rgb: np.ndarray, mask: np.ndarray | None = None,
     r1 = int(min(height_used, math.ceil((rows[-1] + 1) * scale_y)))
     c0 = int(math.floor(cols[0] * scale_x))
     c1 = int(min(width_used, math.ceil((cols[-1] + 1) * scale_x)))
-    crop = rgb[r0:r1, c0:c1].astype(np.float64) @ np.array([0.2125, 0.7154, 0.0721])
+    crop = rgb[r0:r1, c0:c1].astype(np.float64) @ _GREY
     # The object mask at full resolution over the crop (each small pixel is a factor^2 block).
-    crop_mask = np.repeat(np.repeat(object_mask, factor, axis=0), factor, axis=1)[r0:r1, c0:c1]
+    crop_mask = _full_resolution(object_mask, factor)[r0:r1, c0:c1]
     contrast, homogeneity = _glcm(np.clip(crop, 0, 255), crop_mask)
 
-    result = {
+    return {
         "morph_area": float(area),
         "morph_area_fraction": float(pixels / frame),
         "morph_equivalent_diameter": float(2.0 * math.sqrt(area / math.pi)),
@@ -369,15 +458,371 @@ def measure(rgb: np.ndarray, mask: np.ndarray | None = None,
         "morph_ok": True,
         "morph_note": "; ".join(notes) if notes else None,
     }
-    if channels is not None:
-        stored = np.asarray(channels)[:height_used, :width_used].astype(np.float64)
-        if factor > 1:
-            stored = downscale_local_mean(stored, (factor, factor, 1))
-        names = channel_names or [f"ch{k}" for k in range(stored.shape[2])]
-        for key, values in zip(channel_feature_names(names),
-                               np.moveaxis(stored[object_mask], 1, 0)):
-            result[key] = float(values.mean())
+
+
+_GREY = np.array([0.2125, 0.7154, 0.0721])
+
+
+def _full_resolution(mask: np.ndarray, factor: int, shape: tuple[int, int] | None = None
+                     ) -> np.ndarray:
+    """A segmentation-scale mask at full resolution (each pixel a factor x factor block), padded
+    with background to ``shape`` (the rows/columns trimmed before downscaling)."""
+    full = (np.repeat(np.repeat(mask, factor, axis=0), factor, axis=1) if factor > 1 else mask)
+    if shape is not None and full.shape != tuple(shape):
+        padded = np.zeros(shape, bool)
+        padded[:full.shape[0], :full.shape[1]] = full
+        full = padded
+    return full
+
+
+def _grey_columns(small: np.ndarray, object_mask: np.ndarray, factor: int) -> dict:
+    """RGB and grey images: the object's integrated grey-level contrast to its background.
+
+    ``morph_intensity_integrated`` = sum over the object's pixels of |grey - background| in the
+    polarity of the object (darker objects on a pale field count what they absorb, brighter ones
+    what they emit), grey on 0-255, background = median of the frame border. It is the one
+    per-cell "amount" a single RGB image holds (stain content of a blood cell, opacity of a
+    plankton organism): size times contrast. The background is recorded beside it. Summed at the
+    segmentation scale (``small``: block means) times the block area, which is the full-resolution
+    sum over the object's blocks.
+    """
+    grey = small @ _GREY
+    background = float(np.median(_border(grey)))
+    values = grey[object_mask] - background
+    sign = -1.0 if values.mean() < 0 else 1.0
+    return {"morph_intensity_integrated": float(sign * values.sum() * factor * factor),
+            "morph_intensity_background": background}
+
+
+# --------------------------------------------------------------------------- multi-channel
+
+COMPARTMENTS: tuple[str, ...] = ("cell", "nucleus", "cytoplasm")
+INTENSITY_MEASURES: tuple[str, ...] = ("integrated", "mean", "std", "min", "q25", "median",
+                                       "q75", "max", "mad", "mass_displacement")
+TEXTURE_MEASURES: tuple[str, ...] = ("glcm_contrast", "glcm_homogeneity")
+# Size and shape of the nucleus and cytoplasm masks (the cell's are FEATURE_NAMES').
+NUCLEUS_SHAPE: tuple[str, ...] = ("morph_nucleus_area", "morph_nucleus_equivalent_diameter",
+                                  "morph_nucleus_eccentricity", "morph_nucleus_fraction")
+CYTOPLASM_SHAPE: tuple[str, ...] = ("morph_cytoplasm_area",)
+# Nuclei smaller than this (pixels at segmentation scale) are a speck of stain, not a nucleus.
+MIN_NUCLEUS_PIXELS = 4
+
+
+def channel_key(names: Sequence[str]) -> list[str]:
+    """The ``<channel>`` part of per-channel column names: the channel's name with anything but
+    letters and digits made ``_`` (``ch<k>`` when nothing is left; ``<name>_<k>`` when two
+    channels would read the same)."""
+    keys = []
+    for k, name in enumerate(names):
+        safe = re.sub(r"[^0-9A-Za-z]+", "_", str(name)).strip("_") or f"ch{k}"
+        keys.append(safe)
+    seen = {key for key in keys if keys.count(key) > 1}
+    return [f"{key}_{k}" if key in seen else key for k, key in enumerate(keys)]
+
+
+def channel_columns(names: Sequence[str], dna: bool = True) -> list[str]:
+    """Every per-channel column :func:`measure` writes for channels called ``names`` (with a
+    nucleus and cytoplasm when ``dna``)."""
+    compartments = COMPARTMENTS if dna else ("cell",)
+    columns = []
+    for key in channel_key(names):
+        columns.append(f"morph_{key}_background")
+        columns += [f"morph_{key}_{c}_{m}" for c in compartments for m in INTENSITY_MEASURES]
+        columns += [f"morph_{key}_cell_{m}" for m in TEXTURE_MEASURES]
+    if dna:
+        columns += [*NUCLEUS_SHAPE, *CYTOPLASM_SHAPE]
+    return columns
+
+
+def _profile(region) -> np.ndarray:
+    """INTENSITY_MEASURES (rows) of every channel (columns) over one region of
+    ``regionprops(labels, intensity_image=channels)``.
+
+    The intensity image is background-subtracted (file units). Mass displacement: distance
+    (pixels) between the region's centroid and its centroid weighted by the positive part of the
+    channel (0 where the channel has no signal above background there). All channels at once:
+    skimage's per-channel ``extra_properties`` cost a Python call per channel and region.
+    """
+    inside = region.image
+    values = region.image_intensity[inside]  # (n, C)
+    ordered = np.sort(values, axis=0)
+    low, q25, median, q75, high = _quantiles(ordered, (0.0, 0.25, 0.5, 0.75, 1.0))
+    total = values.sum(axis=0)
+    rows, cols = np.nonzero(inside)
+    weights = np.clip(values, 0.0, None)
+    mass = weights.sum(axis=0)
+    safe = np.where(mass > 0, mass, 1.0)
+    displacement = np.where(mass > 0, np.hypot(rows @ weights / safe - rows.mean(),
+                                                cols @ weights / safe - cols.mean()), 0.0)
+    mad = _quantiles(np.sort(np.abs(values - median), axis=0), (0.5,))[0]
+    return np.stack([total, total / len(values), values.std(axis=0), low, q25, median, q75, high,
+                     mad, displacement])
+
+
+def _quantiles(ordered: np.ndarray, qs: Sequence[float]) -> list[np.ndarray]:
+    """Quantiles of each column of an already sorted (n, C) array, numpy's default ("linear")
+    interpolation; sorting once serves every quantile (np.percentile partitions per call)."""
+    last = len(ordered) - 1
+    out = []
+    for q in qs:
+        position = q * last
+        below = int(math.floor(position))
+        above = min(below + 1, last)
+        fraction = position - below
+        out.append(ordered[below] + (ordered[above] - ordered[below]) * fraction)
+    return out
+
+
+def _deviation_mask(channel: np.ndarray, background: float) -> tuple[np.ndarray | None, str | None]:
+    """Pixels that differ from the channel's border background (either way, so a bright-field
+    cell's dark body and bright halo both count), Otsu-thresholded, cleaned, the central
+    component kept."""
+    raw = np.abs(channel - background)
+    deviation = np.abs(ndi.gaussian_filter(channel, 1.0) - background)
+    if float(deviation.max() - deviation.min()) <= 0:
+        return None, "channel is flat"
+    try:
+        threshold = filters.threshold_otsu(deviation)
+    except ValueError:
+        return None, "channel is flat"
+    # The threshold comes from the smoothed channel (noise would pull Otsu), the outline from the
+    # pixels themselves (smoothing would grow it by a pixel all round); _clean joins what noise
+    # splits.
+    foreground = _clean(raw > threshold)
+    if not foreground.any():
+        return None, "no object"
+    return _pick_component(foreground), None
+
+
+def _separation(channel: np.ndarray, background: float) -> float:
+    """How clearly an object stands out of a channel's background: the Otsu classes' mean
+    deviation gap in units of the deviation's spread (the score that ranks mask channels)."""
+    deviation = np.abs(channel - background)
+    spread = float(deviation.std())
+    if spread <= 0:
+        return 0.0
+    try:
+        threshold = filters.threshold_otsu(deviation)
+    except ValueError:
+        return 0.0
+    above = deviation > threshold
+    if above.all() or not above.any():
+        return 0.0
+    return float(deviation[above].mean() - deviation[~above].mean()) / spread
+
+
+def _nucleus(dna: np.ndarray, background: float, cell: np.ndarray) -> np.ndarray | None:
+    """The DNA stain above its background (Otsu), holes filled; the component overlapping the
+    object most (else the most central). None when there is no stain to speak of."""
+    signal = ndi.gaussian_filter(dna, 1.0) - background
+    if float(signal.max()) <= 0:
+        return None
+    try:
+        threshold = filters.threshold_otsu(signal)
+    except ValueError:
+        return None
+    # As in _deviation_mask: threshold from the smoothed stain, outline from the pixels.
+    stained = _clean((dna - background) > max(threshold, 0.0))
+    labels, n = ndi.label(stained)
+    if n == 0:
+        return None
+    overlap = np.bincount(labels[cell], minlength=n + 1)[1:]
+    if overlap.max() > 0:
+        nucleus = labels == int(np.argmax(overlap)) + 1
+    else:
+        nucleus = _pick_component(stained)
+    return nucleus if int(nucleus.sum()) >= MIN_NUCLEUS_PIXELS else None
+
+
+def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
+                      given: np.ndarray | None, stored: np.ndarray,
+                      channel_names: Sequence[str] | None, mask_channel: str | int | None,
+                      notes: list[str]) -> dict:
+    """Per-channel, per-compartment measurement of a multi-channel image (module docstring)."""
+    from drlcore.data.channels import mask_channel_index
+
+    height, width = rgb.shape[:2]
+    if stored.ndim != 3 or stored.shape[:2] != (height, width):
+        return _failed(f"channels of shape {stored.shape} do not match the {height}x{width} "
+                       "composite")
+    n = stored.shape[2]
+    names = list(channel_names) if channel_names is not None else [f"ch{k}" for k in range(n)]
+    if len(names) != n:
+        return _failed(f"{len(names)} channel names for {n} channels")
+    height_used, width_used = height - height % factor, width - width % factor
+    pixels = stored.astype(np.float64)
+    background = np.array([float(np.median(_border(pixels[..., k]))) for k in range(n)])
+    small = (downscale_local_mean(pixels[:height_used, :width_used], (factor, factor, 1))
+             if factor > 1 else pixels)
+    roles, _, legacy_names, columns = _layout(tuple(names))
+    dna = roles.index("dna") if "dna" in roles else None
+
+    if given is not None:
+        object_mask, source = given, "the given mask"
+    else:
+        chosen = mask_channel_index(names, mask_channel)
+
+        def candidates():
+            if chosen is not None:
+                yield chosen
+            # Then structural channels (cytoplasmic stains, dark field) by how clearly they
+            # separate an object: the DNA stain outlines the nucleus, not the cell, so it comes
+            # last.
+            scores = {k: _separation(small[..., k], background[k]) for k in range(n)}
+            yield from sorted((k for k in range(n) if k != chosen),
+                              key=lambda k: (roles[k] == "dna", -scores[k]))
+
+        object_mask, source, failures = None, None, []
+        for k in candidates():
+            candidate, why = _deviation_mask(small[..., k], background[k])
+            why = why or _implausible(candidate)
+            if why is None:
+                object_mask, source = candidate, f"channel {names[k]}"
+                break
+            failures.append(f"{names[k]}: {why}")
+        if object_mask is None:
+            # Datasets of single-object crops centre the object: a disc of a quarter of the
+            # frame's area is measured rather than dropping the cell, and the note says so.
+            rr, cc = np.ogrid[:small.shape[0], :small.shape[1]]
+            centre = (np.asarray(small.shape[:2]) - 1) / 2.0
+            radius = math.sqrt(small.shape[0] * small.shape[1] / (4 * math.pi))
+            object_mask = (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius**2
+            source = "the central disc"
+            notes.append("no channel gave a plausible object (" + "; ".join(failures)
+                         + "): measured on a central disc")
+        elif failures:
+            notes.append("object mask from " + source + " (" + "; ".join(failures) + ")")
+
+    nucleus = None
+    if dna is not None:
+        nucleus = _nucleus(small[..., dna], background[dna], object_mask)
+        if nucleus is None:
+            notes.append(f"no nucleus found on the DNA channel {names[dna]}")
+    if nucleus is not None and not (nucleus & object_mask).any():
+        notes.append(f"the stain on the DNA channel {names[dna]} lies outside the object: "
+                     "no nucleus")
+        nucleus = None
+    cell = object_mask
+    if nucleus is not None:
+        # The cell holds its nucleus: a bright-field outline that clips the nucleus would cut DNA
+        # content; a user's mask is respected as drawn.
+        if given is None:
+            cell = object_mask | nucleus
+        else:
+            nucleus = nucleus & object_mask
+            if int(nucleus.sum()) < MIN_NUCLEUS_PIXELS:
+                nucleus = None
+
+    result = _object_columns(rgb, small_rgb, cell, factor, notes)
+    shape = (height, width)
+    cell_full = _full_resolution(cell, factor, shape)
+    intensity = pixels - background
+    # The per-channel means of earlier versions (file units, no background subtracted).
+    for k, legacy in enumerate(legacy_names):
+        result[legacy] = float(pixels[..., k][cell_full].mean())
+
+    regions = {"cell": cell_full.astype(np.uint8)}
+    parts = np.zeros(shape, np.uint8)
+    if dna is not None:
+        if nucleus is not None:
+            nucleus_full = _full_resolution(nucleus, factor, shape)
+            parts[cell_full] = 2
+            parts[nucleus_full] = 1
+        regions["parts"] = parts
+    measured: dict[str, np.ndarray] = {}
+    shapes: dict[str, object] = {}
+    for label_image in regions.values():
+        for region in skmeasure.regionprops(label_image, intensity_image=intensity):
+            compartment = ("cell" if label_image is regions["cell"]
+                           else ("nucleus", "cytoplasm")[region.label - 1])
+            measured[compartment] = _profile(region)
+            shapes[compartment] = region
+    contrasts, homogeneities = _channel_textures(intensity, cell_full)
+    for k, (background_col, by_compartment, texture_cols) in enumerate(columns):
+        result[background_col] = float(background[k])
+        for compartment, names_m in by_compartment:
+            values = measured.get(compartment)
+            if values is None:
+                result.update(dict.fromkeys(names_m, math.nan))
+            else:
+                result.update(zip(names_m, values[:, k].tolist()))
+        result[texture_cols[0]] = float(contrasts[k])
+        result[texture_cols[1]] = float(homogeneities[k])
+    if dna is not None:
+        nuc = shapes.get("nucleus")
+        cyto = shapes.get("cytoplasm")
+        cell_area = float(cell_full.sum())
+        result.update({
+            "morph_nucleus_area": float(nuc.area) if nuc is not None else math.nan,
+            "morph_nucleus_equivalent_diameter": (float(nuc.equivalent_diameter_area)
+                                                  if nuc is not None else math.nan),
+            "morph_nucleus_eccentricity": float(nuc.eccentricity) if nuc is not None else math.nan,
+            "morph_nucleus_fraction": (float(nuc.area) / cell_area if nuc is not None
+                                       else math.nan),
+            # No nucleus: no cytoplasm either; a nucleus filling the cell: none left.
+            "morph_cytoplasm_area": (math.nan if nuc is None else
+                                     float(cyto.area) if cyto is not None else 0.0),
+        })
+    result["morph_note"] = "; ".join(notes) if notes else None
     return result
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(names: tuple[str, ...]):
+    """Per channel-name list, worked out once (a dataset repeats the same names): roles, column
+    keys, the older per-channel mean columns, and every per-channel column name by channel:
+    (background, ((compartment, measure columns), ...), (contrast, homogeneity))."""
+    from drlcore.data.channels import channel_roles
+
+    roles = tuple(channel_roles(names))
+    keys = channel_key(names)
+    compartments = COMPARTMENTS if "dna" in roles else ("cell",)
+    columns = tuple(
+        (f"morph_{key}_background",
+         tuple((c, tuple(f"morph_{key}_{c}_{m}" for m in INTENSITY_MEASURES))
+               for c in compartments),
+         tuple(f"morph_{key}_cell_{m}" for m in TEXTURE_MEASURES))
+        for key in keys)
+    return roles, keys, tuple(channel_feature_names(names)), columns
+
+
+def _channel_textures(channels: np.ndarray, cell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """GLCM contrast and homogeneity of each channel over the cell (bounding box at full
+    resolution), each channel's range over the cell quantised to ``GLCM_LEVELS`` levels, so the
+    texture reads the pattern of the stain, not its brightness. Pairs as in :func:`_glcm`
+    (both pixels on the cell, distance 1, four angles averaged); a flat channel has no contrast
+    and full homogeneity."""
+    rows = np.flatnonzero(cell.any(axis=1))
+    cols = np.flatnonzero(cell.any(axis=0))
+    crop = channels[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    crop_mask = cell[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    values = crop[crop_mask]  # (n, C)
+    low, high = values.min(axis=0), values.max(axis=0)
+    span = np.where(high > low, high - low, 1.0)
+    # Level 0 is the background; the cell's pixels take 1..GLCM_LEVELS (as _glcm does).
+    levels = 1 + np.clip(((crop - low) * (GLCM_LEVELS / span)).astype(np.int32), 0,
+                         GLCM_LEVELS - 1)
+    levels = np.where(crop_mask[..., None], levels, 0).astype(np.uint8)
+    contrasts, homogeneities = [], []
+    for k in range(channels.shape[2]):
+        if not high[k] > low[k]:
+            contrasts.append(0.0)
+            homogeneities.append(1.0)
+            continue
+        counts = graycomatrix(levels[..., k], distances=[1],
+                              angles=[0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4],
+                              levels=GLCM_LEVELS + 1, symmetric=True, normed=False)
+        counts = counts[1:, 1:, 0, :].astype(np.float64)  # (levels, levels, angles)
+        totals = counts.sum(axis=(0, 1))
+        valid = totals > 0
+        if not valid.any():
+            contrasts.append(math.nan)
+            homogeneities.append(math.nan)
+            continue
+        matrix = counts[:, :, valid] / totals[valid]
+        contrasts.append(float((matrix * _GLCM_CONTRAST).sum(axis=(0, 1)).mean()))
+        homogeneities.append(float((matrix * _GLCM_HOMOGENEITY).sum(axis=(0, 1)).mean()))
+    return np.asarray(contrasts), np.asarray(homogeneities)
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
@@ -441,8 +886,8 @@ def load_mask_folder(folder: str | os.PathLike, paths: Sequence[str]) -> list[Pa
     return found
 
 
-def _measure_item(rgb: np.ndarray, mask, masks_expected: bool, channels=None,
-                  channel_names=None) -> dict:
+def _measure_item(rgb: np.ndarray, mask, masks_expected: bool, mask_channel=None,
+                  channels=None, channel_names=None) -> dict:
     note = None
     if isinstance(mask, (str, os.PathLike)):
         try:
@@ -451,7 +896,7 @@ def _measure_item(rgb: np.ndarray, mask, masks_expected: bool, channels=None,
             mask, note = None, f"{exc}; segmented automatically"
     elif mask is None and masks_expected:
         note = "no mask found; segmented automatically"
-    row = measure(rgb, mask, channels, channel_names)
+    row = measure(rgb, mask, channels, channel_names, mask_channel)
     if note:
         row["morph_note"] = note if row["morph_note"] is None else f"{note}; {row['morph_note']}"
     return row
@@ -459,7 +904,8 @@ def _measure_item(rgb: np.ndarray, mask, masks_expected: bool, channels=None,
 
 def measure_dataset(images: Iterable[tuple[np.ndarray, np.ndarray | str | os.PathLike | None]],
                     reporter: Reporter | None = None, n_jobs: int = 1,
-                    masks_expected: bool = False) -> pd.DataFrame:
+                    masks_expected: bool = False,
+                    mask_channel: str | int | None = None) -> pd.DataFrame:
     """One row of ``measure`` per ``(rgb, mask)`` pair, in input order.
 
     An item may be ``(rgb, mask, channels, channel_names)`` (multi-channel images): its
@@ -468,6 +914,8 @@ def measure_dataset(images: Iterable[tuple[np.ndarray, np.ndarray | str | os.Pat
     ``mask`` may be an array, a path to a mask file (read lazily, e.g. from ``load_mask_folder``)
     or ``None``. With ``masks_expected=True`` a ``None`` mask is noted in ``morph_note`` (the user
     gave a mask folder but this image has no mask). ``n_jobs > 1`` measures in worker processes.
+    ``mask_channel`` (multi-channel images): the channel the object is segmented on, by name or
+    index (see :func:`measure`).
     """
     reporter = reporter or NullReporter()
     total = len(images) if hasattr(images, "__len__") else None
@@ -475,13 +923,14 @@ def measure_dataset(images: Iterable[tuple[np.ndarray, np.ndarray | str | os.Pat
     with reporter.stage("morphology", total=total, unit="img") as bar:
         if n_jobs == 1:
             for rgb, mask, *extra in images:
-                rows.append(_measure_item(rgb, mask, masks_expected, *extra))
+                rows.append(_measure_item(rgb, mask, masks_expected, mask_channel, *extra))
                 bar.update(1)
         else:
             from joblib import Parallel, delayed
 
             parallel = Parallel(n_jobs=n_jobs, return_as="generator", batch_size=16)
-            for row in parallel(delayed(_measure_item)(rgb, mask, masks_expected, *extra)
+            for row in parallel(delayed(_measure_item)(rgb, mask, masks_expected, mask_channel,
+                                                       *extra)
                                 for rgb, mask, *extra in images):
                 rows.append(row)
                 bar.update(1)

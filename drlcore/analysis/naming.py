@@ -31,12 +31,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from drlcore.data.channels import is_dna_channel
 from drlcore.errors import DrlError
 
-__all__ = ["FAMILIES", "FAMILY_FEATURES", "NamingConfig", "feature_family", "name_axes",
+__all__ = ["FAMILIES", "FAMILY_FEATURES", "NamingConfig", "feature_family", "feature_channel",
+           "name_axes",
            "best_family_axes", "axis_label", "axis_help"]
 
-FAMILIES: tuple[str, ...] = ("size", "shape", "colour", "intensity", "texture")
+# "dna": DNA content, the background-subtracted integrated intensity of a DNA / nuclear stain over
+# the cell or its nucleus (multi-channel images with a DNA channel, drlcore.data.channels).
+FAMILIES: tuple[str, ...] = ("size", "shape", "colour", "intensity", "dna", "texture")
 
 # The morph_* columns drlcore.analysis.morphology produces, by family.
 FAMILY_FEATURES: dict[str, tuple[str, ...]] = {
@@ -50,20 +54,56 @@ FAMILY_FEATURES: dict[str, tuple[str, ...]] = {
 _BY_FEATURE = {f: fam for fam, feats in FAMILY_FEATURES.items() for f in feats}
 
 
+# Per-channel columns of multi-channel images (drlcore.analysis.morphology):
+# morph_<channel>_<compartment>_<measure>, morph_<channel>_background, and the nucleus and
+# cytoplasm masks' size and shape.
+_COMPARTMENT_RE = re.compile(r"^morph_(?P<channel>.+)_(?P<compartment>cell|nucleus|cytoplasm)_"
+                             r"(?P<measure>integrated|mean|std|min|q25|median|q75|max|mad|"
+                             r"mass_displacement|glcm_contrast|glcm_homogeneity)$")
+_MASK_FAMILIES = {"morph_nucleus_area": "size", "morph_nucleus_equivalent_diameter": "size",
+                  "morph_cytoplasm_area": "size", "morph_nucleus_eccentricity": "shape",
+                  "morph_nucleus_fraction": "shape"}
+
+
 def feature_family(feature: str) -> str | None:
     """The family of a ``morph_*`` column, None for columns that belong to none (orientation,
-    ``factor_*``). Per-channel intensity columns (``morph_ch<k>_*``) and any other GLCM column are
-    placed by their name."""
+    the frame's background levels, ``factor_*``).
+
+    Per-channel columns ``morph_<channel>_<compartment>_<measure>``: GLCM measures are texture;
+    the integrated intensity of a DNA-like channel (:func:`drlcore.data.channels.is_dna_channel`)
+    over the cell or the nucleus is ``dna`` (DNA content); every other measure is intensity.
+    Nucleus and cytoplasm areas are size, the nucleus' eccentricity and share of the cell shape.
+    Older per-channel means (``morph_ch<k>_*``) and any other GLCM column are placed by name."""
     feature = str(feature)
     if feature in _BY_FEATURE:
         return _BY_FEATURE[feature]
+    if feature in _MASK_FAMILIES:
+        return _MASK_FAMILIES[feature]
     if not feature.startswith("morph_"):
         return None
+    if feature.endswith("_background"):
+        return None  # the frame's level, not the object's
+    match = _COMPARTMENT_RE.match(feature)
+    if match:
+        measure = match.group("measure")
+        if measure.startswith("glcm_"):
+            return "texture"
+        if (measure == "integrated" and match.group("compartment") in ("cell", "nucleus")
+                and is_dna_channel(match.group("channel"))):
+            return "dna"
+        return "intensity"
     if feature.startswith("morph_glcm_"):
         return "texture"
     if re.match(r"morph_ch\d", feature) or "intensity" in feature:
         return "intensity"
     return None
+
+
+def feature_channel(feature: str) -> str | None:
+    """The channel part of a per-channel column (``morph_DNA_cell_mean`` -> ``DNA``), None for
+    object-level columns."""
+    match = _COMPARTMENT_RE.match(str(feature))
+    return match.group("channel") if match else None
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,26 @@ red-green colour blindnesses (no red/green pair is ever the only contrast):
 channel), ``NAME=colour`` (channel called NAME: a channel group's name, see
 :mod:`drlcore.data.discover`; for a stack, names are given in channel order) or ``INDEX=colour``
 (0-based). Colours are names from :data:`COLOURS` or ``#rrggbb``; ``off`` hides a channel from
-the composite (it is still measured by morphology).
+the composite (it is still measured by morphology). An item that is neither a colour nor
+``NAME=colour`` is a channel NAME keeping its default colour: ``--channels BrightField,DNA,DarkField``
+names a stack's channels in order (and renames a file's channels in order when the names do not
+match the ones it carries).
+
+Channel roles
+-------------
+Morphology (:mod:`drlcore.analysis.morphology`) reads what a channel *is* from its name (OME-XML
+``Channel Name``, the token of a one-file-per-channel layout, or ``--channels``):
+:func:`is_dna_channel` recognises DNA / nuclear stains (DAPI, Hoechst, DRAQ5/7, DNA, PI, SYTO,
+TO-PRO, 7-AAD, nuclear, ...), :func:`channel_role` adds bright field and dark field (scatter).
+The DNA channel gives the nucleus mask and the DNA-content measurements; bright field, when present,
+gives the object mask (:func:`mask_channel_index`).
 """
 
 from __future__ import annotations
 
 import re
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +44,8 @@ import numpy as np
 from drlcore.errors import DrlError
 
 __all__ = ["COLOURS", "ChannelMap", "default_colours", "parse_channels", "channel_map",
-           "composite", "MAX_CHANNELS"]
+           "composite", "MAX_CHANNELS", "is_dna_channel", "channel_role", "channel_roles",
+           "mask_channel_index", "ome_channel_names", "ROLES"]
 
 MAX_CHANNELS = 8
 
@@ -71,9 +86,15 @@ def _rgb_of(colour: str) -> tuple[float, float, float]:
                    f"{', '.join(sorted(COLOURS))} or #rrggbb")
 
 
-def parse_channels(spec: str | None) -> list[tuple[str | None, str]]:
+def _is_colour(colour: str) -> bool:
+    colour = colour.strip().lower()
+    return colour in COLOURS or re.fullmatch(r"#[0-9a-f]{6}", colour) is not None
+
+
+def parse_channels(spec: str | None) -> list[tuple[str | None, str | None]]:
     """``"DNA=blue,actin=green"`` -> [("DNA", "blue"), ("actin", "green")]; ``"blue,green"`` ->
-    [(None, "blue"), (None, "green")]. Raises DrlError on a malformed spec."""
+    [(None, "blue"), (None, "green")]; ``"BrightField,DNA"`` -> [("BrightField", None), ("DNA",
+    None)] (names, default colours). Raises DrlError on a malformed spec."""
     if spec is None or not str(spec).strip():
         return []
     items = []
@@ -85,6 +106,11 @@ def parse_channels(spec: str | None) -> list[tuple[str | None, str]]:
         name = name.strip() if sep else None
         if sep and not name:
             raise DrlError(f"--channels {spec!r}: item {part!r} has no channel name before '='")
+        if not sep and not _is_colour(colour):
+            if re.fullmatch(r"#.*", colour.strip()) or colour.strip().isdigit():
+                _rgb_of(colour)  # a malformed colour or a bare index: say which colours exist
+            items.append((colour.strip(), None))  # a bare channel name, default colour
+            continue
         _rgb_of(colour)
         items.append((name, colour.strip().lower()))
     if len(items) > MAX_CHANNELS:
@@ -105,19 +131,32 @@ class ChannelMap:
         """(C, 3) float32 colour matrix."""
         return np.array([_rgb_of(c) for c in self.colours], np.float32)
 
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """What each channel is, by its name (:func:`channel_role`)."""
+        return tuple(channel_role(n) for n in self.names)
+
     def to_dict(self) -> dict:
         return {"names": list(self.names), "colours": list(self.colours)}
 
 
 def channel_map(n: int, names: list[str] | None = None, spec: str | None = None) -> ChannelMap:
-    """Names and colours of ``n`` channels: ``names`` (from a channel group) or ``ch0..``;
-    colours from the defaults, overridden by the ``--channels`` spec."""
+    """Names and colours of ``n`` channels: ``names`` (from a channel group or the OME-XML) or
+    ``ch0..``; colours from the defaults, overridden by the ``--channels`` spec."""
     given = names is not None
     names = list(names) if given else [f"ch{k}" for k in range(n)]
     if len(names) != n:
         raise DrlError(f"{len(names)} channel names for {n} channels")
     colours = default_colours(n)
     items = parse_channels(spec)
+    bare = [nm for nm, colour in items if colour is None]
+    if given and bare and len(bare) == len(items) and not set(bare) <= set(names):
+        # A list of names only, not the file's own: it renames the channels in order.
+        if len(items) != n:
+            raise DrlError(f"--channels names {len(items)} channels; the images have {n} "
+                           f"({', '.join(names)})")
+        given = False
+        names = [f"ch{k}" for k in range(n)]
     if not given and any(nm is not None and not nm.isdigit() for nm, _ in items):
         # A stack's channels have no names of their own: the spec names them, in order.
         if len(items) > n:
@@ -126,7 +165,7 @@ def channel_map(n: int, names: list[str] | None = None, spec: str | None = None)
             if nm is not None and nm.isdigit():
                 raise DrlError(f"--channels {spec!r}: mix of names and indexes")
             names[k] = nm if nm is not None else names[k]
-            colours[k] = colour
+            colours[k] = colour or colours[k]
         return ChannelMap(tuple(names), tuple(colours))
     for k, (nm, colour) in enumerate(items):
         if nm is None:
@@ -137,9 +176,9 @@ def channel_map(n: int, names: list[str] | None = None, spec: str | None = None)
         elif nm.isdigit():
             if int(nm) >= n:
                 raise DrlError(f"--channels: channel index {nm} but the images have {n} channels")
-            colours[int(nm)] = colour
+            colours[int(nm)] = colour or colours[int(nm)]
         elif nm in names:
-            colours[names.index(nm)] = colour
+            colours[names.index(nm)] = colour or colours[names.index(nm)]
         else:
             raise DrlError(f"--channels: no channel called {nm!r} (channels: {', '.join(names)})")
     return ChannelMap(tuple(names), tuple(colours))
@@ -151,3 +190,102 @@ def composite(channels01: np.ndarray, cmap: ChannelMap) -> np.ndarray:
         raise DrlError(f"composite: {channels01.shape} pixels for {len(cmap.colours)} colours")
     mixed = np.tensordot(channels01.astype(np.float32), cmap.rgb, axes=([2], [0]))
     return (np.clip(mixed, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# Roles
+# --------------------------------------------------------------------------------------------
+
+ROLES = ("dna", "brightfield", "darkfield", "fluorescence")
+
+# Whole tokens of a channel name (split at anything not a letter or digit) that mean a DNA or
+# nuclear stain. Short ones ("pi", "dna") only count as whole tokens: "pixel" is not PI.
+_DNA_TOKENS = {"dna", "pi", "nuclear", "nucleus", "nuclei", "nuc", "dapi", "hoechst", "draq5",
+               "draq7", "drq5", "syto", "sytox", "topro", "topro3", "7aad", "aad", "h2b",
+               "propidium", "iodide", "vybrant", "dyecycle", "fxcycle", "redot", "nucspot",
+               "nucblue", "nucred", "spydna", "sirdna", "hoechst33342", "hoechst33258"}
+# Prefixes that mark a DNA stain wherever they start a token (DAPI405, Hoechst33342, DRAQ5...).
+_DNA_PREFIXES = ("dapi", "hoechst", "draq", "sytox", "topro", "nucblue", "nucspot", "sirdna",
+                 "spy650dna", "spy555dna", "propidium")
+# Long, unambiguous stain names, recognised inside a token too (w1DAPI, C2-Hoechst33342).
+_DNA_ANYWHERE = ("dapi", "hoechst", "draq5", "draq7", "sytox", "topro", "propidium", "sirdna")
+_BRIGHTFIELD = {"brightfield", "bf", "bright", "phase", "phasecontrast", "dic", "transmitted",
+                "trans", "tl", "tpmt"}
+_DARKFIELD = {"darkfield", "df", "ssc", "scatter", "sidescatter", "dark"}
+
+
+def _tokens(name: str) -> list[str]:
+    text = str(name).lower().replace("-", "")  # TO-PRO-3, 7-AAD, SYTO-16 read as one token
+    return [t for t in re.split(r"[^a-z0-9]+", text) if t]
+
+
+def is_dna_channel(name: str | None) -> bool:
+    """Whether a channel name says it holds a DNA / nuclear stain (DAPI, Hoechst 33342, DRAQ5,
+    DNA, PI, SYTOX, TO-PRO-3, 7-AAD, "nuclear", "Nuclei", ...). Case and separators are ignored;
+    short names (PI, DNA) must be a whole word of the name."""
+    if not name:
+        return False
+    tokens = _tokens(name)
+    joined = "".join(tokens)
+    return (any(t in _DNA_TOKENS or t.startswith(_DNA_PREFIXES) for t in tokens)
+            or joined in _DNA_TOKENS or any(p in joined for p in _DNA_ANYWHERE))
+
+
+def channel_role(name: str | None) -> str:
+    """``dna``, ``brightfield``, ``darkfield`` or ``fluorescence`` (anything else) by name."""
+    if is_dna_channel(name):
+        return "dna"
+    tokens = _tokens(name or "")
+    joined = "".join(tokens)
+    if joined in _BRIGHTFIELD or any(t in _BRIGHTFIELD for t in tokens) or "brightfield" in joined:
+        return "brightfield"
+    if joined in _DARKFIELD or any(t in _DARKFIELD for t in tokens) or "darkfield" in joined:
+        return "darkfield"
+    return "fluorescence"
+
+
+def channel_roles(names: Sequence[str]) -> list[str]:
+    return [channel_role(n) for n in names]
+
+
+def mask_channel_index(names: Sequence[str], choice: str | int | None = None) -> int | None:
+    """The channel ``--mask-channel`` names: a channel name (case-insensitive) or a 0-based
+    index. ``None`` (the default): the bright-field channel where there is one, else None, and
+    morphology picks the brightest structural channel of each image itself. Raises DrlError for a
+    choice that names no channel."""
+    names = list(names)
+    if choice is None or (isinstance(choice, str) and not choice.strip()):
+        for k, role in enumerate(channel_roles(names)):
+            if role == "brightfield":
+                return k
+        return None
+    text = str(choice).strip()
+    if text.isdigit():
+        if int(text) >= len(names):
+            raise DrlError(f"--mask-channel {text}: the images have channels 0 to "
+                           f"{len(names) - 1} ({', '.join(names)})")
+        return int(text)
+    lowered = [n.lower() for n in names]
+    if text.lower() in lowered:
+        return lowered.index(text.lower())
+    raise DrlError(f"--mask-channel {text!r}: no such channel (channels: {', '.join(names)}; "
+                   "or give a 0-based index)")
+
+
+def ome_channel_names(xml: str | None) -> list[str] | None:
+    """The ``Name`` of each ``Channel`` of the first image of an OME-XML document, None when the
+    document is missing, unreadable or leaves a channel unnamed."""
+    if not xml:
+        return None
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    for image in root.iter():
+        if image.tag.rsplit("}", 1)[-1] != "Pixels":
+            continue
+        names = [ch.get("Name") for ch in image if ch.tag.rsplit("}", 1)[-1] == "Channel"]
+        if names and all(n and n.strip() for n in names):
+            return [n.strip() for n in names]
+        return None
+    return None

@@ -66,7 +66,8 @@ from drlcore.data.discover import (
     split_channel_source,
     split_zip_source,
 )
-from drlcore.data.channels import MAX_CHANNELS, ChannelMap, channel_map, composite
+from drlcore.data.channels import (MAX_CHANNELS, ChannelMap, channel_map, composite,
+                                   ome_channel_names)
 from drlcore.errors import DrlError, SkipImage
 
 __all__ = ["DecodedImage", "read_bytes", "decode", "longest_side", "intensity_range",
@@ -212,7 +213,7 @@ class _Raw:
     mode: str
     notes: list[str]
     multichannel: bool = False
-    names: list[str] | None = None  # channel names of a channel group
+    names: list[str] | None = None  # channel names: a channel group's, or the OME-XML's
 
 
 def _bomb_reason(n_pixels: int) -> str:
@@ -394,7 +395,10 @@ def _tiff_channels(tf: tifffile.TiffFile, page, config: IngestConfig) -> _Raw | 
         return None
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
-    return _Raw(np.ascontiguousarray(arr), _multi_mode(n, arr.dtype), notes, True)
+    # OME-XML channel names (BrightField, DAPI...) tell morphology what each channel is.
+    names = ome_channel_names(tf.ome_metadata) if tf.is_ome else None
+    return _Raw(np.ascontiguousarray(arr), _multi_mode(n, arr.dtype), notes, True,
+                names if names is not None and len(names) == n else None)
 
 
 def _rgb_extra_channels(tf: tifffile.TiffFile, page, dtype: np.dtype) -> _Raw | None:
@@ -766,9 +770,22 @@ def channels_entry(dataset: Dataset, config: IngestConfig,
     DrlError when ``config.channels`` does not fit the data."""
     if not channel_ranges:
         return None
-    cmap = channel_map(len(channel_ranges), getattr(dataset, "channel_names", None),
-                       config.channels)
+    names = getattr(dataset, "channel_names", None) or _file_channel_names(dataset, config,
+                                                                           len(channel_ranges))
+    cmap = channel_map(len(channel_ranges), names, config.channels)
     return {"ranges": [[float(lo), float(hi)] for lo, hi in channel_ranges], **cmap.to_dict()}
+
+
+def _file_channel_names(dataset: Dataset, config: IngestConfig, n: int) -> list[str] | None:
+    """The channel names the first readable multi-channel file carries (OME-XML), if any."""
+    for record in dataset.records[:8]:
+        try:
+            raw = _decode_raw(read_bytes(record), config)
+        except (SkipImage, OSError, KeyError, zipfile.BadZipFile):
+            continue
+        if raw.multichannel:
+            return raw.names if raw.names is not None and len(raw.names) == n else None
+    return None
 
 
 # --------------------------------------------------------------------------------------------

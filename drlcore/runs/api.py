@@ -377,14 +377,14 @@ class Run:
                            f"{', '.join(accepted) or 'none'}")
         return build(**options)
 
-    def _heatmap(self, method: str = "pearson", cluster: bool = False):
+    def _heatmap(self, method: str = "pearson", cluster: bool = False, every: bool = False):
         from explorer.figures import run_heatmap
 
         corr = self.correlations
         if corr is None or corr.empty:
             raise DrlError(f"{self.name} has no {rundir.CORRELATIONS}: run `drl analyze` on it")
         return run_heatmap(corr, self.objects.columns, self.dim_names, self._axis_records,
-                           method, cluster=cluster)
+                           method, cluster=cluster, every=every)
 
     def _traversal_figure(self, dim: int | str = 0, n_steps: int = 9):
         from drlcore.analysis.naming import axis_label

@@ -53,9 +53,10 @@ def feature_config(*, backbone: str | None = "effnet-lite0", weights: str | None
 
 def pipeline_config(features, *, source_model: str | None = None,
                     known_classes=None, epochs: int | None = None,
-                    latent_dim: int | None = None, anchor: str | None = None):
+                    latent_dim: int | None = None, anchor: str | None = None,
+                    mask_channel: str | None = None):
     """``drl run``'s own options (``--source-model --known-classes --epochs --latent-dim
-    --anchor``) over ``features`` (a ``FeatureConfig``) as a ``PipelineConfig``. ``anchor``
+    --anchor --mask-channel``) over ``features`` (a ``FeatureConfig``) as a ``PipelineConfig``. ``anchor``
     is the command line's comma list (``"area,eccentricity"``) or a sequence of names."""
     from drlcore.disentangle.transfer import anchor_names
     from drlcore.runs.pipeline import PipelineConfig
@@ -69,6 +70,7 @@ def pipeline_config(features, *, source_model: str | None = None,
         transfer_epochs=epochs,
         latent_dim=latent_dim,
         anchors=anchor_names(anchor) if anchor else (),
+        mask_channel=mask_channel,
     )
 
 

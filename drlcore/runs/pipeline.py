@@ -57,6 +57,8 @@ class PipelineConfig:
     known_classes: tuple[str, ...] | None = None
     umap: bool = True
     extra_columns: str | None = None  # a Parquet file with columns joined onto objects by "path"
+    # Multi-channel images: the channel the object mask is cut from (AnalyzeConfig.mask_channel).
+    mask_channel: str | None = None
 
     def __post_init__(self) -> None:
         # Checked here, not at the transfer stage: a misspelt anchor fails before any embedding.
@@ -242,7 +244,8 @@ def _run_stages(data, out_dir, config: PipelineConfig | None, reporter: Reporter
 
     reporter.message("[4/4] analyze")
     analyze_run(out_dir, AnalyzeConfig(known_classes=config.known_classes, umap=config.umap,
-                                       cache_dir=config.features.cache_dir), reporter=reporter)
+                                       cache_dir=config.features.cache_dir,
+                                       mask_channel=config.mask_channel), reporter=reporter)
     return out_dir
 
 

@@ -6,7 +6,8 @@ import streamlit as st
 
 from drlcore.data import rundir
 from drlcore.analysis.naming import axis_help, axis_label
-from explorer.figures import DISPLAY_MAX_POINTS, feature_label, heatmap_features, pair_scatter, run_heatmap
+from explorer.figures import (DISPLAY_MAX_POINTS, correlated_features, feature_label,
+                              heatmap_features, pair_scatter, run_heatmap)
 from explorer.report import ReportSection, axes_section, build_report
 from explorer.ui import (cached_figure, csv_download, image_grid, object_detail, report_download,
                          require_run, selected_rows_from_event, show_chart)
@@ -21,7 +22,7 @@ if corr is None or corr.empty:
     st.stop()
 df = run.objects
 names = run.dim_names
-features = heatmap_features(corr, df.columns)
+features = correlated_features(corr, df.columns)
 methods = [m for m in METHODS if m in set(corr["method"])]
 if st.session_state["corr.method"] not in methods:
     st.session_state["corr.method"] = methods[0]
@@ -53,8 +54,18 @@ st.toggle("Cluster axes and features (hierarchical)", key="corr.cluster",
           help="Orders axes, and features within each family, by average-linkage clustering of "
                "their correlation profiles instead of by family.")
 clustered = bool(st.session_state.get("corr.cluster"))
-heat = cached_figure(run, "correlation heatmap", (method, clustered), lambda: run_heatmap(
-    corr, df.columns, names, run.axes, method, cluster=clustered))
+shown = heatmap_features(features)
+every = False
+if len(shown) < len(features):
+    every = st.toggle(f"Every per-channel measurement ({len(features)} columns, not "
+                      f"{len(shown)})", key="corr.every",
+                      help="By default the heatmap shows, per channel, the integrated and mean "
+                           "intensity and texture over the cell and DNA content over the "
+                           "nucleus; this adds every compartment (nucleus, cytoplasm) and "
+                           "measure (std, quartiles, MAD, mass displacement, background).")
+    shown = heatmap_features(features, every=every)
+heat = cached_figure(run, "correlation heatmap", (method, clustered, every), lambda: run_heatmap(
+    corr, df.columns, names, run.axes, method, cluster=clustered, every=every))
 show_chart(heat, key="corr.heatmap", filename=f"{run.name}-correlations-{method}", on_select=_on_cell_click,
            selection_mode=("points",))
 

@@ -160,12 +160,21 @@ with st.expander("Advanced: backbone and source model"):
 
 
 with st.expander("Fluorescence channels (2-8 channel TIFFs, or one file per channel)"):
-    st.text_input("Channel colours", key="data.channels",
-                  placeholder="DNA=blue,actin=green,mito=magenta  (or by index: 0=blue,1=green)",
+    st.text_input("Channel names and colours", key="data.channels",
+                  placeholder="DNA=blue,actin=green,mito=magenta  (or by index: 0=blue,1=green; "
+                              "or names in order: BrightField,DAPI,actin)",
                   help="Each channel is tinted its colour and the tints are added into the RGB "
                        "composite the network and the thumbnails see. Colours: blue, green, magenta, "
                        "grey, cyan, yellow, orange, red, #rrggbb, or off. Empty: green/magenta for 2 "
                        "channels, else blue, green, magenta, grey, cyan...")
+    st.text_input("Mask channel", key="data.mask_channel",
+                  placeholder="BrightField  (a channel name, or its 0-based index)",
+                  help="The channel the object outline is cut from, measured per channel and "
+                       "compartment. Empty: the bright-field channel where one is named so, else "
+                       "the non-DNA channel that best separates an object. A DNA stain (DAPI, "
+                       "Hoechst, DRAQ5, DNA, PI, nuclear...), recognised by its name, gives the "
+                       "nucleus and the DNA-content measurements. Name channels in order in "
+                       "'Channel names and colours' (BrightField,DAPI,actin) when the files do not.")
     st.text_input("One-file-per-channel rule (regex on the file name without extension)",
                   key="data.channel_pattern", placeholder="^(?P<object>.+)_(?P<channel>[^_]+)$",
                   help="Files such as cell1_DNA.tif, cell1_actin.tif become one image. Without a rule "
@@ -246,6 +255,9 @@ def _settings_for_job(base: dict) -> dict:
         features.pop("pad_to_square", None)  # an older settings file's spelling of the same choice
     if (st.session_state.get("data.channels") or "").strip():
         features["channels"] = st.session_state["data.channels"].strip()
+    mask_channel = (st.session_state.get("data.mask_channel") or "").strip()
+    if mask_channel:
+        settings["mask_channel"] = mask_channel
     if (st.session_state.get("data.channel_pattern") or "").strip():
         features["channel_pattern"] = _channel_pattern_setting()
     settings["features"] = features
