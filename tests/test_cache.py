@@ -22,7 +22,8 @@ def test_put_then_get_returns_the_complete_entry(tmp_path):
     assert folder == store.get("k1") == tmp_path / "store" / "k1"
     assert (folder / "a.txt").read_text() == "x" and (folder / "b.txt").read_text() == "xx"
     assert store.keys() == ["k1"]
-    assert [p.name for p in (tmp_path / "store").iterdir()] == ["k1"]  # no temporary left
+    # No temporary left; the entry's checksum record lies beside it.
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["k1", "k1.sums.json"]
 
 
 def test_a_failed_fill_leaves_nothing_behind(tmp_path):
@@ -42,7 +43,8 @@ def test_second_writer_of_a_key_keeps_the_first_entry(tmp_path):
     store.put("k", _fill("first"))
     assert store.put("k", _fill("second")) == tmp_path / "k"
     assert (tmp_path / "k" / "a.txt").read_text() == "first"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k", "k.sums.json"]
+    assert store.get("k") == tmp_path / "k"  # the record is the first writer's
 
 
 def test_discard_removes_an_entry_so_it_can_be_rewritten(tmp_path):
