@@ -287,17 +287,20 @@ class FeatureCache:
         """Verify a shard once: its checksum over the vectors' bytes and the key list."""
         if shard.array is not None:
             return True
-        if shard.checksum is None:
-            return False
-        try:
-            ok = shard.checksum == _shard_checksum(sha256_file(shard.npy), shard.hashes, shard.meta)
-            array = np.load(shard.npy, mmap_mode="r", allow_pickle=False) if ok else None
-        except (OSError, ValueError):
-            ok, array = False, None
+        if shard.checksum is False:
+            return False  # failed before: counted once
+        ok, array = False, None
+        if shard.checksum:  # None: written before the checksums, not trusted
+            try:
+                ok = shard.checksum == _shard_checksum(sha256_file(shard.npy), shard.hashes,
+                                                       shard.meta)
+                array = np.load(shard.npy, mmap_mode="r", allow_pickle=False) if ok else None
+            except (OSError, ValueError):
+                ok = False
         if ok and (array.ndim != 2 or len(array) != len(shard.hashes)):
             ok = False
         if not ok:
-            shard.checksum = None  # counted once; every row of it is a miss from now on
+            shard.checksum = False  # every row of it is a miss from now on
             self.damaged += 1
             self.damaged_rows += len(shard.hashes)
             return False
@@ -356,7 +359,10 @@ class FeatureCache:
             try:
                 self._write_shard(hashes, vectors, meta)
             except OSError as err:  # full disk, read-only folder: go on without the cache
-                self.note = cache_write_note(self.root, err)
+                # Named by the cache root (the folder above features/), as the other caches
+                # name it, so a run that meets the same full disk twice notes it once.
+                root = self.root.parent if self.root.name == "features" else self.root
+                self.note = cache_write_note(root, err)
 
     def _write_shard(self, hashes: list[str], vectors: np.ndarray, meta) -> None:
         if self._info is not None and not (self.folder / "info.json").exists():

@@ -120,8 +120,9 @@ def resolve_source_model(source_model: str | None, backbone: str) -> Path:
     return Path(source_model)
 
 
-def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporter: Reporter) -> Path:
-    from drlcore.data.cache import ContentStore, cache_root
+def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporter: Reporter,
+                    cache_notes: list[str]) -> Path:
+    from drlcore.data.cache import ContentStore, cache_root, cache_write_note
     from drlcore.disentangle.transfer import TransferConfig, anchor_names, measure_anchor_values, transfer
 
     model_dir = run_dir / rundir.MODEL
@@ -156,8 +157,10 @@ def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporte
     _replace_dir(partial, model_dir)
     try:
         store.put(key, lambda folder: shutil.copytree(model_dir, folder, dirs_exist_ok=True))
-    except OSError as err:  # a read-only cache must not fail the run
-        reporter.message(f"note: could not store the model in the cache ({err})")
+    except OSError as err:  # a full or read-only cache must not fail the run
+        note = cache_write_note(cache_root(config.features.cache_dir), err)
+        reporter.message(f"note: {note}")
+        cache_notes.append(note)
     return model_dir
 
 
@@ -231,8 +234,11 @@ def run_pipeline(data: str | Path, out_dir: str | Path, config: PipelineConfig |
 
     reporter.message(f"[1/4] features ({backbone})")
     extract_features(data, out_dir, config.features, reporter=reporter, cluster=cluster)
-    features = np.load(out_dir / rundir.FEATURES, mmap_mode="r")
+    features = rundir.load_features(out_dir, full=False)  # just written and recorded
     notes: list[str] = []
+    # What the caches met (damaged entries recomputed, a cache that could not be written),
+    # kept apart from `notes`, which decide whether to fine-tune.
+    cache_notes = list(rundir.stage_entry(out_dir, "features").get("notes") or [])
     finite = np.isfinite(features).all(axis=1)
     if config.transfer and finite.sum() < MIN_IMAGES_FOR_TRANSFER:
         notes.append(f"only {int(finite.sum())} usable image(s): too few to fine-tune the source "
@@ -240,16 +246,18 @@ def run_pipeline(data: str | Path, out_dir: str | Path, config: PipelineConfig |
                      f"it is")
     if config.transfer and not notes:
         reporter.message("[2/4] transfer: fine-tuning the source model on these images")
-        model_dir = _transfer_stage(source, out_dir, config, reporter)
+        model_dir = _transfer_stage(source, out_dir, config, reporter, cache_notes)
     else:
         reporter.message("[2/4] transfer skipped: using the source model as it is")
         model_dir = _copy_source_model(source, out_dir)
+    rundir.record_files(out_dir, "model", rundir.model_files(out_dir),
+                        replace=f"{rundir.MODEL}/")
 
     reporter.message("[3/4] encode")
     encode_run(model_dir, out_dir, out_dir, reporter=reporter)
     # Before the analysis, which carries these notes into analysis.json.
     rundir.record_stage(out_dir, "pipeline", {
-        "version": PIPELINE_VERSION, "notes": notes,
+        "version": PIPELINE_VERSION, "notes": list(dict.fromkeys([*notes, *cache_notes])),
         "transferred": config.transfer and not notes})
     if config.extra_columns:
         _join_extra_columns(out_dir, Path(config.extra_columns))
@@ -265,7 +273,7 @@ def _join_extra_columns(run_dir: Path, extra: Path) -> None:
 
     from drlcore.io import atomic_write_parquet
 
-    objects = pd.read_parquet(run_dir / rundir.OBJECTS)
+    objects = rundir.read_table(run_dir, rundir.OBJECTS)
     table = pd.read_parquet(extra)
     new_cols = [c for c in table.columns if c != "path" and c not in objects.columns]
     if not new_cols:
@@ -273,3 +281,4 @@ def _join_extra_columns(run_dir: Path, extra: Path) -> None:
     merged = objects.merge(table[["path", *new_cols]], on="path", how="left")
     assert len(merged) == len(objects), "extra columns must have one row per path"
     atomic_write_parquet(run_dir / rundir.OBJECTS, merged)
+    rundir.record_files(run_dir, "pipeline", [rundir.OBJECTS])
