@@ -76,6 +76,11 @@ def cache_write_note(root: str | os.PathLike, err: OSError) -> str:
     """The one note a run leaves when a cache cannot be written. Every cache under the same root
     words it the same way, so a run that meets a full disk in several caches shows it once."""
     reason = err.strerror or str(err)
+    # The system's words, whichever library raised it: copytree's shutil.Error lists one error
+    # per file, pyarrow words it its own way; both carry the errno.
+    code = err.errno or next((int(m) for m in re.findall(r"errno (\d+)", str(err), re.I)), None)
+    if code:
+        reason = os.strerror(code)
     return (f"the cache in {root} could not be written ({reason}); this run went on without "
             f"storing to it (results are unaffected, a rerun recomputes what was not stored)")
 
