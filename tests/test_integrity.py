@@ -235,3 +235,18 @@ def test_a_damaged_run_shows_as_damaged_and_the_others_open(tmp_path, monkeypatc
     for page in PAGES[1:]:
         at.switch_page(f"views/{page}.py").run()
         assert not at.exception and not at.error, (page, [e.value for e in at.error])
+
+
+def test_a_rerun_rebuilds_a_damaged_model_and_keeps_the_analysis(tmp_path, dataset, source_model,
+                                                                  reference):  # noqa: F811
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    _flip(run / rundir.MODEL / rundir.MODEL_WEIGHTS)
+    assert not rundir.check_run(run).ok
+    again = run_pipeline(dataset, run, _config(tmp_path / "cache", source_model))
+    assert rundir.check_run(again).ok
+    _same_result(again, reference)
+    # A cached rerun used to leave objects.parquet as `encode` rewrote it, without the
+    # analysis columns, while analysis.json said "up to date".
+    assert list(pd.read_parquet(again / rundir.OBJECTS).columns) == list(
+        pd.read_parquet(reference / rundir.OBJECTS).columns)

@@ -460,7 +460,13 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
         old = rundir.read_analysis(run_dir)
     except DrlError:
         old = {}  # a damaged analysis is simply recomputed
-    if old.get("key") == key:
+    # Up to date only when the table still holds the analysis: `drl encode` (and so a cached
+    # rerun of `drl run`) rewrites objects.parquet without the analysis columns, which a
+    # matching key alone took for "nothing to do" (52 -> 16 columns after a rerun, in the app
+    # no maps or morphology). Damaged analysis files fail their check when read.
+    analysed = len(objects.columns) > len(base.columns) and (run_dir / rundir.CORRELATIONS).is_file()
+    if old.get("key") == key and analysed:
+        rundir.verify_file(run_dir, rundir.CORRELATIONS, manifest)
         reporter.message("analysis: up to date")
         # Recorded even so: a rerun whose earlier stages rewrote the manifest keeps it.
         if rundir.stage_entry(run_dir, "analyze") != stage:

@@ -67,7 +67,7 @@ __all__ = [
     "VIEWS", "VIEW_SCHEMA_VERSION", "view_path", "save_view", "list_views", "read_view",
     "DEMO_MARKER", "read_analysis", "MODEL_WEIGHTS", "MODEL_STAGE_KEY",
     "FILES", "record_files", "verify_file", "read_table", "load_features", "check_run",
-    "RunCheck", "model_files", "thumb_files", "rebuild_hint",
+    "RunCheck", "model_files", "thumb_files", "rebuild_hint", "files_intact",
 ]
 
 SCHEMA_VERSION = 2
@@ -827,6 +827,19 @@ def _damage(run_dir: Path, name: str, record: Mapping, full: bool) -> str | None
         if digest != record.get("sha256"):
             return "its contents differ from what was written (sha256 mismatch)"
     return None
+
+
+def files_intact(run_dir: str | os.PathLike, prefix: str, full: bool = True) -> bool:
+    """Whether every recorded file whose name starts with ``prefix`` (``"model/"``) matches its
+    record: what a stage checks before it calls its earlier output up to date, so a rerun
+    rebuilds a damaged one instead of keeping it."""
+    run_dir = Path(run_dir)
+    try:
+        files = read_manifest(run_dir).get(FILES) or {}
+    except DrlError:
+        return False
+    return all(isinstance(rec, Mapping) and _damage(run_dir, name, rec, full) is None
+               for name, rec in files.items() if name.startswith(prefix))
 
 
 def _damage_error(run_dir: Path, name: str, record: Mapping, problem: str,

@@ -132,7 +132,9 @@ def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporte
     tconfig = TransferConfig(**settings)
     key = fingerprint(["transfer", PIPELINE_VERSION, sha256_file(source / rundir.MODEL_WEIGHTS),
                        sha256_file(run_dir / rundir.FEATURES), dataclasses.asdict(tconfig)])
-    if (model_dir / rundir.MODEL_CONFIG).is_file() and _stage_key(model_dir) == key:
+    # A damaged model (checked first: its key file may be the damaged one) is rebuilt.
+    if (model_dir / rundir.MODEL_CONFIG).is_file() and rundir.files_intact(
+            run_dir, f"{rundir.MODEL}/") and _stage_key(model_dir) == key:
         reporter.message("transfer: up to date, reusing the run's model")
         return model_dir
 
@@ -198,7 +200,8 @@ def _replace_dir(src: Path, dst: Path, copy: bool = False) -> None:
 def _copy_source_model(source: Path, run_dir: Path) -> Path:
     model_dir = run_dir / rundir.MODEL
     key = fingerprint(["source-as-is", sha256_file(source / rundir.MODEL_WEIGHTS)])
-    if (model_dir / rundir.MODEL_CONFIG).is_file() and _stage_key(model_dir) == key:
+    if (model_dir / rundir.MODEL_CONFIG).is_file() and rundir.files_intact(
+            run_dir, f"{rundir.MODEL}/") and _stage_key(model_dir) == key:
         return model_dir
     _replace_dir(source, model_dir, copy=True)
     _write_stage_key(model_dir, key)
