@@ -192,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--with-features", action="store_true",
                    help="h5ad: also store the raw backbone features (obsm['X_backbone'])")
 
+    p = sub.add_parser("check", help="verify every file of a run against its manifest "
+                                     "(missing, damaged, foreign); exit 1 when any is missing "
+                                     "or damaged")
+    p.add_argument("run_dir")
+    p.add_argument("--quick", action="store_true",
+                   help="sizes only, no checksums (a stat per file instead of reading them)")
+
     p = sub.add_parser("figures", help="the slide set of a run as stamped PNG/SVG files")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, metavar="DIR")
@@ -462,6 +469,21 @@ def _cmd_export(args) -> None:
     print(f"exported {args.run_dir} -> {out}")
 
 
+def _cmd_check(args) -> int:
+    from drlcore.data import rundir
+
+    run = Path(args.run_dir)
+    if not run.is_dir() or not (run / rundir.MANIFEST).is_file():
+        raise DrlError(f"{run} is not a run folder (it has no {rundir.MANIFEST})")
+    report = rundir.check_run(run, full=not args.quick)
+    for line in report.problems():
+        print(line)
+    for name in report.foreign:
+        print(f"{run / name} is foreign (no stage recorded it; left alone)")
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
 def _cmd_figures(args) -> None:
     from drlcore.runs.slides import SlideConfig, write_slide_set
 
@@ -488,7 +510,7 @@ COMMANDS = {
     "run": _cmd_run, "features": _cmd_features, "train-source": _cmd_train_source,
     "transfer": _cmd_transfer, "encode": _cmd_encode, "analyze": _cmd_analyze,
     "explore": _cmd_explore, "demo": _cmd_demo, "backbones": _cmd_backbones,
-    "export": _cmd_export, "figures": _cmd_figures,
+    "export": _cmd_export, "figures": _cmd_figures, "check": _cmd_check,
 }
 
 
@@ -504,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)  # None, or an exit code (drl check)
     except DrlError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -518,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: what was finished is kept; run the same command again to resume.",
               file=sys.stderr)
         return 130
-    return 0
+    return int(code or 0)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ __all__ = [
     "atomic_write_parquet",
     "atomic_write_csv",
     "read_json",
+    "json_value",
+    "file_record",
     "update_json",
     "sha256_bytes",
     "sha256_file",
@@ -99,6 +101,12 @@ def _nan_to_none(obj: Any) -> Any:
     return obj
 
 
+def json_value(obj: Any) -> Any:
+    """``obj`` as :func:`atomic_write_json` stores it and :func:`read_json` gives it back (numpy
+    values as plain ones, NaN as None): what a checksum of written JSON must be computed on."""
+    return json.loads(json.dumps(_nan_to_none(obj), default=_json_default, allow_nan=False))
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
@@ -143,6 +151,11 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := fh.read(chunk_size):
             h.update(chunk)
     return h.hexdigest()
+
+
+def file_record(path: str | os.PathLike) -> dict:
+    """Size and sha256 of a file, as run manifests and caches record what they wrote."""
+    return {"size": os.path.getsize(path), "sha256": sha256_file(path)}
 
 
 def fingerprint(parts: Iterable[Any]) -> str:

@@ -109,10 +109,33 @@ def _read_parquet(path: str, stamp: tuple[int, int]) -> pd.DataFrame:
     ``st.cache_data`` would unpickle a fresh copy on every access: for a 10^6-object run that
     was a third of each page's server time and one more copy of the table per rerun. The arrays
     are marked read-only so a page that tried to write into the shared table fails loudly;
-    :meth:`Run._table` hands out shallow copies, so adding a column never reaches it either."""
-    table = pd.read_parquet(path)
+    :meth:`Run._table` hands out shallow copies, so adding a column never reaches it either.
+
+    Read through :func:`drlcore.data.rundir.read_table`: checked against the run's manifest, and
+    a damaged file is a DrlError naming it (never a pyarrow traceback on the page)."""
+    table = rundir.read_table(Path(path).parent, Path(path).name)
     _freeze(table)
     return table
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _check_run(run_dir: str, stamps: tuple) -> tuple[bool, str, tuple[str, ...]]:
+    report = rundir.check_run(run_dir)
+    return report.ok, report.summary(), tuple(report.problems())
+
+
+def run_check(path: Path) -> tuple[bool, str, tuple[str, ...]]:
+    """(intact, one-line summary, one line per damaged or missing file): the words of
+    ``drl check``. Files are hashed once per version of the manifest and of each recorded file
+    (their stamps key the cache), so listing runs stays cheap."""
+    path = Path(path)
+    try:
+        manifest = rundir.read_manifest(path)
+    except DrlError as exc:
+        return False, f"{path.name} is damaged: {exc}", ()
+    names = sorted(manifest.get(rundir.FILES) or {})
+    stamps = (file_stamp(path / rundir.MANIFEST), *(file_stamp(path / n) for n in names))
+    return _check_run(str(path), stamps)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

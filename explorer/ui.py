@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from drlcore.errors import DrlError
-from explorer.data import Run, is_run_dir
+from explorer.data import Run, is_run_dir, run_check
 from explorer.figures import plot_config
 
 STATE_DEFAULTS: dict = {
@@ -87,12 +87,23 @@ def require_run() -> Run:
     if run is None:
         st.info("No run is open. Pick one in the sidebar, or add data on the **Datasets** page.")
         st.stop()
+    ok, summary, problems = run_check(run.path)
+    if not ok:  # checked before any page reads a file of it: no page shows a traceback
+        show_damaged(summary, problems)
+        st.stop()
     try:
         run.objects  # noqa: B018 - load once so a broken run fails here with a clear message
     except DrlError as exc:
         st.error(str(exc))
+        st.info("Pick another run in the sidebar.")
         st.stop()
     return run
+
+
+def show_damaged(summary: str, problems) -> None:
+    """A damaged run, in the words of ``drl check``."""
+    st.error("\n\n".join([summary, *problems]), icon=":material/broken_image:")
+    st.info("Pick another run in the sidebar; `drl check RUN` lists the same files.")
 
 
 @st.cache_resource(max_entries=64, show_spinner=False)

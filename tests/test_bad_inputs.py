@@ -298,7 +298,7 @@ def test_out_and_cache_dir_not_writable(tmp_path, monkeypatch, capsys):
                         "cannot be created")
         code = cli.main(["features", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
                          "--cache-dir", str(locked)])
-        _one_line_error(capsys, code, "not writable")
+        assert code == 0 and "goes on without storing to the cache" in capsys.readouterr().err
     finally:
         locked.chmod(0o700)
 
@@ -313,8 +313,9 @@ def test_unwritable_folder_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(outdir.tempfile, "TemporaryFile", refuse)
     with pytest.raises(DrlError, match="is not writable .Permission denied"):
         outdir.prepare_output_dir(tmp_path / "run")
-    with pytest.raises(DrlError, match="cache folder .* is not writable"):
-        outdir.check_cache_dir(tmp_path / "cache")
+    # A cache folder that cannot be written is a note, not an error: the run goes on.
+    note = outdir.check_cache_dir(tmp_path / "cache")
+    assert "is not writable (Permission denied)" in note and "goes on without" in note
 
 
 def test_cache_dir_naming_a_file(tmp_path, monkeypatch, capsys):

@@ -70,7 +70,7 @@ def test_trustworthiness_subsamples_deterministically(rng):
 def test_pca_cache_hit_returns_identical_coordinates_without_pickle(rng, tmp_path):
     X, _ = low_rank(rng, noise=0.1)
     first = fit_cached(PCAProjector(), X, tmp_path)
-    entries = list(tmp_path.iterdir())
+    entries = [p for p in tmp_path.iterdir() if p.is_dir()]  # each with its checksum record
     assert len(entries) == 1
     assert sorted(p.name for p in entries[0].iterdir()) == ["embedding.npy", "meta.json",
                                                            "state.npz"]
@@ -83,18 +83,24 @@ def test_pca_cache_hit_returns_identical_coordinates_without_pickle(rng, tmp_pat
     # Different data or parameters: a different entry.
     fit_cached(PCAProjector(), X[:-1], tmp_path)
     fit_cached(PCAProjector(n_components=3), X, tmp_path)
-    assert len(list(tmp_path.iterdir())) == 3
+    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 3
 
 
 def test_damaged_cache_entry_is_refitted(rng, tmp_path):
     X, _ = low_rank(rng)
     first = fit_cached(PCAProjector(), X, tmp_path)
-    entry = next(tmp_path.iterdir())
+    entry = next(p for p in tmp_path.iterdir() if p.is_dir())
     (entry / "state.npz").write_bytes(b"garbage")
     np.testing.assert_allclose(fit_cached(PCAProjector(), X, tmp_path), first)
     (entry / "meta.json").write_text("{")
     np.testing.assert_allclose(fit_cached(PCAProjector(), X, tmp_path), first)
     assert json.loads((entry / "meta.json").read_text())["kind"] == "PCAProjector"
+    # One flipped bit in the coordinates, same size, still a loadable array: the checksum
+    # catches it, so the damaged map is never returned.
+    data = bytearray((entry / "embedding.npy").read_bytes())
+    data[-3] ^= 0x10
+    (entry / "embedding.npy").write_bytes(bytes(data))
+    np.testing.assert_array_equal(fit_cached(PCAProjector(), X, tmp_path), first)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +136,7 @@ def test_umap_transform_places_copies_on_the_reference_map(clusters, tmp_path):
     replaced = restored.transform(nearby)
     assert restored.note_ is None   # the refit reproduced the cached map
     np.testing.assert_allclose(replaced, placed, atol=1e-3)
-    assert list(next(tmp_path.iterdir()).glob("*.npz")) == []   # nothing pickled for UMAP
+    assert list(next(p for p in tmp_path.iterdir() if p.is_dir()).glob("*.npz")) == []   # nothing pickled for UMAP
 
 
 def test_umap_rejects_too_few_points():

@@ -200,3 +200,111 @@ def test_rerun_into_a_v1_run_folder_upgrades_it_and_keeps_every_stage(tmp_path):
     raw = json.loads((run / rundir.MANIFEST).read_text())
     assert raw["schema_version"] == 2 and set(raw["stages"]) == set(rundir.STAGES)
     assert raw["stages"]["analyze"] == stages["analyze"]
+
+
+# --------------------------------------------------------------------------- file records
+
+
+def _recorded_run(tmp_path):
+    import pandas as pd
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rundir.record_stage(run, "features", {"backbone": "b", "data": {"root": "/data/cells"}})
+    np.save(run / rundir.FEATURES, np.arange(40, dtype=np.float32).reshape(10, 4))
+    pd.DataFrame({"row": range(10), "x": np.linspace(0, 1, 10)}).to_parquet(run / rundir.OBJECTS)
+    rundir.record_files(run, "features", [rundir.FEATURES])
+    rundir.record_files(run, "encode", [rundir.OBJECTS])
+    return run
+
+
+def _flip(path, offset: int = -3) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x04
+    path.write_bytes(bytes(data))
+
+
+def test_records_say_size_hash_and_stage(tmp_path):
+    run = _recorded_run(tmp_path)
+    files = rundir.read_manifest(run)[rundir.FILES]
+    assert files[rundir.FEATURES]["stage"] == "features"
+    assert files[rundir.FEATURES]["size"] == (run / rundir.FEATURES).stat().st_size
+    assert files[rundir.OBJECTS]["stage"] == "encode"
+    assert rundir.load_features(run).shape == (10, 4)
+    assert len(rundir.read_table(run, rundir.OBJECTS)) == 10
+    # A later stage rewriting the manifest keeps the records.
+    rundir.record_stage(run, "analyze", {"key": "k"})
+    assert set(rundir.read_manifest(run)[rundir.FILES]) == {rundir.FEATURES, rundir.OBJECTS}
+
+
+def test_a_flipped_bit_in_features_is_refused_naming_file_stage_and_fix(tmp_path):
+    run = _recorded_run(tmp_path)
+    _flip(run / rundir.FEATURES)
+    with pytest.raises(DrlError) as err:
+        rundir.load_features(run)
+    text = str(err.value)
+    assert "features.npy is damaged" in text and "sha256" in text
+    assert "`features` stage" in text
+    assert f"rerun `drl run /data/cells --out {run}`: finished stages are reused" in text
+    rundir.load_features(run, full=False)  # sizes only: a bit flip passes, as documented
+
+
+def test_a_truncated_table_is_a_clear_error_with_or_without_a_record(tmp_path):
+    run = _recorded_run(tmp_path)
+    path = run / rundir.OBJECTS
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DrlError, match=r"objects.parquet is damaged: \d[\d,]* bytes where"):
+        rundir.read_table(run, rundir.OBJECTS)
+    manifest = rundir.read_manifest(run)
+    del manifest[rundir.FILES][rundir.OBJECTS]  # as a run written before the records
+    (run / rundir.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(DrlError, match="cannot be read as a table"):
+        rundir.read_table(run, rundir.OBJECTS)
+
+
+def test_check_run_reports_missing_damaged_and_foreign(tmp_path, capsys):
+    from drlcore import cli
+
+    run = _recorded_run(tmp_path)
+    assert cli.main(["check", str(run)]) == 0
+    assert "all 2 recorded files intact" in capsys.readouterr().out
+    _flip(run / rundir.OBJECTS)
+    (run / "notes.txt").write_text("mine")
+    report = rundir.check_run(run)
+    assert not report.ok and [d[0] for d in report.damaged] == [rundir.OBJECTS]
+    assert report.foreign == ["notes.txt"]
+    assert cli.main(["check", str(run), "--quick"]) == 0  # same size: only the hash sees it
+    capsys.readouterr()
+    assert cli.main(["check", str(run)]) == 1
+    out = capsys.readouterr().out
+    assert "objects.parquet is damaged" in out and "`encode` stage" in out
+    assert "notes.txt is foreign" in out
+    (run / rundir.FEATURES).unlink()
+    report = rundir.check_run(run)
+    assert [m[0] for m in report.missing] == [rundir.FEATURES]
+    assert "is missing (written by the `features` stage)" in report.problems()[0]
+
+
+def test_a_damaged_thumbnail_shard_is_never_served_and_is_rewritten(tmp_path):
+    run = tmp_path / "run"
+    shas = [f"{i:064x}" for i in range(6)]
+    with rundir.ThumbWriter(run, max_count=3) as writer:
+        for i, sha in enumerate(shas):
+            writer.add(sha, bytes([i]) * 50)
+    rundir.record_files(run, "features", rundir.thumb_files(run), replace="thumbs/")
+    _flip(run / rundir.THUMBS / rundir.thumb_shard_name(1))
+    thumbs = rundir.open_thumbs(run)
+    assert thumbs.get(shas[0]) == bytes([0]) * 50
+    assert thumbs.get(shas[4]) is None                 # in the damaged shard: none, not wrong
+    names, _, _ = thumbs.locations(shas)
+    assert names[:3] == [rundir.thumb_shard_name(0)] * 3 and names[3:] == [None] * 3
+    assert [d[0] for d in rundir.check_run(run).damaged] == ["thumbs/shard-00001.bin"]
+    writer = rundir.ThumbWriter(run, max_count=3)     # the next features stage
+    assert list(writer.missing(shas)) == [False] * 3 + [True] * 3
+    with writer:
+        for i in range(3, 6):
+            writer.add(shas[i], bytes([i]) * 50)
+    rundir.record_files(run, "features", rundir.thumb_files(run), replace="thumbs/")
+    thumbs = rundir.open_thumbs(run)
+    assert [thumbs.get(s) for s in shas] == [bytes([i]) * 50 for i in range(6)]
+    assert rundir.check_run(run).ok and not (run / "thumbs" / "shard-00001.bin").exists()

@@ -30,7 +30,7 @@ import pandas as pd
 from drlcore.data import rundir
 
 from drlcore.analysis import scale
-from drlcore.data.cache import ContentStore, cache_root
+from drlcore.data.cache import ContentStore, cache_root, cache_write_note
 from drlcore.errors import DrlError
 from drlcore.io import fingerprint, sha256_bytes
 from drlcore.progress import NullReporter, Reporter
@@ -97,6 +97,7 @@ def _morphology(objects: pd.DataFrame, run_dir: Path, config: AnalyzeConfig,
                          "multi-channel")
     use_cache = config.mask_dir is None  # masks change the answer for the same image
     cached = _read_morph_cache(store) if use_cache else pd.DataFrame()
+    write_failed: list[str] = []
     hashes = objects["sha256"].astype(str)
     todo = [i for i, h in enumerate(hashes) if h not in cached.index]
 
@@ -114,12 +115,13 @@ def _morphology(objects: pd.DataFrame, run_dir: Path, config: AnalyzeConfig,
             n_jobs=config.n_jobs, masks_expected=masks is not None,
             mask_channel=config.mask_channel)
         measured.index = hashes.iloc[chunk].to_numpy()
-        if use_cache:
-            _write_morph_cache(store, measured)
+        if use_cache and not write_failed:
+            _write_morph_cache(store, measured, config, write_failed)
         parts.append(measured[~measured.index.duplicated()])
     if parts:
         cached = pd.concat([cached, *parts])
         cached = cached[~cached.index.duplicated(keep="last")]
+    notes.extend(n for n in write_failed if n not in notes)  # once, and not twice per run
     result = cached.loc[hashes.to_numpy()].reset_index(drop=True)
     n_failed = int((~result["morph_ok"].astype(bool)).sum())
     if n_failed == len(result):
@@ -173,9 +175,12 @@ _MORPH_TABLE = "morphology.parquet"
 def _read_morph_cache(store: ContentStore) -> pd.DataFrame:
     frames = []
     for key in store.keys():
+        entry = store.get(key)  # checked against its checksums: a damaged one is a miss
+        if entry is None:
+            continue
         try:
-            frames.append(pd.read_parquet(store.path(key) / _MORPH_TABLE).set_index("sha256"))
-        except Exception:  # a damaged or old-format entry only costs a re-measure
+            frames.append(pd.read_parquet(entry / _MORPH_TABLE).set_index("sha256"))
+        except Exception:  # an old-format entry only costs a re-measure
             continue
     if not frames:
         return pd.DataFrame()
@@ -183,7 +188,8 @@ def _read_morph_cache(store: ContentStore) -> pd.DataFrame:
     return table[~table.index.duplicated(keep="last")]
 
 
-def _write_morph_cache(store: ContentStore, measured: pd.DataFrame) -> None:
+def _write_morph_cache(store: ContentStore, measured: pd.DataFrame, config: AnalyzeConfig,
+                       failed: list[str]) -> None:
     key = sha256_bytes("".join(measured.index).encode())[:16]
     if store.get(key) is not None:
         return
@@ -191,8 +197,8 @@ def _write_morph_cache(store: ContentStore, measured: pd.DataFrame) -> None:
     table = measured.reset_index(names="sha256")
     try:
         store.put(key, lambda folder: table.to_parquet(folder / _MORPH_TABLE, index=False))
-    except OSError:  # a read-only cache only costs a re-measure next time
-        pass
+    except OSError as err:  # a full or read-only cache only costs a re-measure next time
+        failed.append(cache_write_note(cache_root(config.cache_dir), err))
 
 
 # --------------------------------------------------------------------------- analysis parts
@@ -310,11 +316,11 @@ def project_onto(reference_dir: str | Path, other_dir: str | Path, name: str = "
         raise DrlError(f"{reference_dir.name} has not been analysed, so it has no map to place "
                        f"objects on: run `drl analyze {reference_dir}` first")
     config = AnalyzeConfig.from_dict(analysis.get("config", {}))
-    ref = pd.read_parquet(reference_dir / rundir.OBJECTS)
-    other = pd.read_parquet(other_dir / rundir.OBJECTS)
+    ref = rundir.read_table(reference_dir, rundir.OBJECTS)
+    other = rundir.read_table(other_dir, rundir.OBJECTS)
     Z_ref = ref[rundir.latent_columns(ref.columns)].to_numpy(np.float64)
     Z_other = other[rundir.latent_columns(other.columns)].to_numpy(np.float64)
-    X_ref = np.load(reference_dir / rundir.FEATURES, mmap_mode="r")
+    X_ref = rundir.load_features(reference_dir)
     finite_ref = _finite_rows(Z_ref, X_ref)
     # A large reference's UMAP map was fitted on a sample: refit exactly that one.
     _, rows = _samples(finite_ref, _labels(ref), config, [])
@@ -449,7 +455,8 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
     if not objects_path.is_file():
         raise DrlError(f"{run_dir} has no {rundir.OBJECTS}: encode the data first "
                        f"(`drl encode MODEL_DIR DATA --out {run_dir}` or `drl run`)")
-    objects = pd.read_parquet(objects_path)
+    manifest = rundir.read_manifest(run_dir)
+    objects = rundir.read_table(run_dir, rundir.OBJECTS, manifest)
     # Columns from a previous analysis are recomputed, never mixed with the new ones.
     base = objects[[c for c in objects.columns if not c.startswith(
         ("morph_", "pca_", "umap_", "anomaly_", "z_score_"))]].copy()
@@ -458,7 +465,7 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
         raise DrlError(f"{objects_path} has no latent columns (z_mean_*): re-encode the run")
     Z = base[zcols].to_numpy(np.float64)
     features_path = run_dir / rundir.FEATURES
-    X = (np.load(features_path, mmap_mode="r") if features_path.is_file()
+    X = (rundir.load_features(run_dir, manifest) if features_path.is_file()
          else np.zeros((len(base), 0)))
     if len(X) != len(base):
         raise DrlError(f"{rundir.FEATURES} has {len(X)} rows but {rundir.OBJECTS} has {len(base)}: "
@@ -467,12 +474,17 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
     extra_notes = rundir.pipeline_notes(run_dir)
     key = _analysis_key(run_dir, base, Z, X, config, extra_notes)
     stage = {"key": key, "version": ANALYSIS_VERSION}
-    previous = run_dir / rundir.ANALYSIS
     try:
         old = rundir.read_analysis(run_dir)
     except DrlError:
         old = {}  # a damaged analysis is simply recomputed
-    if old.get("key") == key:
+    # Up to date only when the table still holds the analysis: `drl encode` (and so a cached
+    # rerun of `drl run`) rewrites objects.parquet without the analysis columns, which a
+    # matching key alone took for "nothing to do" (52 -> 16 columns after a rerun, in the app
+    # no maps or morphology). Damaged analysis files fail their check when read.
+    analysed = len(objects.columns) > len(base.columns) and (run_dir / rundir.CORRELATIONS).is_file()
+    if old.get("key") == key and analysed:
+        rundir.verify_file(run_dir, rundir.CORRELATIONS, manifest)
         reporter.message("analysis: up to date")
         # Recorded even so: a rerun whose earlier stages rewrote the manifest keeps it.
         if rundir.stage_entry(run_dir, "analyze") != stage:
@@ -541,6 +553,7 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
     }
     rundir.write_analysis(run_dir, corr, result, analysis)
     rundir.record_stage(run_dir, "analyze", stage)
+    rundir.record_files(run_dir, "analyze", [rundir.CORRELATIONS, rundir.OBJECTS, rundir.ANALYSIS])
     return summary
 
 

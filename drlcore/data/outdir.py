@@ -96,15 +96,22 @@ def prepare_output_dir(out: str | os.PathLike, data: str | os.PathLike | None = 
     return out
 
 
-def check_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
-    """The cache root that will be used (``cache_dir``, else ``$DRL_CACHE_DIR``, else the user
-    cache folder), checked to be a folder this account can create and write."""
+def check_cache_dir(cache_dir: str | os.PathLike | None) -> str | None:
+    """Check the cache root that will be used (``cache_dir``, else ``$DRL_CACHE_DIR``, else the
+    user cache folder): None when it can be used, else a note saying why the run goes on
+    without storing to it. A cache is an optimisation: a folder that cannot be created or
+    written (read-only, a full disk) never stops a run; only a path that names a file, surely a
+    mistake in the option, is an error."""
     from drlcore.data.cache import cache_root
 
     root = Path(cache_root(cache_dir))
     if root.exists() and not root.is_dir():
         raise DrlError(f"the cache folder {root} is a file, not a folder; give --cache-dir a "
                        f"folder (or set DRL_CACHE_DIR)")
-    _make_folder(root, "the cache folder")
-    _check_writable(root, "the cache folder")
-    return root
+    try:
+        _make_folder(root, "the cache folder")
+        _check_writable(root, "the cache folder")
+    except DrlError as exc:
+        return (f"{str(exc).split('; give')[0]}: the run goes on without storing to the cache "
+                f"(what it already holds is still used)")
+    return None

@@ -106,6 +106,7 @@ def encode_run(model_dir: str | Path, features_dir: str | Path, out_dir: str | P
     }
     rundir.record_stage(out_dir, "model", model_entry)
     rundir.record_stage(out_dir, "encode", encode_entry)
+    rundir.record_files(out_dir, "encode", [rundir.OBJECTS])
     reporter.message(f"encoded {len(objects)} images with model {meta['model_hash'][:12]} -> "
                      f"{out_path}")
     return out_path

@@ -258,6 +258,8 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
     unique = list(dict.fromkeys(d for d in digests if d is not None))
     vectors = cache.get(unique)
     meta = cache.metadata(unique)
+    for note in cache.notes():  # damaged shards: their images are embedded again below
+        reporter.message(f"note: {note}")
     thumbs = rundir.ThumbWriter(out_dir)
     no_thumb = set(np.asarray(unique, dtype=object)[thumbs.missing(unique)]) if unique else set()
     todo: list[int] = []
@@ -409,9 +411,17 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
         decision["shrunk"] = int((np.maximum(table["width"], table["height"]) > canvas_side).sum())
     manifest = _manifest(dataset, backbone, preprocessing, table, skipped_df, cache)
     manifest["preprocess"] = decision
+    # What the cache met (damaged shards re-embedded, a cache folder that could not be written);
+    # `drl run` carries these into the run's notes.
+    manifest["notes"] = cache.notes()
+    if cache.note:
+        reporter.message(f"note: {cache.note}")
     rundir.write_features(out_dir, features, table, skipped_df)
     # Only this stage's entry: a rerun into a run folder keeps what the later stages recorded.
     rundir.record_stage(out_dir, "features", manifest)
+    rundir.record_files(out_dir, "features", [rundir.FEATURES, rundir.IMAGES, rundir.SKIPPED,
+                                              *rundir.thumb_files(out_dir)],
+                        replace=f"{rundir.THUMBS}/")
     return FeatureResult(features=features, table=table, skipped=skipped_df, manifest=manifest)
 
 

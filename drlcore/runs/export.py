@@ -40,11 +40,11 @@ def _read_run(run_dir: Path) -> tuple[pd.DataFrame, dict, dict, pd.DataFrame | N
     if not objects_path.is_file():
         raise DrlError(f"{run_dir} has no {rundir.OBJECTS}: it is not an encoded run folder "
                        f"(make one with `drl run DATA --out {run_dir}`)")
-    objects = pd.read_parquet(objects_path)
-    analysis = rundir.read_analysis(run_dir)
     manifest = rundir.read_manifest(run_dir)
+    objects = rundir.read_table(run_dir, rundir.OBJECTS, manifest)  # checked against the manifest
+    analysis = rundir.read_analysis(run_dir)
     corr_path = run_dir / rundir.CORRELATIONS
-    corr = pd.read_parquet(corr_path) if corr_path.is_file() else None
+    corr = rundir.read_table(run_dir, rundir.CORRELATIONS, manifest) if corr_path.is_file() else None
     return objects, analysis, manifest, corr
 
 
@@ -140,7 +140,7 @@ def run_to_anndata(run_dir: str | Path, with_features: bool = False):
             raise DrlError(f"{run_dir} has no {rundir.FEATURES} to include")
         # A plain ndarray (a view of the memory map): anndata has no writer for np.memmap, which
         # .astype() keeps when the file is already float32.
-        obsm["X_backbone"] = np.asarray(np.load(features_path, mmap_mode="r"), dtype=np.float32)
+        obsm["X_backbone"] = np.asarray(rundir.load_features(run_dir), dtype=np.float32)
 
     uns: dict[str, Any] = {
         "drl": _plain({"run": run_dir.name, "manifest": manifest,

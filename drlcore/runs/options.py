@@ -10,6 +10,7 @@ two can never disagree on a default or a check. Option names are the command lin
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from drlcore.errors import DrlError
@@ -95,5 +96,7 @@ def prepare_run_folder(out: str | os.PathLike, data: str | os.PathLike | None,
     a folder that holds other files and is not a run is refused unless ``force``."""
     from drlcore.data.outdir import check_cache_dir, prepare_output_dir
 
-    check_cache_dir(cache_dir)
+    note = check_cache_dir(cache_dir)
+    if note:  # a cache folder that cannot be written only costs speed: say so, go on
+        print(f"note: {note}", file=sys.stderr)
     return prepare_output_dir(out, data, force=force)

@@ -122,8 +122,9 @@ def resolve_source_model(source_model: str | None, backbone: str) -> Path:
     return Path(source_model)
 
 
-def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporter: Reporter) -> Path:
-    from drlcore.data.cache import ContentStore, cache_root
+def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporter: Reporter,
+                    cache_notes: list[str]) -> Path:
+    from drlcore.data.cache import ContentStore, cache_root, cache_write_note
     from drlcore.disentangle.transfer import TransferConfig, anchor_names, measure_anchor_values, transfer
 
     settings = {"latent_dim": config.latent_dim, "anchors": anchor_names(config.anchors)}
@@ -152,8 +153,10 @@ def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporte
     model_dir = rundir.commit_model(run_dir, partial, key)
     try:
         store.put(key, lambda folder: shutil.copytree(model_dir, folder, dirs_exist_ok=True))
-    except OSError as err:  # a read-only cache must not fail the run
-        reporter.message(f"note: could not store the model in the cache ({err})")
+    except OSError as err:  # a full or read-only cache must not fail the run
+        note = cache_write_note(cache_root(config.features.cache_dir), err)
+        reporter.message(f"note: {note}")
+        cache_notes.append(note)
     return model_dir
 
 
@@ -217,9 +220,12 @@ def _run_stages(data, out_dir, config: PipelineConfig | None, reporter: Reporter
 
     reporter.message(f"[1/4] features ({backbone})")
     extract_features(data, out_dir, config.features, reporter=reporter, cluster=cluster)
-    features = np.load(out_dir / rundir.FEATURES, mmap_mode="r")
+    features = rundir.load_features(out_dir, full=False)  # just written and recorded
     notes: list[str] = []
     data_entry = rundir.stage_entry(out_dir, "features").get("data") or {}
+    # What the caches met (damaged entries recomputed, a cache that could not be written),
+    # kept apart from `notes`, which decide whether to fine-tune.
+    cache_notes = list(rundir.stage_entry(out_dir, "features").get("notes") or [])
     finite = np.isfinite(features).all(axis=1)
     if config.transfer and finite.sum() < MIN_IMAGES_FOR_TRANSFER:
         notes.append(f"only {int(finite.sum())} usable image(s): too few to fine-tune the source "
@@ -227,17 +233,20 @@ def _run_stages(data, out_dir, config: PipelineConfig | None, reporter: Reporter
                      f"it is")
     if config.transfer and not notes:
         reporter.message("[2/4] transfer: fine-tuning the source model on these images")
-        model_dir = _transfer_stage(source, out_dir, config, reporter)
+        model_dir = _transfer_stage(source, out_dir, config, reporter, cache_notes)
     else:
         reporter.message("[2/4] transfer skipped: using the source model as it is")
         model_dir = _copy_source_model(source, out_dir)
+    rundir.record_files(out_dir, "model", rundir.model_files(out_dir),
+                        replace=f"{rundir.MODEL}/")
 
     reporter.message("[3/4] encode")
     encode_run(model_dir, out_dir, out_dir, reporter=reporter)
     # Before the analysis, which carries these notes into analysis.json.
     # How files became objects comes first: it is what a reader must know to trust the rest.
     rundir.record_stage(out_dir, "pipeline", {
-        "version": PIPELINE_VERSION, "notes": list(data_entry.get("notes") or []) + notes,
+        "version": PIPELINE_VERSION,
+        "notes": list(dict.fromkeys([*(data_entry.get("notes") or []), *notes, *cache_notes])),
         "transferred": config.transfer and not notes})
     if config.extra_columns:
         _join_extra_columns(out_dir, Path(config.extra_columns))
@@ -252,7 +261,7 @@ def _run_stages(data, out_dir, config: PipelineConfig | None, reporter: Reporter
 def _join_extra_columns(run_dir: Path, extra: Path) -> None:
     import pandas as pd
 
-    objects = pd.read_parquet(run_dir / rundir.OBJECTS)
+    objects = rundir.read_table(run_dir, rundir.OBJECTS)
     table = pd.read_parquet(extra)
     new_cols = [c for c in table.columns if c != "path" and c not in objects.columns]
     if not new_cols:
@@ -260,3 +269,4 @@ def _join_extra_columns(run_dir: Path, extra: Path) -> None:
     merged = objects.merge(table[["path", *new_cols]], on="path", how="left")
     assert len(merged) == len(objects), "extra columns must have one row per path"
     rundir.write_objects(run_dir, merged)
+    rundir.record_files(run_dir, "pipeline", [rundir.OBJECTS])

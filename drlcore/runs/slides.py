@@ -108,7 +108,7 @@ def _objects(run_dir: Path) -> pd.DataFrame:
     path = run_dir / rundir.OBJECTS
     if not path.is_file():
         raise DrlError(f"{run_dir} has no {rundir.OBJECTS}: make the run first (`drl run`)")
-    return pd.read_parquet(path)
+    return rundir.read_table(run_dir, rundir.OBJECTS)
 
 
 def _thumb(thumbs, sha: str) -> np.ndarray | None:
@@ -228,7 +228,7 @@ def correlation_figure(run_dir: str | Path, config: SlideConfig = SlideConfig())
 
     run_dir = Path(run_dir)
     path = run_dir / rundir.CORRELATIONS
-    corr = pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+    corr = rundir.read_table(run_dir, rundir.CORRELATIONS) if path.is_file() else pd.DataFrame()
     if corr.empty:
         raise DrlError(f"{run_dir} has no latent-morphology correlations (run `drl analyze`)")
     pear = corr[(corr["method"] == "pearson") & corr["feature"].str.startswith("morph_")]

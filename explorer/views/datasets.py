@@ -12,10 +12,10 @@ from drlcore.data import rundir
 from drlcore.errors import DrlError
 from drlcore.embedding.features import describe_preprocess
 from explorer.data import (Run, backbone_summary, is_demo, list_runs, pipeline_config, pipeline_notes,
-                           read_pipeline_settings)
+                           read_pipeline_settings, run_check)
 from explorer import jobs as app_jobs
 from explorer.downloads import EXPORT_MIME, export_bytes, file_download
-from explorer.ui import csv_download, current_run
+from explorer.ui import csv_download, current_run, show_damaged
 
 st.title("Datasets")
 runs_dir = Path(st.session_state["app.runs_dir"])
@@ -74,10 +74,15 @@ def _summary(run: Run) -> None:
 
 run = current_run()
 if run is not None:
-    try:
-        _summary(run)
-    except DrlError as exc:
-        st.error(str(exc))
+    ok, summary, problems = run_check(run.path)
+    if not ok:
+        st.subheader(f"Open: {run.name}")
+        show_damaged(summary, problems)
+    else:
+        try:
+            _summary(run)
+        except DrlError as exc:
+            st.error(str(exc))
 else:
     st.info("No run is open yet: build the demo or add your own images below.")
 
@@ -85,10 +90,14 @@ st.subheader("Runs")
 runs = list_runs(runs_dir)
 st.caption(f"Runs are kept in `{runs_dir}` (change with `drl explore --runs-dir DIR`).")
 if runs:
+    checks = [run_check(p) for p in runs]
     table = pd.DataFrame({
         "run": [p.name + (" (demo)" if is_demo(p) else "") for p in runs],
         "modified": [dt.datetime.fromtimestamp((p / rundir.OBJECTS).stat().st_mtime).strftime("%Y-%m-%d %H:%M")
                      for p in runs],
+        # The words of `drl check`: a damaged run is listed as such, the others open as usual.
+        "state": ["intact" if ok else "damaged: " + "; ".join(problems or (summary,))
+                  for ok, summary, problems in checks],
     })
     st.dataframe(table, hide_index=True, width="stretch")
 app_jobs.show_jobs(runs_dir)  # live progress of running jobs; a watched one opens when done
