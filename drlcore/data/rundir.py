@@ -507,9 +507,9 @@ def is_run_dir(path: str | os.PathLike) -> bool:
     """True when ``path`` holds a run manifest drl wrote (any known layout): the test for "may
     drl write into this folder". Reads one small file; never raises."""
     manifest = Path(path) / MANIFEST
-    if not manifest.is_file():
-        return False
-    try:
+    try:  # inside the try: is_file() itself raises PermissionError in an unreadable folder
+        if not manifest.is_file():
+            return False
         raw = read_json(manifest)
         if not isinstance(raw, dict):
             return False
