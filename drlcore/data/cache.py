@@ -8,7 +8,7 @@ Layout::
         shard-<time>-<pid>-<n>.json      {"hashes": [...n sha256], "meta": [...n dicts]}
 
 The key folds in everything that changes a feature vector: backbone name, weights hash, compute
-dtype, preprocessing (input size, mean/std, interpolation, padding, intensity range) and
+dtype, inference engine, preprocessing (input size, mean/std, interpolation, padding, intensity range) and
 ``CACHE_VERSION``. Rows are keyed by the sha256 of the image *file bytes*, so renaming or moving
 files keeps their features.
 
@@ -137,9 +137,14 @@ def default_cache_dir() -> Path:
     return feature_cache_dir()
 
 
-def cache_key(backbone_name: str, weights_hash: str, dtype: str, preprocessing: dict) -> str:
-    return fingerprint(["features", CACHE_VERSION, backbone_name, weights_hash, dtype,
-                        preprocessing])
+def cache_key(backbone_name: str, weights_hash: str, dtype: str, preprocessing: dict,
+              engine: str = "torch") -> str:
+    """``engine`` (drlcore.embedding.engines) joins the key only when it is not torch, so the
+    torch features cached before engines existed (the same numbers) keep their key."""
+    parts = ["features", CACHE_VERSION, backbone_name, weights_hash, dtype, preprocessing]
+    if engine != "torch":
+        parts.append({"engine": engine})
+    return fingerprint(parts)
 
 
 class FeatureCache:

@@ -89,6 +89,9 @@ class BackboneSpec:
     # Where ``precision="auto"`` may run bfloat16: True only where the downstream agreement
     # check (:mod:`drlcore.embedding.precision`) passed for these weights; None: never measured (fp32).
     bf16_agrees: bool | None = None
+    # The figures behind ``bf16_agrees`` (one dict per image set; benchmarks/precision_noise.py),
+    # copied into the manifest of every run that uses bf16.
+    bf16_figures: tuple = field(default=(), hash=False, compare=False)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -412,7 +415,8 @@ class Backbone:
 
     def __init__(self, spec: BackboneSpec, model, weights_hash: str, dtype: str,
                  weights_source: str, batch_size: int = 32, device: str = "cpu",
-                 precision: str | None = None, precision_reason: str | None = None):
+                 precision: str | None = None, precision_reason: str | None = None,
+                 engine: str = "torch", engine_decision: dict | None = None, runner=None):
         import torch
 
         self.spec = spec
@@ -426,6 +430,12 @@ class Backbone:
         self.precision = precision or dtype
         # Why ``dtype`` was chosen, in words (drlcore.embedding.backbones.precision_decision).
         self.precision_reason = precision_reason or f"requested {dtype}"
+        # Which engine runs the forward pass (drlcore.embedding.engines): "torch", "onnx" or
+        # "openvino"; ``runner`` (None for torch) maps a normalised NCHW float32 batch to features.
+        self.engine = engine
+        self.engine_decision = engine_decision or {"requested": engine, "used": engine,
+                                                   "reason": f"requested {engine}"}
+        self._runner = runner
         # Forward passes run so far; lets callers (and tests) prove the cache spared the model.
         self.forward_calls = 0
         self._mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
@@ -457,6 +467,10 @@ class Backbone:
         """Pooled features of an already-normalised batch, in this backbone's dtype."""
         import torch
 
+        if self._runner is not None:
+            out = self._runner(x.contiguous().cpu().numpy())
+            self.forward_calls += 1
+            return torch.from_numpy(np.asarray(out, np.float32))
         device_type = torch.device(self.device).type
         autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if self.dtype == "bf16"
                     else contextlib.nullcontext())
@@ -578,7 +592,8 @@ def resolve_precision(spec: BackboneSpec, precision: str, device: str = "cpu",
 def load_backbone(name: str, weights: str | Path | None = None, pretrained: bool = True, *,
                   dtype: str = "auto", allow_download: bool = True,
                   batch_size: int = 32, device: str | None = None,
-                  num_threads: int | None = None) -> Backbone:
+                  num_threads: int | None = None, engine: str = "auto",
+                  cache_dir: str | Path | None = None) -> Backbone:
     """Build a backbone by registry name and load its weights.
 
     ``weights``: a .safetensors/.pth file (wins over everything else). ``pretrained=False``:
@@ -586,8 +601,10 @@ def load_backbone(name: str, weights: str | Path | None = None, pretrained: bool
     "auto" (bf16 where native and shown to agree downstream, see :func:`resolve_precision`),
     "fp32" or "bf16". ``device``: default "cuda" where torch sees a GPU, else "cpu".
     ``num_threads``: torch CPU threads (default: every usable core; a Dask worker passes its
-    own share). ``allow_download``: whether DINO weights missing from the local cache may be
-    fetched (only tried when the network answers within seconds).
+    own share). ``engine``: "auto", "torch", "onnx" or "openvino"
+    (:func:`drlcore.embedding.engines.build_runner`; the exported graph is cached under
+    ``cache_dir``'s ``engines/``). ``allow_download``: whether DINO weights missing from the
+    local cache may be fetched (only tried when the network answers within seconds).
     """
     import timm
     import torch
@@ -619,5 +636,18 @@ def load_backbone(name: str, weights: str | Path | None = None, pretrained: bool
 
     weights_hash = state_dict_hash(model.state_dict())
     model.to(device)
-    return Backbone(spec, model, weights_hash, decision["used"], source, batch_size=batch_size,
-                    device=device, precision=dtype, precision_reason=decision["reason"])
+    backbone = Backbone(spec, model, weights_hash, decision["used"], source,
+                        batch_size=batch_size, device=device, precision=dtype,
+                        precision_reason=decision["reason"])
+    from drlcore.embedding import engines
+
+    if engine == "auto" and state is None:
+        # Random-init models are for tests and timing; auto's order was measured on trained
+        # weights, and exporting a throwaway model per test would cost seconds each.
+        runner, chosen = None, {"requested": "auto", "used": "torch",
+                                "reason": "auto: torch for random-init weights"}
+    else:
+        runner, chosen = engines.build_runner(backbone, engine, decision["used"],
+                                              num_threads or _usable_threads(), cache_dir)
+    backbone.engine, backbone.engine_decision, backbone._runner = chosen["used"], chosen, runner
+    return backbone
