@@ -563,14 +563,17 @@ def precision_decision(spec: BackboneSpec, precision: str, device: str = "cpu",
         reason = f"auto: fp32, because bf16 was never checked for {spec.name}"
         used = "fp32"
     elif not spec.bf16_agrees:
-        reason = f"auto: fp32, because bf16 failed the downstream agreement check for {spec.name}"
+        reason = (f"auto: fp32, because bf16 failed the noise-floor agreement check for "
+                  f"{spec.name}")
         used = "fp32"
     elif not native:
         reason = (f"auto: fp32, because {hardware}, although bf16 passed the downstream "
                   f"agreement check for {spec.name}")
         used = "fp32"
     else:
-        reason = (f"auto: bf16, because it passed the downstream agreement check for "
+        reason = (f"auto: bf16, because it passed the noise-floor agreement check (kNN@10 "
+                  f"overlap with fp32 at least a JPEG-q95 re-save's, class accuracy within CV "
+                  f"noise, on three real sets) for "
                   f"{spec.name} and {hardware}")
         used = "bf16"
     return {"requested": "auto", "used": used, "reason": reason}
