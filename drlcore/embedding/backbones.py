@@ -104,6 +104,16 @@ _LITE0_BF16_FIGURES = (
                     "noise": 0.0684},
      "openvino_bf16": {"knn": 0.893, "cosine_min": 0.9927, "balanced_accuracy": [0.7775, 0.7500],
                        "noise": 0.0684}},
+    {"data": "plankton-ndsb", "n": 375, "noise_floor_knn": 0.865,
+     "torch_bf16": {"knn": 0.930, "cosine_min": 0.9914, "balanced_accuracy": [0.7360, 0.7280],
+                    "noise": 0.0185},
+     "openvino_bf16": {"knn": 0.936, "cosine_min": 0.9915, "balanced_accuracy": [0.7360, 0.7547],
+                       "noise": 0.0185}},
+    {"data": "ifc-cellcycle", "n": 300, "noise_floor_knn": 0.748,
+     "torch_bf16": {"knn": 0.865, "cosine_min": 0.9931, "balanced_accuracy": [0.5100, 0.5333],
+                    "noise": 0.0570},
+     "openvino_bf16": {"knn": 0.877, "cosine_min": 0.9942, "balanced_accuracy": [0.5100, 0.5133],
+                       "noise": 0.0570}},
 )
 
 BACKBONES: dict[str, BackboneSpec] = {
