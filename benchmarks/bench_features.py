@@ -255,8 +255,7 @@ def engines_side_by_side(data: Path, tmp: Path, args) -> None:
             full[key].append(len(result.table) / (time.perf_counter() - start))
             features[key] = result.features
     reference = features[("torch", "fp32")]
-    print(f"
-(g) engines side by side, {name}, {args.n} images, batch {args.batch_size}, "
+    print(f"\n(g) engines side by side, {name}, {args.n} images, batch {args.batch_size}, "
           f"{args.repeat} interleaved runs (best; all runs in brackets); model "
           f"{flops / 1e9:.2f} GFLOP/image; bf16 matmul peak {peak / 1e9:.0f} GFLOP/s")
     print(f"  {'engine':<10}{'precision':<10}{'bare img/s':>11}{'cmd img/s':>10}"
