@@ -150,3 +150,17 @@ def test_features_of_two_engines_never_share_a_cache_entry(tmp_path, rng):
     assert torch_run.manifest["engine"]["used"] == "torch"
     assert onnx_run.manifest["cache"]["key"] != torch_run.manifest["cache"]["key"]
     assert lowest_cosine(torch_run.features, onnx_run.features) >= 0.9999
+
+
+def test_datasets_page_names_engine_and_precision():
+    from explorer.data import backbone_summary
+
+    run = types.SimpleNamespace(
+        model_config={},
+        features_manifest={"backbone": "effnet-lite0", "weights_source": "pkg", "dtype": "bf16",
+                           "engine": {"requested": "auto", "used": "openvino", "reason": "r"},
+                           "precision": {"requested": "auto", "used": "bf16",
+                                         "reason": "auto: bf16, because it passed"}})
+    name, reason = backbone_summary(run)
+    assert name == "effnet-lite0"
+    assert "engine openvino" in reason and "precision bf16 (auto: bf16" in reason
