@@ -146,7 +146,8 @@ def reduced_precision_pair(name: str, pretrained: bool, data: Path, tmp: Path, a
     from drlcore.embedding.backbones import _native_bf16, load_backbone
     from drlcore.embedding.features import FeatureConfig, extract_features
 
-    pair = {p: load_backbone(name, pretrained=pretrained, dtype=p, batch_size=args.batch_size)
+    pair = {p: load_backbone(name, pretrained=pretrained, dtype=p, batch_size=args.batch_size,
+                             engine="torch")
             for p in ("fp32", "bf16")}
     for backbone in pair.values():
         bare_forward(backbone, min(args.n, 2 * args.batch_size), args.batch_size)  # warm-up
@@ -315,8 +316,9 @@ def main(argv=None) -> None:
             client = stack.enter_context(Client(cluster))
         for name in args.backbones:
             pretrained = name == "effnet-lite0" and not args.random_init
+            # (a)-(f) time the torch path (bare_forward runs the timm module); (g) the others.
             backbone = load_backbone(name, pretrained=pretrained, dtype=args.dtype,
-                                     batch_size=args.batch_size)
+                                     batch_size=args.batch_size, engine="torch")
             if client is not None:
                 from drlcore.embedding.distributed import ClusterConfig
 
