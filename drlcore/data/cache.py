@@ -9,8 +9,8 @@ Layout::
 
 The key folds in everything that changes a feature vector: backbone name, weights hash, compute
 dtype, inference engine (when not torch), preprocessing (input size, mean/std, interpolation,
-padding, intensity range) and ``CACHE_VERSION``. Rows are keyed by the sha256 of the image *file bytes*, so renaming or moving
-files keeps their features.
+padding, intensity range) and ``CACHE_VERSION``. Rows are keyed by the sha256 of the image
+*file bytes*, so renaming or moving files keeps their features.
 
 Each batch is one shard written atomically, the vectors first and the ``.json`` key list last:
 a shard only counts once its ``.json`` exists, so a run killed midway keeps every batch it
