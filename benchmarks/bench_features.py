@@ -17,6 +17,14 @@ generated), times
       as paired ratios against the bare fp32 forward (goal: >= 2x; whether bf16 may be used is
       decided by ``benchmarks/precision_check.py``, not here),
 
+  (g) with ``--engines all`` (the default; ``none`` skips it): every engine and precision side
+      by side in one run (torch fp32/bf16, ONNX Runtime fp32, OpenVINO fp32/bf16,
+      drlcore.embedding.engines), interleaved ``--repeat`` times: the bare engine's forward on
+      ready-made input and ``extract_features`` cold, images/s, the share of the machine's bf16
+      matmul peak the bare forward reaches (model FLOPs x images/s over the FLOP/s of a large
+      bf16 matmul measured in the same run), and agreement with torch fp32 on the command's
+      features (lowest cosine, kNN@10 overlap). ``--only-engines`` runs (g) alone,
+
 and prints throughput (a)/(b) (goal >= 0.9), (e)/(b), and first/cached time (goal >= 100x).
 
     .venv/bin/python benchmarks/bench_features.py [--n 256] [--backbones effnet-lite0 dino-vitb16]
@@ -138,7 +146,8 @@ def reduced_precision_pair(name: str, pretrained: bool, data: Path, tmp: Path, a
     from drlcore.embedding.backbones import _native_bf16, load_backbone
     from drlcore.embedding.features import FeatureConfig, extract_features
 
-    pair = {p: load_backbone(name, pretrained=pretrained, dtype=p, batch_size=args.batch_size)
+    pair = {p: load_backbone(name, pretrained=pretrained, dtype=p, batch_size=args.batch_size,
+                             engine="torch")
             for p in ("fp32", "bf16")}
     for backbone in pair.values():
         bare_forward(backbone, min(args.n, 2 * args.batch_size), args.batch_size)  # warm-up
@@ -172,6 +181,96 @@ def reduced_precision_pair(name: str, pretrained: bool, data: Path, tmp: Path, a
           f"(runs: {', '.join(f'{r:.2f}' for r in full)})", flush=True)
 
 
+ENGINE_SETTINGS = [("torch", "fp32"), ("torch", "bf16"), ("onnx", "fp32"), ("openvino", "fp32"),
+                   ("openvino", "bf16")]
+
+
+def bf16_matmul_peak(size: int = 2048, seconds: float = 2.0) -> float:
+    """FLOP/s of a large bf16 matmul (torch, every thread): the CPU's practical bf16 peak."""
+    import torch
+
+    a = torch.randn(size, size, dtype=torch.bfloat16)
+    b = torch.randn(size, size, dtype=torch.bfloat16)
+    torch.mm(a, b)  # warm-up (oneDNN picks its kernel)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        count += 1
+    return 2.0 * size ** 3 * count / (time.perf_counter() - start)
+
+
+def model_flops(backbone) -> float:
+    """FLOPs of one image's forward pass (torch's FLOP counter: matmuls and convolutions)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = backbone.spec.input_size
+    x = torch.zeros(1, 3, size, size)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        backbone.model.forward_head(backbone.model.forward_features(x), pre_logits=True)
+    return float(counter.get_total_flops())
+
+
+def engine_forward(backbone, n: int, batch_size: int) -> float:
+    """Seconds for n images through the engine alone (normalised input made beforehand)."""
+    size = backbone.spec.input_size
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
+    x = backbone.preprocess(images)
+    backbone.features_from_tensor(x)  # warm-up at full batch size
+    start = time.perf_counter()
+    for i in range(0, n, batch_size):
+        backbone.features_from_tensor(x[:min(batch_size, n - i)])
+    return time.perf_counter() - start
+
+
+def engines_side_by_side(data: Path, tmp: Path, args) -> None:
+    """(g): every engine and precision in one run (see the module docstring)."""
+    from drlcore.embedding.backbones import load_backbone
+    from drlcore.embedding.engines import lowest_cosine
+    from drlcore.embedding.features import FeatureConfig, extract_features
+    from drlcore.embedding.precision import knn_overlap
+
+    name = "effnet-lite0"
+    loaded = {}
+    for engine, precision in ENGINE_SETTINGS:
+        backbone = load_backbone(name, dtype=precision, engine=engine,
+                                 batch_size=args.batch_size, cache_dir=str(tmp / "engines"))
+        if backbone.engine != engine:
+            print(f"  {engine}/{precision}: not available ({backbone.engine_decision['reason']})")
+            continue
+        loaded[(engine, precision)] = backbone
+    flops = model_flops(next(iter(loaded.values())))
+    peak = bf16_matmul_peak()
+    bare = {k: [] for k in loaded}
+    full = {k: [] for k in loaded}
+    features = {}
+    for rep in range(args.repeat):
+        for key, backbone in loaded.items():
+            bare[key].append(args.n / engine_forward(backbone, args.n, args.batch_size))
+            config = FeatureConfig(backbone=name, batch_size=args.batch_size, precision=key[1],
+                                   engine=key[0], cache_dir=str(tmp / f"cache-{rep}"))
+            start = time.perf_counter()
+            result = extract_features(data, tmp / f"run-{key[0]}-{key[1]}-{rep}", config,
+                                      backbone=backbone)
+            full[key].append(len(result.table) / (time.perf_counter() - start))
+            features[key] = result.features
+    reference = features[("torch", "fp32")]
+    print(f"\n(g) engines side by side, {name}, {args.n} images, batch {args.batch_size}, "
+          f"{args.repeat} interleaved runs (best; all runs in brackets); model "
+          f"{flops / 1e9:.2f} GFLOP/image; bf16 matmul peak {peak / 1e9:.0f} GFLOP/s")
+    print(f"  {'engine':<10}{'precision':<10}{'bare img/s':>11}{'cmd img/s':>10}"
+          f"{'cmd/bare':>9}{'% peak':>8}{'low cos':>10}{'kNN@10':>8}")
+    for key in loaded:
+        b, f = max(bare[key]), max(full[key])
+        cos = lowest_cosine(reference, features[key])
+        knn = knn_overlap(reference, features[key])
+        print(f"  {key[0]:<10}{key[1]:<10}{b:11.1f}{f:10.1f}{f / b:9.2f}"
+              f"{100 * b * flops / peak:7.1f}%{cos:10.5f}{knn:8.3f}   "
+              f"(bare {', '.join(f'{v:.0f}' for v in bare[key])}; "
+              f"cmd {', '.join(f'{v:.0f}' for v in full[key])})", flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=256)
@@ -188,6 +287,9 @@ def main(argv=None) -> None:
                         help="workers of the Dask LocalCluster path (0: skip it)")
     parser.add_argument("--reduced", choices=["bf16", "none"], default="bf16",
                         help="(f) the bf16 path against the bare fp32 forward ('none': skip)")
+    parser.add_argument("--engines", choices=["all", "none"], default="all",
+                        help="(g) every engine and precision side by side ('none': skip)")
+    parser.add_argument("--only-engines", action="store_true", help="run (g) alone")
     args = parser.parse_args(argv)
 
     import torch
@@ -200,6 +302,10 @@ def main(argv=None) -> None:
         data = tmp / "data"
         print(f"data: {make_dataset(data, args.n, args.data)}; batch size {args.batch_size}; "
               f"torch threads {torch.get_num_threads()}", flush=True)
+        if args.engines == "all":
+            engines_side_by_side(data, tmp, args)
+        if args.only_engines:
+            return
         client = None
         if args.dask_workers:
             from dask.distributed import Client, LocalCluster
@@ -210,8 +316,9 @@ def main(argv=None) -> None:
             client = stack.enter_context(Client(cluster))
         for name in args.backbones:
             pretrained = name == "effnet-lite0" and not args.random_init
+            # (a)-(f) time the torch path (bare_forward runs the timm module); (g) the others.
             backbone = load_backbone(name, pretrained=pretrained, dtype=args.dtype,
-                                     batch_size=args.batch_size)
+                                     batch_size=args.batch_size, engine="torch")
             if client is not None:
                 from drlcore.embedding.distributed import ClusterConfig
 

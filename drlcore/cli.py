@@ -63,6 +63,12 @@ def _add_ingest_options(p: argparse.ArgumentParser) -> None:
                         "either way): 'bf16' autocast, 'fp32', or 'auto' (default: bf16 where "
                         "the backbone passed the downstream agreement check and this machine "
                         "runs bf16 natively, else fp32; the choice and why go in the manifest)")
+    p.add_argument("--engine", choices=["auto", "torch", "onnx", "openvino"], default="auto",
+                   help="what runs the forward pass: 'torch', 'onnx' (ONNX Runtime, fp32), "
+                        "'openvino' (fp32 or bf16), or 'auto' (default: on a CPU OpenVINO, then "
+                        "ONNX Runtime, then torch, the first whose exported graph matches torch "
+                        "fp32 on a probe batch; torch on a GPU). Recorded in the manifest and "
+                        "the feature-cache key")
     p.add_argument("--channels", default=None, metavar="SPEC",
                    help="display colours of fluorescence channels (2-8 channel TIFFs or "
                         "per-channel files), which make the composite the network sees: "
@@ -268,7 +274,9 @@ def _cmd_features(args) -> None:
     result = extract_features(args.data, out, _feature_config(args), reporter=_reporter(),
                               cluster=cluster)
     m = result.manifest
-    print(f"backbone: {m['backbone']} (weights {m['weights_hash'][:12]}, {m['dtype']})")
+    engine = (m.get("engine") or {}).get("used", "torch")
+    print(f"backbone: {m['backbone']} (weights {m['weights_hash'][:12]}, {m['dtype']}, "
+          f"engine {engine})")
     print(f"{m['counts']['accepted']} images -> {out / rundir.FEATURES} "
           f"{tuple(result.features.shape)}; {m['counts']['skipped']} skipped "
           f"(see {out / rundir.SKIPPED})")

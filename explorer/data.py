@@ -338,6 +338,14 @@ def backbone_summary(run: Run) -> tuple[str, str]:
         reason += f"; weights: {weights}"
     if feats.get("dtype"):
         reason += f", {feats['dtype']}"
+    engine = feats.get("engine") or {}
+    if engine.get("used"):
+        reason += f"; engine {engine['used']}"
+    precision = feats.get("precision") or {}
+    if precision.get("used"):
+        reason += f"; precision {precision['used']}"
+        if precision.get("reason"):
+            reason += f" ({precision['reason']})"
     return name, reason
 
 

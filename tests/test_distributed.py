@@ -323,3 +323,43 @@ def test_a_worker_with_other_weights_fails_loudly(tmp_path):
     assert "same drlcore" in result["error"]
     ok = distributed.embed_task(settings, lambda *a: None, [])
     assert ok["digests"] == [] and ok["vectors"].shape == (0, 64)
+
+
+def test_cluster_features_equal_the_single_process_path_for_an_exported_engine(
+        dataset, tmp_path, on_cluster):
+    """--engine onnx: the workers load the driver's exported graph (same cache folder) and give
+    the single-process onnx features under the same cache key; a worker cannot quietly fall
+    back to torch."""
+    pytest.importorskip("onnxruntime")
+    import dataclasses
+
+    config = dataclasses.replace(_config(tmp_path / "cache-onnx"), engine="onnx",
+                                 precision="fp32")
+    single = extract_features(dataset, tmp_path / "onnx-single", config)
+    assert single.manifest["engine"]["used"] == "onnx"
+    clustered = extract_features(
+        dataset, tmp_path / "onnx-dask",
+        dataclasses.replace(config, cache_dir=str(tmp_path / "cache-onnx-dask")),
+        cluster=on_cluster)
+    assert clustered.manifest["engine"]["used"] == "onnx"
+    assert clustered.manifest["cache"]["key"] == single.manifest["cache"]["key"]
+    pd.testing.assert_frame_equal(clustered.table, single.table)
+    # ONNX Runtime's sums depend on its thread count (1 per worker here, 2 in the driver)
+    # at float32 rounding level, as torch's do between machines.
+    np.testing.assert_allclose(clustered.features, single.features, rtol=1e-5, atol=1e-5)
+
+
+def test_a_worker_that_cannot_run_the_engine_fails_loudly(monkeypatch):
+    import dataclasses
+
+    from drlcore.embedding import engines
+    from drlcore.embedding.backbones import load_backbone
+
+    tiny = load_backbone("test-tiny", pretrained=False, engine="torch")
+    settings = dataclasses.replace(distributed.BackboneSettings.of(tiny, None, False),
+                                   engine="onnx")
+    monkeypatch.setattr(engines, "export_onnx",
+                        lambda *a: (_ for _ in ()).throw(RuntimeError("no exporter here")))
+    distributed._LOADED.pop(settings, None)
+    result = distributed.embed_task(settings, lambda *a: None, [])
+    assert "could not run engine onnx" in result["error"]

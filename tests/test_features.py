@@ -216,3 +216,34 @@ def test_plankton_with_effnet(shared_data, tmp_path):
     assert result.table["label"].nunique() == 15
     assert len(result.skipped) == 0
     assert np.isfinite(result.features).all()
+
+
+def test_prefetch_keeps_input_order_and_skips_only_the_broken_image(dataset, tmp_path, tiny,
+                                                                   monkeypatch):
+    """Decoding runs ahead of the model in a thread pool; images that decode slowly (here the
+    first ones, so later ones finish first) still land in discovery order, and the corrupt
+    file in the middle costs only its own row."""
+    import time
+
+    from drlcore.embedding import features as features_module
+
+    decode = ingest.decode
+    calls = []
+
+    def slow_first(data, *args, **kwargs):
+        calls.append(1)
+        if len(calls) <= 3:
+            time.sleep(0.05)
+        return decode(data, *args, **kwargs)
+
+    monkeypatch.setattr(ingest, "decode", slow_first)
+    monkeypatch.setattr(features_module, "DECODE_WORKERS", 4)
+    result = extract_features(dataset, tmp_path / "run", _config(tmp_path), backbone=tiny)
+    table = result.table
+    assert table["path"].tolist() == sorted(table["path"].tolist())  # discovery order
+    assert result.skipped["path"].tolist() == ["spiky/broken.png"]
+    assert len(table) == N_GOOD
+    for row in (0, len(table) // 2, len(table) - 1):
+        rgb = decode((dataset / table["path"].iloc[row]).read_bytes(), ingest.IngestConfig()).rgb
+        alone = tiny.embed(ingest.to_square(rgb, 64, True)[None])[0]
+        np.testing.assert_allclose(result.features[row], alone, rtol=0.02, atol=0.02)

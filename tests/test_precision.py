@@ -279,3 +279,39 @@ def test_dask_workers_run_the_requested_precision(dataset, tmp_path):
     assert on_dask.manifest["cache"]["key"] == single.manifest["cache"]["key"]
     np.testing.assert_allclose(on_dask.features, single.features, rtol=0, atol=1e-6)
     assert not np.allclose(on_dask.features, f32.features, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The noise-floor rule: reduced precision passes when it moves the features less than a re-save
+
+
+def test_noise_floor_rule_on_constructed_data(rng):
+    """A 'reduced' set that moves the features less than the 'perturbed' (re-saved) set passes
+    the kNN check although its overlap is below the fixed 0.95; one that moves them more fails."""
+    x, labels = _clustered(rng)
+    small = x + rng.normal(0, 0.02, x.shape).astype(np.float32)
+    large = x + rng.normal(0, 0.2, x.shape).astype(np.float32)
+    passes = agreement(x, small, perturbed=large)
+    assert passes["knn_overlap"] > passes["noise_floor"]["knn_overlap"]
+    assert passes["thresholds"]["knn_overlap"] == passes["noise_floor"]["knn_overlap"]
+    assert passes["checks"]["knn"] and passes["passed"]
+    fails = agreement(x, large, perturbed=small)
+    assert fails["knn_overlap"] < fails["noise_floor"]["knn_overlap"]
+    assert not fails["checks"]["knn"] and not fails["passed"]
+    # Without a perturbed set the fixed threshold rules, as before.
+    assert agreement(x, small)["thresholds"]["knn_overlap"] == MIN_KNN_OVERLAP
+    # The floor sets the latent threshold too, when an encoder is given.
+    with_latent = agreement(x, small, encode=_reads([0, 1, 15]), perturbed=large)
+    assert with_latent["thresholds"]["latent_r_min"] == with_latent["noise_floor"]["latent_r_min"]
+
+
+def test_jpeg_resave_is_a_small_perturbation(rng):
+    from drlcore.embedding.precision import jpeg_resave
+
+    smooth = np.repeat(np.repeat(rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8), 8, 1), 8, 2)
+    out = jpeg_resave(smooth)
+    assert out.shape == smooth.shape and out.dtype == np.uint8
+    assert not np.array_equal(out, smooth)
+    assert np.abs(out.astype(int) - smooth).mean() < 8
+    with pytest.raises(DrlError):
+        jpeg_resave(smooth.astype(np.float32))

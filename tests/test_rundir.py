@@ -141,6 +141,8 @@ def test_provenance_names_backbone_model_and_data(tmp_path):
     stamp = rundir.provenance(tmp_path, n_objects=3)
     assert stamp["backbone"] == "test-tiny" and stamp["model hash"] == "m" * 64
     assert stamp["data fingerprint"] == "f" * 32 and stamp["objects"] == 3
+    # Features made before engines existed ran on torch.
+    assert stamp["engine"] == "torch"
 
 
 def _tiny_pipeline(tmp_path):

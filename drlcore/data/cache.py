@@ -9,9 +9,9 @@ Layout::
                                           "sha256": checksum of the .npy bytes and the lists}
 
 The key folds in everything that changes a feature vector: backbone name, weights hash, compute
-dtype, preprocessing (input size, mean/std, interpolation, padding, intensity range) and
-``CACHE_VERSION``. Rows are keyed by the sha256 of the image *file bytes*, so renaming or moving
-files keeps their features.
+dtype, inference engine (when not torch), preprocessing (input size, mean/std, interpolation,
+padding, intensity range) and ``CACHE_VERSION``. Rows are keyed by the sha256 of the image
+*file bytes*, so renaming or moving files keeps their features.
 
 Each batch is one shard written atomically, the vectors first and the ``.json`` key list last:
 a shard only counts once its ``.json`` exists, so a run killed midway keeps every batch it
@@ -212,9 +212,14 @@ def default_cache_dir() -> Path:
     return feature_cache_dir()
 
 
-def cache_key(backbone_name: str, weights_hash: str, dtype: str, preprocessing: dict) -> str:
-    return fingerprint(["features", CACHE_VERSION, backbone_name, weights_hash, dtype,
-                        preprocessing])
+def cache_key(backbone_name: str, weights_hash: str, dtype: str, preprocessing: dict,
+              engine: str = "torch") -> str:
+    """``engine`` (drlcore.embedding.engines) joins the key only when it is not torch, so the
+    torch features cached before engines existed (the same numbers) keep their key."""
+    parts = ["features", CACHE_VERSION, backbone_name, weights_hash, dtype, preprocessing]
+    if engine != "torch":
+        parts.append({"engine": engine})
+    return fingerprint(parts)
 
 
 def _shard_checksum(vectors_sha256: str, hashes: list, meta) -> str:

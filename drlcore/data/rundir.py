@@ -716,6 +716,9 @@ def provenance(run_dir: str | os.PathLike, manifest: Mapping | None = None,
         "backbone weights hash": (info.weights_hash if info else None)
         or backbone.get("weights_hash"),
         "model hash": model.get("model_hash"),
+        # What ran the backbone, in what arithmetic (features made before engines: torch).
+        "engine": (((info.entry.get("engine") or {}).get("used") or "torch") if info else None),
+        "precision": info.dtype if info else None,
         "data fingerprint": info.data_fingerprint if info else None,
         "objects": n_objects,
         "analysis parameters": analysis.get("config") or {},

@@ -266,14 +266,15 @@ def train_source_cli(out_dir: str | Path, backbone_name: str, weights: str | Non
     from drlcore.data.cache import FeatureCache, cache_key, feature_cache_dir
     from drlcore.embedding.features import preprocessing_of
 
-    backbone = load_backbone(backbone_name, weights=weights)
+    backbone = load_backbone(backbone_name, weights=weights, cache_dir=cache_dir)
     # Rendered images are made square at the backbone's input size: no padding, 8-bit.
     preprocessing = {**preprocessing_of(backbone, pad_to_square=False, intensity_range=None),
                      "source": _CACHE_SOURCE[config.source]}
     root = feature_cache_dir(cache_dir)
     cache = FeatureCache(root, cache_key(backbone.spec.name, backbone.weights_hash, backbone.dtype,
-                                         preprocessing),
+                                         preprocessing, backbone.engine),
                          info={"backbone": backbone.spec.name, "weights_hash": backbone.weights_hash,
-                               "dtype": backbone.dtype, "preprocessing": preprocessing})
+                               "dtype": backbone.dtype, "engine": backbone.engine,
+                               "preprocessing": preprocessing})
     return train_source(out_dir, backbone, config, reporter=reporter, cache=cache,
                         compare_baseline=compare_baseline)

@@ -41,6 +41,7 @@ below ``INACTIVE_STD``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -231,6 +232,20 @@ def _trainable(model: FeatureVAE, freeze: str) -> list[torch.nn.Parameter]:
     return list(model.parameters())
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """Train the small VAE on one torch thread. Its matmuls (64 x 1280 by a few hundred) are too
+    small to share: on the 2-core machine with other work running, two threads spin-waited at
+    1.5 s per step against 0.17 s on one (25 ms of CPU against 300; the features stage leaves
+    torch at every core, which is right for the backbone)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def fine_tune(model: FeatureVAE, features, config: TransferConfig = TransferConfig(),
               anchor_values: dict[str, np.ndarray] | None = None,
               reporter: Reporter | None = None) -> tuple[FeatureVAE, dict]:
@@ -287,7 +302,7 @@ def fine_tune(model: FeatureVAE, features, config: TransferConfig = TransferConf
         val_mask = torch.from_numpy(stacked[1, n_tr:]).float()
 
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _one_thread():
         torch.manual_seed(config.seed)
         model, new_head = _with_latent_dim(model, latent_dim)
         if config.refit_standardisation:

@@ -190,12 +190,16 @@ class BackboneSettings:
     dtype: str  # the driver's resolved dtype ("fp32"/"bf16"), never "auto": one cache key
     batch_size: int
     weights_hash: str
+    engine: str = "torch"  # the driver's resolved engine, never "auto": one cache key
+    cache_dir: str | None = None  # where the exported graph of an onnx/openvino engine lives
 
     @classmethod
-    def of(cls, backbone, weights: str | None, pretrained: bool) -> BackboneSettings:
+    def of(cls, backbone, weights: str | None, pretrained: bool,
+           cache_dir: str | None = None) -> BackboneSettings:
         return cls(name=backbone.spec.name, weights=weights, pretrained=bool(pretrained),
                    dtype=backbone.dtype, batch_size=int(backbone.batch_size),
-                   weights_hash=backbone.weights_hash)
+                   weights_hash=backbone.weights_hash, engine=backbone.engine,
+                   cache_dir=None if cache_dir is None else str(cache_dir))
 
 
 _LOADED: dict[BackboneSettings, object] = {}
@@ -235,13 +239,21 @@ def _worker_backbone(settings: BackboneSettings):
             backbone = load_backbone(settings.name, settings.weights, settings.pretrained,
                                      dtype=settings.dtype, batch_size=settings.batch_size,
                                      device=_worker_device(worker), num_threads=threads,
-                                     allow_download=False)
+                                     allow_download=False, engine=settings.engine,
+                                     cache_dir=settings.cache_dir)
             if backbone.weights_hash != settings.weights_hash:
                 where = f" on worker {worker.address}" if worker is not None else ""
                 raise DrlError(
                     f"the backbone {settings.name!r} loaded{where} has weights "
                     f"{backbone.weights_hash}, not the driver's {settings.weights_hash}: every "
                     f"worker needs the same drlcore, weights package and --weights file")
+            if backbone.engine != settings.engine:
+                # A worker whose engine failed its probe would fill the cache key of the
+                # driver's engine with another engine's vectors.
+                raise DrlError(
+                    f"the worker could not run engine {settings.engine} "
+                    f"({backbone.engine_decision['reason']}); rerun with --engine "
+                    f"{backbone.engine}")
             _LOADED[settings] = backbone
     return backbone
 

@@ -77,6 +77,10 @@ class FeatureConfig:
     # where the registry records that bf16 agrees downstream and the hardware has native bf16
     # (drlcore.embedding.backbones.precision_decision). Features are stored as float32 either way.
     precision: str = "auto"
+    # auto | torch | onnx | openvino (``--engine``): what runs the forward pass
+    # (drlcore.embedding.engines); auto = OpenVINO, then ONNX Runtime, then torch on a CPU, the
+    # first that passes the probe check; torch on a GPU. Part of the feature-cache key.
+    engine: str = "auto"
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -84,6 +88,10 @@ class FeatureConfig:
         if not isinstance(self.precision, str) or self.precision not in PRECISIONS:
             raise DrlError(f"unknown precision {self.precision!r}; choose one of "
                            f"{', '.join(PRECISIONS)}")
+        from drlcore.embedding.engines import ENGINES
+
+        if not isinstance(self.engine, str) or self.engine not in ENGINES:
+            raise DrlError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
         if self.preprocess not in PREPROCESS_MODES:
             raise DrlError(f"unknown preprocessing {self.preprocess!r}; "
                            f"choose one of {', '.join(PREPROCESS_MODES)}")
@@ -180,9 +188,11 @@ def describe_preprocess(features_entry: dict) -> str | None:
 
 def _open_cache(backbone: Backbone, preprocessing: dict, cache_dir: str | None) -> FeatureCache:
     root = feature_cache_dir(cache_dir)
-    key = cache_key(backbone.spec.name, backbone.weights_hash, backbone.dtype, preprocessing)
+    key = cache_key(backbone.spec.name, backbone.weights_hash, backbone.dtype, preprocessing,
+                    backbone.engine)
     info = {"backbone": backbone.spec.name, "timm_name": backbone.spec.timm_name,
             "weights_hash": backbone.weights_hash, "dtype": backbone.dtype,
+            "engine": backbone.engine,
             "preprocessing": preprocessing, "cache_version": CACHE_VERSION}
     return FeatureCache(root, key, info=info)
 
@@ -218,10 +228,14 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
         reporter.message(f"discovery: {note}")
     if backbone is None:
         backbone = load_backbone(config.backbone, config.weights, config.pretrained,
-                                 dtype=config.precision, batch_size=config.batch_size)
+                                 dtype=config.precision, batch_size=config.batch_size,
+                                 engine=config.engine, cache_dir=config.cache_dir)
     elif config.precision != "auto" and backbone.dtype != config.precision:
         raise DrlError(f"the backbone passed in runs {backbone.dtype}, but the feature settings "
                        f"ask for precision {config.precision}")
+    elif config.engine not in ("auto", backbone.engine):
+        raise DrlError(f"the backbone passed in runs on {backbone.engine}, but the feature "
+                       f"settings ask for engine {config.engine}")
     spec = backbone.spec
     irange, cranges = ingest.intensity_ranges(dataset, ingest_config)
     # The model is the bottleneck (decode + square + thumbnail of a 360 px JPEG: ~4 ms of CPU,
@@ -250,8 +264,9 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
                                      ingest.channels_entry(dataset, ingest_config, cranges),
                                      canvas_side=canvas_side)
     cache = _open_cache(backbone, preprocessing, config.cache_dir)
-    if backbone.dtype != "fp32" or backbone.precision != "fp32":
-        reporter.message(f"features: precision {backbone.dtype} ({backbone.precision_reason})")
+    reporter.message(f"features: engine {backbone.engine} "
+                     f"({backbone.engine_decision['reason']}); precision {backbone.dtype} "
+                     f"({backbone.precision_reason})")
 
     # 2. Decode what the cache cannot answer: misses (to embed) and hits that lack their
     #    metadata or thumbnail here (decode only).
@@ -344,7 +359,8 @@ def extract_features(data, out_dir, config: FeatureConfig = FeatureConfig(),
     if cluster is not None and todo:
         from drlcore.embedding import distributed
 
-        settings = distributed.BackboneSettings.of(backbone, config.weights, config.pretrained)
+        settings = distributed.BackboneSettings.of(backbone, config.weights, config.pretrained,
+                                                   config.cache_dir)
         items = [(i, records[i], digests[i], digests[i] in no_thumb, digests[i] not in vectors)
                  for i in todo]
         batches = list(distributed.plan_batches(items, config.batch_size))
@@ -482,7 +498,11 @@ def _manifest(dataset, backbone: Backbone, preprocessing: dict, table: pd.DataFr
         "dtype": backbone.dtype,
         # What was asked, what ran (= dtype, the cache key's part) and why; stored float32.
         "precision": {"requested": backbone.precision, "used": backbone.dtype,
-                      "reason": backbone.precision_reason},
+                      "reason": backbone.precision_reason,
+                      **_precision_figures(backbone)},
+        # What ran the forward pass (drlcore.embedding.engines), asked and used, and why;
+        # part of the cache key, so features of two engines are never mixed.
+        "engine": dict(backbone.engine_decision),
         "feature_dim": int(backbone.spec.feature_dim),
         "pooling": backbone.spec.pooling,
         "preprocessing": preprocessing,
@@ -498,6 +518,14 @@ def _manifest(dataset, backbone: Backbone, preprocessing: dict, table: pd.DataFr
                      "timm": timm.__version__, "python": platform.python_version()},
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+
+
+def _precision_figures(backbone: Backbone) -> dict:
+    """The registry's measured noise-floor figures for bf16 of this backbone, when bf16 ran."""
+    if backbone.dtype != "bf16":
+        return {}
+    figures = backbone.spec.bf16_figures
+    return {"figures": [dict(f) for f in figures]} if figures else {}
 
 
 def embed_arrays(backbone: Backbone, images: np.ndarray, cache: FeatureCache | None = None,

@@ -20,19 +20,20 @@ __all__ = ["FEATURE_OPTIONS", "RUN_OPTIONS", "feature_config", "pipeline_config"
 
 # Options of the features stage (every command that embeds images takes them).
 FEATURE_OPTIONS = ("backbone", "weights", "cache_dir", "batch_size", "preprocess", "no_pad",
-                   "precision", "channels", "channel_pattern")
+                   "precision", "engine", "channels", "channel_pattern")
 # Options of ``drl run`` besides the feature options (``force`` and the cluster options are not
 # settings of the run: the outputs are the same either way).
-RUN_OPTIONS = ("source_model", "known_classes", "epochs", "latent_dim", "anchor")
+RUN_OPTIONS = ("source_model", "known_classes", "epochs", "latent_dim", "anchor", "mask_channel")
 
 
 def feature_config(*, backbone: str | None = "effnet-lite0", weights: str | None = None,
                    cache_dir: str | None = None, batch_size: int = 32,
                    preprocess: str | None = None, no_pad: bool = False,
                    precision: str | None = "auto", channels: str | None = None,
-                   channel_pattern: str | None = None, **overrides):
+                   channel_pattern: str | None = None, engine: str | None = "auto",
+                   **overrides):
     """``--backbone --weights --cache-dir --batch-size --preprocess --no-pad --precision
-    --channels --channel-pattern`` as a ``FeatureConfig``; ``overrides`` are further
+    --engine --channels --channel-pattern`` as a ``FeatureConfig``; ``overrides`` are further
     ``FeatureConfig`` fields (unknown ones are an error there). ``backbone=None`` keeps the
     ``FeatureConfig`` default; ``channel_pattern="none"`` keeps every file separate."""
     from drlcore.embedding.features import FeatureConfig
@@ -43,7 +44,8 @@ def feature_config(*, backbone: str | None = "effnet-lite0", weights: str | None
                            f"{preprocess}")
         preprocess = "stretch"
     kwargs = dict(batch_size=batch_size, preprocess=preprocess or "auto", cache_dir=cache_dir,
-                  weights=weights, channels=channels, precision=precision or "auto")
+                  weights=weights, channels=channels, precision=precision or "auto",
+                  engine=engine or "auto")
     if channel_pattern is not None:
         kwargs["channel_pattern"] = None if channel_pattern.lower() == "none" else channel_pattern
     if backbone is not None:
