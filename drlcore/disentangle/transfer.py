@@ -58,7 +58,7 @@ from drlcore.disentangle.train import _as_features, _optimise, encode_means, lat
 from drlcore.disentangle.vae import FeatureVAE, beta_vae_loss
 
 __all__ = ["TransferConfig", "FREEZE", "transfer", "fine_tune", "split_rows", "anchor_report",
-           "anchor_names", "measure_anchor_values"]
+           "anchor_names", "measure_anchor_values", "measure_morphology"]
 
 FREEZE = ("none", "decoder", "encoder")
 
@@ -149,6 +149,18 @@ def anchor_names(spec) -> tuple[str, ...]:
             raise DrlError(f"cannot anchor {item!r}: not a morphology feature; choose from {known}")
         names.append(name)
     return tuple(names)
+
+
+def measure_morphology(features_dir: str | Path, cache_dir: str | None = None,
+                       reporter: Reporter | None = None):
+    """The whole morphology table of a features folder's images (row order of the features),
+    through the analysis stage's per-image cache, so the analysis later reuses it."""
+    from drlcore.analysis.analyze import AnalyzeConfig, _morphology
+    from drlcore.data.rundir import load_features_dir
+
+    _, images, _ = load_features_dir(features_dir)
+    return _morphology(images.reset_index(drop=True), Path(features_dir),
+                       AnalyzeConfig(cache_dir=cache_dir), reporter or NullReporter(), [])
 
 
 def measure_anchor_values(features_dir: str | Path, anchors: tuple[str, ...],
