@@ -275,7 +275,10 @@ def _manifest(run, n, n_dims, shas, source_names, dim_factor, inactive, backbone
               "model_hash": MODEL_HASH, "n_objects": n, "version": 1, "weights_hash": WEIGHTS_HASH}
     return {"schema_version": rundir.SCHEMA_VERSION, "stages": {
         "features": features, "model": model, "encode": encode,
-        "pipeline": {"notes": ["Fixture note from the pipeline."], "transferred": True, "version": 1},
+        "pipeline": {"notes": ["Fixture note from the pipeline."], "transferred": True, "version": 3,
+                     "axes": {"anchors": {"mode": "none", "anchors": []},
+                              "free": {"mode": "given", "n_free": n_dims},
+                              "latent_dim": n_dims}},
         "analyze": {"key": analysis_key, "version": 2},
     }}
 

@@ -251,3 +251,19 @@ def test_latent_axes_page_shows_the_card(tmp_path, monkeypatch):
     table = tables[0]
     assert list(table["axis"])[:1] and {"ρ", "best PCA |ρ|", "ceiling |ρ|"} <= set(table.columns)
     assert len(table) == 6
+
+
+def test_rank_normal_scores_tame_a_skewed_anchor():
+    from scipy import stats
+
+    from drlcore.disentangle.transfer import rank_normal_scores
+
+    rng = np.random.default_rng(4)
+    area = np.exp(rng.normal(scale=1.5, size=2000))  # heavily right-skewed, like plankton sizes
+    z = rank_normal_scores(area, area)
+    assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.05
+    assert abs(stats.skew(z)) < 0.05 < abs(stats.skew(area))
+    assert stats.spearmanr(z, area).statistic == pytest.approx(1.0)
+    # values outside the reference map to the extremes, in order
+    out = rank_normal_scores(area, np.array([area.min() / 2, np.median(area), area.max() * 2]))
+    assert out[0] < -3 < 3 < out[2] and abs(out[1]) < 0.01

@@ -58,7 +58,7 @@ from drlcore.disentangle.train import _as_features, _optimise, encode_means, lat
 from drlcore.disentangle.vae import FeatureVAE, beta_vae_loss
 
 __all__ = ["TransferConfig", "FREEZE", "transfer", "fine_tune", "split_rows", "anchor_report",
-           "anchor_names", "measure_anchor_values", "measure_morphology"]
+           "anchor_names", "measure_anchor_values", "measure_morphology", "rank_normal_scores"]
 
 FREEZE = ("none", "decoder", "encoder")
 
@@ -98,6 +98,11 @@ class TransferConfig:
     anchors: tuple[str, ...] = ()
     anchor_weight: float = 100.0  # per image, against a reconstruction term of hundreds of nats
     anchor_holdout: float = 0.2  # share of images held out of fine-tuning to report r on
+    # "rank": each anchor target is the normal score of its rank among the training rows
+    # (monotone, so the axis keeps the measurement's order); "linear": standardised values.
+    # Skewed sizes (plankton: a few organisms 10-100x the median area) made the squared anchor
+    # error follow the few largest objects under "linear"; see benchmarks/axis_quality.py.
+    anchor_transform: str = "rank"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "anchors", tuple(str(a) for a in self.anchors))
@@ -122,6 +127,9 @@ class TransferConfig:
             raise DrlError("TransferConfig.min_relative_std must be in [0, 1]")
         if self.anchor_weight < 0:
             raise DrlError("TransferConfig.anchor_weight must be >= 0")
+        if self.anchor_transform not in ("rank", "linear"):
+            raise DrlError(f"TransferConfig.anchor_transform must be 'rank' or 'linear', got "
+                           f"{self.anchor_transform!r}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -195,6 +203,20 @@ def split_rows(n: int, config: TransferConfig) -> dict[str, np.ndarray]:
     n_val = int(round(config.val_fraction * rest)) if rest >= 10 else 0
     return {"heldout": np.sort(order[:n_hold]), "val": np.sort(order[n_hold:n_hold + n_val]),
             "train": np.sort(order[n_hold + n_val:])}
+
+
+def rank_normal_scores(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Normal scores of ``values`` by their position among ``reference`` (the training rows):
+    Phi^-1 of the mid-rank quantile (ties share it), interpolated for values between reference
+    points; monotone, mean ~0 and sd ~1 on the reference whatever its skew."""
+    from scipy import stats
+
+    ref = np.sort(np.asarray(reference, float))
+    n = len(ref)
+    lo = np.searchsorted(ref, values, side="left")
+    hi = np.searchsorted(ref, values, side="right")
+    q = np.clip((lo + hi) / 2.0, 0.5, n - 0.5) / n  # mid-rank quantile in (0, 1)
+    return stats.norm.ppf(q)
 
 
 def _pearson_ci(a: np.ndarray, b: np.ndarray) -> tuple[float, list[float] | None, int]:
@@ -284,13 +306,18 @@ def fine_tune(model: FeatureVAE, features, config: TransferConfig = TransferConf
                                f"feature is constant (hue or saturation of grayscale images, for "
                                f"example); it cannot anchor an axis - choose another feature")
             mean, std = float(tv[ok].mean()), float(tv[ok].std())
-            anchor_stats[name] = {"mean": mean, "std": std, "n_train": int(ok.sum())}
+            anchor_stats[name] = {"mean": mean, "std": std, "n_train": int(ok.sum()),
+                                  "transform": config.anchor_transform}
             # Training and validation rows (the validation rows judge early stopping, so the
-            # anchor term must count there too); standardised with training statistics.
+            # anchor term must count there too); transformed with training statistics.
             rows = np.concatenate([split["train"], split["val"]])
             fv = v[rows]
             fok = np.isfinite(fv)
-            cols.append(np.stack([np.where(fok, (fv - mean) / std, 0.0), fok.astype(float)]))
+            if config.anchor_transform == "rank":
+                target = rank_normal_scores(tv[ok], np.where(fok, fv, tv[ok][0]))
+            else:
+                target = (fv - mean) / std
+            cols.append(np.stack([np.where(fok, target, 0.0), fok.astype(float)]))
         stacked = np.stack(cols, axis=2)  # (2, n_train + n_val, n_anchors)
         n_tr = len(split["train"])
         targets = torch.from_numpy(stacked[0, :n_tr]).float()
