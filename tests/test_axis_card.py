@@ -267,3 +267,21 @@ def test_rank_normal_scores_tame_a_skewed_anchor():
     # values outside the reference map to the extremes, in order
     out = rank_normal_scores(area, np.array([area.min() / 2, np.median(area), area.max() * 2]))
     assert out[0] < -3 < 3 < out[2] and abs(out[1]) < 0.01
+
+
+def test_colour_is_not_anchored_on_grey_images_nor_composites():
+    X, hidden, rng = _features()
+    grey = pd.DataFrame({"morph_mean_r": hidden[:, 0], "morph_saturation": np.full(len(X), 0.01),
+                         "morph_value": hidden[:, 0] + 0.01 * rng.normal(size=len(X)),
+                         "morph_ok": True})
+    sel = axis_card.select_anchors(X, grey)
+    assert sel["anchors"] == ["morph_value"]
+    assert "grey" in sel["families"]["colour"]["why"]
+    fluo = pd.DataFrame({"morph_ch0_intensity_mean": hidden[:, 0],
+                         "morph_ch1_intensity_mean": hidden[:, 1],
+                         "morph_intensity_mean": hidden[:, 0] + hidden[:, 1],
+                         "morph_mean_r": hidden[:, 2], "morph_saturation": 0.5, "morph_ok": True})
+    sel = axis_card.select_anchors(X, fluo)
+    assert set(sel["anchors"]) == {"morph_ch0_intensity_mean", "morph_ch1_intensity_mean"}
+    assert "composite" in sel["families"]["colour"]["why"]
+    assert "composite" in sel["families"]["intensity"]["why"]

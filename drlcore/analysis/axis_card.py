@@ -212,6 +212,26 @@ def _measured(morph: pd.DataFrame, column: str) -> np.ndarray:
     return values
 
 
+def _not_measurements(groups: Mapping[str, list[str]], morph: pd.DataFrame) -> dict[str, str]:
+    """Groups that measure the display, not the object: the colour of grey images (hue and the
+    RGB means of a grey image are its intensity again) and, where each channel is measured, the
+    colour and intensity of the false-colour composite the backbone sees."""
+    from drlcore.analysis.morphology import ACHROMATIC_SATURATION
+
+    out = {}
+    if any(g.endswith(")") and "(" in g for g in groups):
+        for g in ("colour", "intensity"):
+            if g in groups:
+                out[g] = ("measured on the false-colour composite of the channels; each "
+                          "channel's own intensity is a candidate instead")
+    if "colour" in groups and "colour" not in out and "morph_saturation" in morph:
+        sat = _measured(morph, "morph_saturation")
+        sat = sat[np.isfinite(sat)]
+        if len(sat) and float(np.median(sat)) < ACHROMATIC_SATURATION:
+            out["colour"] = "grey images: their colour columns repeat the intensity"
+    return out
+
+
 def select_anchors(X: np.ndarray, morph: pd.DataFrame, min_rho: float = ANCHOR_MIN_RHO,
                    max_anchors: int = MAX_ANCHORS, seed: int = 0, family_of=None,
                    max_rows: int = 2000) -> dict:
@@ -219,6 +239,8 @@ def select_anchors(X: np.ndarray, morph: pd.DataFrame, min_rho: float = ANCHOR_M
     column the raw features read with |rho| >= ``min_rho`` are anchored (strongest first, at most
     ``max_anchors``). Returns ``{"anchors": [...], "families": {group: {...}}, "rule": str}``."""
     groups = anchor_groups([c for c in morph.columns if str(c).startswith("morph_")], family_of)
+    dropped = _not_measurements(groups, morph)
+    groups = {g: cols for g, cols in groups.items() if g not in dropped}
     read = readability(X, morph, [c for cols in groups.values() for c in cols], seed, max_rows)
     families = {}
     for group, cols in groups.items():
@@ -230,6 +252,8 @@ def select_anchors(X: np.ndarray, morph: pd.DataFrame, min_rho: float = ANCHOR_M
         rho, col = max(scored, key=lambda t: (t[0], t[1]))
         families[group] = {"column": col, "rho": round(float(rho), 4), "anchored": False,
                            "why": None}
+    for group, why in dropped.items():
+        families[group] = {"column": None, "rho": None, "anchored": False, "why": why}
     ranked = sorted((g for g in families if families[g]["rho"] is not None),
                     key=lambda g: -families[g]["rho"])
     anchors = []
