@@ -6,7 +6,7 @@ Static figures drawn with matplotlib (no browser, no server), for a lab meeting 
   the axis to the other (several rows: the nearest objects at each step), optionally of one class;
 - ``correlations.png/.svg``: latent axes x handcrafted features (Pearson r), features grouped by
   family (size, shape, colour, intensity, texture);
-- ``axis-card.png/.svg``: every axis (anchored first, then the strongest free ones), its
+- ``axes-card.png/.svg``: every axis (anchored first, then the strongest free ones), its
   |Spearman rho| with the measure it is judged on and the 95% CI, next to the best PCA axis of
   the raw features and the ridge ceiling (analysis.json ``axis_card``);
 - ``class-map.png/.svg``: the UMAP (or PCA) map coloured by class;
@@ -377,7 +377,7 @@ def write_slide_set(run_dir: str | Path, out_dir: str | Path,
     except DrlError:
         fig = None
     if fig is not None:
-        written += _save(fig, out_dir / "axis-card", stamp, "axis card", config.formats)
+        written += _save(fig, out_dir / "axes-card", stamp, "axis card", config.formats)
     if any(c.endswith("_x") and c[:-2] in ("umap", "pca") for c in objects.columns):
         written += _save(map_figure(run_dir, "label", config), out_dir / "class-map", stamp,
                          "class map", config.formats)
