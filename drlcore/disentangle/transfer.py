@@ -56,6 +56,7 @@ from drlcore.io import sha256_bytes
 from drlcore.progress import NullReporter, Reporter
 from drlcore.disentangle.train import _as_features, _optimise, encode_means, latent_activity
 from drlcore.disentangle.vae import FeatureVAE, beta_vae_loss
+from drlcore.analysis.axis_card import rank_normal_scores
 
 __all__ = ["TransferConfig", "FREEZE", "transfer", "fine_tune", "split_rows", "anchor_report",
            "anchor_names", "measure_anchor_values", "measure_morphology", "rank_normal_scores"]
@@ -203,20 +204,6 @@ def split_rows(n: int, config: TransferConfig) -> dict[str, np.ndarray]:
     n_val = int(round(config.val_fraction * rest)) if rest >= 10 else 0
     return {"heldout": np.sort(order[:n_hold]), "val": np.sort(order[n_hold:n_hold + n_val]),
             "train": np.sort(order[n_hold + n_val:])}
-
-
-def rank_normal_scores(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Normal scores of ``values`` by their position among ``reference`` (the training rows):
-    Phi^-1 of the mid-rank quantile (ties share it), interpolated for values between reference
-    points; monotone, mean ~0 and sd ~1 on the reference whatever its skew."""
-    from scipy import stats
-
-    ref = np.sort(np.asarray(reference, float))
-    n = len(ref)
-    lo = np.searchsorted(ref, values, side="left")
-    hi = np.searchsorted(ref, values, side="right")
-    q = np.clip((lo + hi) / 2.0, 0.5, n - 0.5) / n  # mid-rank quantile in (0, 1)
-    return stats.norm.ppf(q)
 
 
 def _pearson_ci(a: np.ndarray, b: np.ndarray) -> tuple[float, list[float] | None, int]:
