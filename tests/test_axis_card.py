@@ -285,3 +285,11 @@ def test_colour_is_not_anchored_on_grey_images_nor_composites():
     assert set(sel["anchors"]) == {"morph_ch0_intensity_mean", "morph_ch1_intensity_mean"}
     assert "composite" in sel["families"]["colour"]["why"]
     assert "composite" in sel["families"]["intensity"]["why"]
+
+
+def test_unmeasured_channel_columns_do_not_hide_the_intensity():
+    """Single-channel images carry empty per-channel columns: the composite rule must not fire."""
+    X, hidden, _ = _features()
+    morph = pd.DataFrame({"morph_value": hidden[:, 0], "morph_ch0_mean": np.nan,
+                          "morph_ch1_mean": np.nan, "morph_ok": True})
+    assert axis_card.select_anchors(X, morph)["anchors"] == ["morph_value"]

@@ -235,7 +235,8 @@ def _not_measurements(groups: Mapping[str, list[str]], morph: pd.DataFrame) -> d
     from drlcore.analysis.morphology import ACHROMATIC_SATURATION
 
     out = {}
-    if any(g.endswith(")") and "(" in g for g in groups):
+    per_channel = [c for g, cols in groups.items() if g.endswith(")") and "(" in g for c in cols]
+    if any(np.isfinite(_measured(morph, c)).any() for c in per_channel):
         for g in ("colour", "intensity"):
             if g in groups:
                 out[g] = ("measured on the false-colour composite of the channels; each "
