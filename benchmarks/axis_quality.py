@@ -807,6 +807,7 @@ def score_run_folder(run_dir: Path) -> dict:
     model = rundir.model_config(run_dir)
     anchors = [str(f).removeprefix("anchor:") for f in model.get("dim_factor") or []
                if str(f).startswith("anchor:")]
+    anchors = [a if a.startswith("morph_") else f"morph_{a}" for a in anchors]
     t0 = time.perf_counter()
     card = axis_card.axis_card(Z, X, objects, analysis.get("axes") or [], anchors=anchors,
                                rows=np.asarray(held, int) if held else None,
