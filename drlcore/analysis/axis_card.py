@@ -112,7 +112,8 @@ def spearman_ci(a, b, ci: float = 0.95) -> dict:
 
 
 def readout(X: np.ndarray, targets: Mapping[str, np.ndarray], seed: int = 0,
-            max_rows: int = 2000, max_components: int = 256) -> dict[str, np.ndarray]:
+            max_rows: int = 2000, max_components: int = 256,
+            basis: tuple | None = None) -> dict[str, np.ndarray]:
     """Out-of-fold ridge predictions of each target from the raw features (NaN where the target
     is missing or the row was not sampled). One SVD per fold serves every target and alpha."""
     X = np.asarray(X, np.float64)
@@ -122,17 +123,29 @@ def readout(X: np.ndarray, targets: Mapping[str, np.ndarray], seed: int = 0,
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):
-        return _readout(X, rows, targets, rng, max_components)
+        if basis is None or not np.array_equal(basis[0], rows):
+            basis = _basis(X, rows, max_components)
+        return _readout(X, rows, targets, rng, basis, max_components)
 
 
-def _readout(X, rows, targets, rng, max_components):
+def _basis(X: np.ndarray, rows: np.ndarray, k: int) -> tuple:
+    """(rows, mean, std, first k principal directions) of the standardised sampled rows: one
+    decomposition serves the PCA baseline and the ridge read-out."""
+    fit = X[rows]
+    mean, std = fit.mean(0), fit.std(0)
+    std = np.where(std > 0, std, 1.0)
+    Xs = (fit - mean) / std
+    return rows, mean, std, _top_components(Xs, min(k, *Xs.shape), 0)
+
+
+def _readout(X, rows, targets, rng, basis, max_components):
     n = len(X)
-    Xs = _standardised(X[rows])
-    k = min(max_components, *Xs.shape)
-    P = Xs @ _top_components(Xs, k, 0).T  # label-free projection of the sampled rows
+    _, mean, std, vt = basis
+    P = ((X[rows] - mean) / std) @ vt[:max_components].T  # label-free projection
     out = {}
     folds = np.arange(len(rows)) % CV_FOLDS
     rng.shuffle(folds)
+    bases: dict[bytes, tuple] = {}  # one decomposition per training-row set, shared by targets
     for name, values in targets.items():
         v = np.asarray(values, float)[rows]
         pred_rows = np.full(len(rows), np.nan)
@@ -145,23 +158,31 @@ def _readout(X, rows, targets, rng, max_components):
                 # Rank-normal targets: the ceiling of a monotone read-out, which is what a
                 # Spearman rho asks for; on plankton area (skew 4.5) a read-out of the raw
                 # values reaches held-out rho 0.83, of the rank-normal scores 0.92.
-                pred_rows[te] = _ridge_fit_predict(P[tr], rank_normal_scores(v[tr], v[tr]),
-                                                   P[te])
+                key = np.packbits(tr).tobytes()
+                if key not in bases:
+                    bases[key] = _ridge_basis(P[tr])
+                pred_rows[te] = _ridge_solve(bases[key], rank_normal_scores(v[tr], v[tr]),
+                                             P[te])
         pred = np.full(n, np.nan)
         pred[rows] = pred_rows
         out[name] = pred
     return out
 
 
-def _ridge_fit_predict(A: np.ndarray, y: np.ndarray, B: np.ndarray) -> np.ndarray:
+def _ridge_basis(A: np.ndarray) -> tuple:
+    mu = A.mean(0)
+    Ac = A - mu
+    s2, v = np.linalg.eigh(Ac.T @ Ac)
+    return mu, Ac, np.clip(s2, 0.0, None), v, Ac @ v
+
+
+def _ridge_solve(basis: tuple, y: np.ndarray, B: np.ndarray) -> np.ndarray:
     """Ridge on centred A with alpha chosen by generalised cross-validation (closed form on the
     eigendecomposition of A'A, as sklearn's ``RidgeCV`` does), then predictions for B."""
-    mu, ym = A.mean(0), y.mean()
-    Ac, yc = A - mu, y - ym
-    s2, v = np.linalg.eigh(Ac.T @ Ac)
-    s2 = np.clip(s2, 0.0, None)
+    mu, Ac, s2, v, Av = basis
+    ym = y.mean()
+    yc = y - ym
     vty = v.T @ (Ac.T @ yc)  # = S U'y in the SVD's terms
-    Av = Ac @ v
     best, best_w = np.inf, None
     for alpha in RIDGE_ALPHAS:
         coef = vty / (s2 + alpha)
@@ -333,12 +354,20 @@ def axis_card(Z: np.ndarray, X: np.ndarray, morph: pd.DataFrame, axes: Sequence[
             measures[j] = str(feat)
     needed = sorted(set(measures.values()))
     values = {c: _measured(morph, c) for c in needed}
+    from threadpoolctl import threadpool_limits
+
+    X = np.asarray(X, np.float64)
+    if not np.isfinite(X).all():
+        raise ValueError("axis_card needs finite features (pass the finite rows)")
+    sample = (np.sort(np.random.default_rng(seed).choice(n, max_rows, replace=False))
+              if n > max_rows else np.arange(n))
+    with threadpool_limits(1):
+        basis = _basis(X, sample, max(256, J))
+        _, mean, std, vt = basis
+        pcs = ((X - mean) / std) @ vt[:min(J, len(vt))].T
     if ceiling is None:
-        ceiling = readout(X, values, seed=seed, max_rows=max_rows) if len(needed) else {}
-    finite = np.isfinite(np.asarray(X, float)).all(1)
-    pcs = np.full((n, min(J, X.shape[1], max(1, finite.sum()))), np.nan)
-    if finite.sum() >= 3:
-        pcs[finite] = pca_scores(np.asarray(X)[finite], pcs.shape[1])
+        ceiling = (readout(X, values, seed=seed, max_rows=max_rows, basis=basis)
+                   if len(needed) else {})
     card = []
     for j, axis in enumerate(axes):
         rec = {"dim": j, "name": axis.get("name") or f"z{j}", "status": axis.get("status"),
