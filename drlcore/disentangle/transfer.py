@@ -28,8 +28,9 @@ seed 0; ratio = balanced accuracy on latents / on raw features, MLP and logistic
   output layer and the decoder's input layer are re-initialised (their shapes change), every
   hidden layer keeps the source weights, and the axes carry no source names (``dim_factor``
   None) because no source axis survives a new head.
-- **Anchored axes** (optional, ``anchors``): measured morphology features (standardised on the
-  training rows) are tied to the first axes by a regression term from the axis's posterior mean
+- **Anchored axes** (``anchors``; ``drl run`` chooses them from the data, see
+  ``drlcore.analysis.axis_card``): measured morphology features (as rank-normal scores of the
+  training rows, ``anchor_transform``) are tied to the first axes by a regression term from the axis's posterior mean
   to the feature, the "few labels" setting of Locatello et al. 2020 with morphology as the labels.
   A held-out share of the images (``anchor_holdout``) is excluded from fine-tuning altogether
   (both losses and early stopping), and each anchored axis's correlation is reported on those
