@@ -20,8 +20,13 @@ against what the raw backbone features already hold:
 - **open set**: mean AUROC with each class held out in turn (``anomaly.holdout_each_class``,
   kNN k=10, as ``drl analyze``), for the latents and for the raw features measured the same way.
 
-Modes: ``discovered`` is the default unanchored transfer; ``anchored`` is ``drl run --anchor
-area,eccentricity[,saturation],intensity_mean`` (saturation only where the images have colour).
+Modes: ``discovered`` is the unanchored transfer with the source's 10 axes (``drl run --anchor none
+--latent-dim 10``); ``anchored`` is ``drl run --anchor area,eccentricity[,saturation],intensity_mean
+--latent-dim 10`` (saturation only where the images have colour); ``defaults`` is ``drl run`` as
+it is now (issue 19): anchors chosen from the data and a data-chosen number of free axes. For
+``defaults`` the JSON also holds the run's axis card (``drlcore.analysis.axis_card``: every axis
+vs the best of the first J PCs and the ridge ceiling, on the held-out images), and the tables
+give, per anchored axis, its held-out |rho| against its ceiling and the best PCA axis.
 In anchored runs every correlation figure (latent, PCA, ceiling) and the name check are computed
 on the images held out of the fine-tuning only; classification and open set use all images.
 
@@ -57,11 +62,11 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
-REAL_DATASETS = ("blood-cells-pbc", "plankton-ndsb")
+REAL_DATASETS = ("blood-cells-pbc", "plankton-ndsb", "ifc-cellcycle")
 DATASETS = (*REAL_DATASETS, "demo")
 SOURCES = ("cells", "dsprites")
 PREPROCESS = ("pad", "canvas")
-MODES = ("discovered", "anchored")
+MODES = ("discovered", "anchored", "defaults")
 
 # The four targets of the tables: family label -> morphology column.
 TARGETS = {"area": "morph_area", "eccentricity": "morph_eccentricity",
@@ -319,6 +324,19 @@ def score_codes(Z: np.ndarray, meta: dict, y: np.ndarray, morph: pd.DataFrame, r
     }
 
 
+def defaults_card(Z, meta: dict, data: dict, heldout, anchors) -> list[dict]:
+    """The engine's axis card for the anchored axes (held-out rows): what ``drl run`` shows."""
+    from drlcore.analysis import axis_card
+
+    anchors = [a if a.startswith("morph_") else f"morph_{a}" for a in anchors]
+    axes = [{"name": f"z{j}: {a.removeprefix('morph_')}", "status": "named", "feature": a}
+            for j, a in enumerate(anchors)]
+    return axis_card.axis_card(np.asarray(Z, float)[:, :len(anchors)] if anchors else
+                               np.zeros((len(Z), 0)), data["features"], data["morph"], axes,
+                               anchors=anchors, rows=heldout,
+                               rows_label="held-out images" if heldout is not None else "all")
+
+
 # --------------------------------------------------------------------------- goals
 
 
@@ -460,7 +478,11 @@ def transfer_codes(data: dict, source: str, anchors: tuple[str, ...], preprocess
     from drlcore.progress import NullReporter
 
     fcfg = feature_config(preprocess, cache_dir)
-    config = PipelineConfig(features=fcfg, source_model=source, anchors=anchors)
+    if anchors == "auto":  # the defaults of drl run
+        config = PipelineConfig(features=fcfg, source_model=source)
+    else:  # the pre-issue-19 protocol: the source's 10 axes
+        config = PipelineConfig(features=fcfg, source_model=source, anchors=anchors or "none",
+                                latent_dim=10)
     src = resolve_source_model(source, fcfg.backbone)
     model_dir = _transfer_stage(src, data["run_dir"], config, NullReporter())
     model, meta = load_model(model_dir)
@@ -468,10 +490,13 @@ def transfer_codes(data: dict, source: str, anchors: tuple[str, ...], preprocess
     tm = meta.get("metrics", {}) or {}
     tinfo = tm.get("transfer", {})
     heldout = None
-    if anchors:
+    if tm.get("anchor_heldout"):
         heldout = np.asarray(tm["anchor_heldout"]["rows"], int)
+    anchored = [str(f).removeprefix("anchor:") for f in meta.get("dim_factor") or []
+                if str(f).startswith("anchor:")]
     info = {"model_hash": meta["model_hash"], "best_epoch": tinfo.get("best_epoch"),
-            "epochs_run": tinfo.get("epochs_run"), "anchors": list(config.anchors),
+            "epochs_run": tinfo.get("epochs_run"), "anchors": anchored,
+            "latent_dim": int(np.shape(Z)[1]),
             "anchor_report": tm.get("anchors")}
     return Z, meta, heldout, info
 
@@ -534,8 +559,30 @@ def render_tables(rows: list[dict], skipped: list[str]) -> str:
             corr = r["metrics"]["correlations"]
             lines.append("| " + " | ".join(str(r[k]) for k in key) +
                          f" | {r['metrics']['n_correlation_rows']}"
-                         f"{' held-out' if r['mode'] == 'anchored' else ''} | " +
+                         f"{' held-out' if r['mode'] != 'discovered' else ''} | " +
                          " | ".join(_corr_cell(corr[t], stat) for t in TARGETS) + " |")
+    card_rows = [r for r in rows if r["metrics"].get("axis_card") is not None]
+    if card_rows:
+        lines += ["", "## Defaults (issue 19): each anchored axis on the held-out images", "",
+                  "Anchors chosen by `drl run` from the data (per family, the column a 5-fold "
+                  "ridge read-out of the raw features follows best, anchored when |rho| >= 0.5). "
+                  "Per anchored axis: its |Spearman rho| with its anchor, the best of the first J "
+                  "PCs of the standardised raw features (J = the run's latent axes) and the ridge "
+                  "ceiling, all on the images held out of fine-tuning; goal: >= 0.9 of the ceiling "
+                  "and above the PCA axis.", ""]
+        lines.append(head + " axes | anchored axis: |rho| / PCA / ceiling (of ceiling) |")
+        lines.append(sep + "---|---|")
+        for r in card_rows:
+            cells = []
+            for c in r["metrics"]["axis_card"]:
+                if c.get("rho") is None:
+                    continue
+                ok = (c["of_ceiling"] or 0) >= GOAL_AREA_OF_CEILING and c["beats_pca"]
+                cells.append(f"{c['feature'].removeprefix('morph_')} {abs(c['rho']):.2f} / "
+                             f"{_f(c['pca_rho'])} / {_f(c['ceiling_rho'])} "
+                             f"({_f(c['of_ceiling'])}{'' if ok else ' MISS'})")
+            lines.append("| " + " | ".join(str(r[k]) for k in key) +
+                         f" | {r['transfer'].get('latent_dim')} | " + "; ".join(cells) + " |")
     from drlcore.analysis.naming import NamingConfig
 
     bar = NamingConfig()
@@ -707,7 +754,8 @@ def run(datasets, sources, preprocesses, modes, workdir: Path, cache_dir: str | 
             for source in sources:
                 for mode in modes:
                     start = time.perf_counter()
-                    anchors = anchors_for(data["morph"]) if mode == "anchored" else ()
+                    anchors = (anchors_for(data["morph"]) if mode == "anchored"
+                               else "auto" if mode == "defaults" else ())
                     try:
                         Z, meta, heldout, tinfo = transfer_codes(data, source, anchors, prep,
                                                                  cache_dir)
@@ -717,6 +765,9 @@ def run(datasets, sources, preprocesses, modes, workdir: Path, cache_dir: str | 
                         skipped.append(note)
                         continue
                     metrics = score_codes(Z, meta, data["labels"], data["morph"], ref, heldout)
+                    if mode == "defaults":
+                        metrics["axis_card"] = defaults_card(Z, meta, data, heldout,
+                                                             tinfo["anchors"])
                     row = {"dataset": name, "source": source, "preprocess": prep, "mode": mode,
                            "transfer": tinfo, "metrics": metrics, "goals": goals(metrics),
                            "preprocessing": data["preprocessing"],
@@ -733,8 +784,103 @@ def run(datasets, sources, preprocesses, modes, workdir: Path, cache_dir: str | 
     return rows, skipped
 
 
+def score_run_folder(run_dir: Path) -> dict:
+    """A finished ``drl run`` folder at its defaults, scored as the goals of issue 19 ask: class
+    information latents / raw (the run's own MLP figures from analysis.json, and a logistic
+    regression on the same folds here), the axis card recomputed with the current engine on the
+    images held out of fine-tuning, the anchor choice and the free-axis count."""
+    from drlcore.analysis import axis_card
+    from drlcore.data import rundir
+
+    objects = pd.read_parquet(run_dir / rundir.OBJECTS)
+    Z = objects[rundir.latent_columns(objects.columns)].to_numpy(np.float64)
+    X = np.load(run_dir / rundir.FEATURES).astype(np.float64)
+    analysis = rundir.read_analysis(run_dir)
+    y = objects["label"].astype(str).to_numpy()
+    cls = analysis.get("classification", {})
+    mlp = {rep: cls.get(rep, {}).get("models", {}).get("mlp", {}).get("balanced_accuracy")
+           for rep in ("latent", "features")}
+    logreg = {"latent": logreg_cv_balanced_accuracy(Z, y),
+              "features": logreg_cv_balanced_accuracy(X, y)}
+    metrics = rundir.model_metrics(run_dir)
+    held = (metrics.get("anchor_heldout") or {}).get("rows")
+    model = rundir.model_config(run_dir)
+    anchors = [str(f).removeprefix("anchor:") for f in model.get("dim_factor") or []
+               if str(f).startswith("anchor:")]
+    anchors = [a if a.startswith("morph_") else f"morph_{a}" for a in anchors]
+    t0 = time.perf_counter()
+    card = axis_card.axis_card(Z, X, objects, analysis.get("axes") or [], anchors=anchors,
+                               rows=np.asarray(held, int) if held else None,
+                               rows_label=f"{len(held)} held-out images" if held else "all")
+    card_seconds = time.perf_counter() - t0
+    choice = rundir.stage_entry(run_dir, "pipeline").get("axes") or {}
+    named = [a for a in analysis.get("axes") or [] if a.get("status") == "named"]
+    return {"run": str(run_dir), "n": len(objects), "latent_dim": Z.shape[1],
+            "anchors": anchors, "choice": choice,
+            "best_epoch": (metrics.get("transfer") or {}).get("best_epoch"),
+            "epochs_run": (metrics.get("transfer") or {}).get("epochs_run"),
+            "epochs_cap": (((model.get("training") or {}).get("config") or {}).get("epochs")),
+            "mlp": mlp, "logreg": logreg,
+            "ratio_mlp": (mlp["latent"] / mlp["features"]) if mlp["latent"] and mlp["features"]
+            else None,
+            "ratio_logreg": logreg["latent"] / logreg["features"],
+            "card": card, "card_seconds": round(card_seconds, 2),
+            "named": len(named),
+            "named_supported": sum(abs(a.get("r") or 0) >= SUPPORT_R for a in named)}
+
+
+def render_runs(scored: list[dict]) -> str:
+    lines = ["# Axis quality at the defaults of `drl run` (issue 19)", "",
+             "Generated by `benchmarks/axis_quality.py --runs RUN_DIR ...` from finished run "
+             "folders. Class information: balanced accuracy latents / raw features, the run's own "
+             "MLP (analysis.json, 5-fold) and a logistic regression (same folds as the main "
+             "table). Axis card (drlcore.analysis.axis_card), for every anchored axis on the "
+             "images held out of fine-tuning: |Spearman rho| with its anchor / best of the first "
+             "J PCs of the standardised raw features (J = latent axes) / ridge ceiling (5-fold, "
+             "rank-normal targets); goal >= 0.9 of the ceiling and above the PCA axis.", "",
+             "| dataset | n | axes (anchored + free) | epochs (best / run / cap) | BA MLP lat / raw "
+             "(ratio) | BA logreg lat / raw (ratio) | anchored axes: rho / PCA / ceiling (of "
+             "ceiling) | strongest free axes | names supported |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in scored:
+        anchored, free = [], []
+        for c in r["card"]:
+            if c.get("rho") is None:
+                continue
+            cell = (f"{c['feature'].removeprefix('morph_')} {abs(c['rho']):.2f} / "
+                    f"{_f(c['pca_rho'])} / {_f(c['ceiling_rho'])} ({_f(c['of_ceiling'])}"
+                    f"{'' if (c['of_ceiling'] or 0) >= GOAL_AREA_OF_CEILING and c['beats_pca'] else ' MISS'})")
+            (anchored if c["kind"] == "anchored" else free).append((abs(c["rho"]), c, cell))
+        free = sorted(free, key=lambda t: -t[0])[:3]
+        free_txt = "; ".join(f"{c['name']} {c['feature'].removeprefix('morph_')} {rho:.2f}"
+                             for rho, c, _ in free)
+        n_anch = len(r["anchors"])
+        m, lg = r["mlp"], r["logreg"]
+        lines.append(
+            f"| {Path(r['run']).name.removeprefix('run-')} | {r['n']} | {r['latent_dim']} "
+            f"({n_anch} + {r['latent_dim'] - n_anch}) | {r['best_epoch']} / {r['epochs_run']} / "
+            f"{r['epochs_cap']} | {_f(m['latent'])} / {_f(m['features'])} "
+            f"({_f(r['ratio_mlp'])}) | {lg['latent']:.2f} / {lg['features']:.2f} "
+            f"({r['ratio_logreg']:.2f}) | " + "; ".join(c for _, _, c in anchored) +
+            f" | {free_txt} | {r['named_supported']}/{r['named']} |")
+    lines += ["", "Anchor choice per run (family: best-read column, ridge |rho|, anchored or why "
+                  "not):", ""]
+    for r in scored:
+        fams = (r["choice"].get("anchors") or {}).get("families") or {}
+        free = r["choice"].get("free") or {}
+        lines.append(f"- {Path(r['run']).name.removeprefix('run-')}: " + "; ".join(
+            f"{g}: {(f.get('column') or '-').removeprefix('morph_')} "
+            f"{_f(f.get('rho'))} ({'anchored' if f.get('anchored') else f.get('why')})"
+            for g, f in fams.items()) + f". Free axes: {free.get('n_free')} (participation "
+            f"ratio {free.get('participation_ratio')}, cap 32).")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", nargs="*", default=None, metavar="RUN_DIR",
+                    help="score finished `drl run` folders (the defaults) instead of the grid; "
+                         "writes axis_quality_defaults.md / .json")
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--sources", default=",".join(SOURCES))
     ap.add_argument("--preprocess", default=",".join(PREPROCESS),
@@ -748,6 +894,19 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", default=None,
                     help=f"where the .md and .json go (default {RESULTS}; --quick: the workdir)")
     args = ap.parse_args(argv)
+    if args.runs:
+        from drlcore.io import atomic_write_json, atomic_write_text
+
+        scored = [score_run_folder(Path(r)) for r in args.runs]
+        table = render_runs(scored)
+        print(table)
+        out_dir = Path(args.out_dir) if args.out_dir else RESULTS
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "axis_quality_defaults.md", table)
+        atomic_write_json(out_dir / "axis_quality_defaults.json", _jsonable({
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "git": _git_state(), "runs": scored}))
+        return 0
 
     datasets = ["demo"] if args.quick else _choices(args.datasets, DATASETS, "dataset")
     sources = _choices(args.sources, SOURCES, "source")

@@ -152,7 +152,8 @@ def main(argv=None) -> int:
         if args.anchor and args.classes == "all":
             import os
 
-            from drlcore.disentangle.transfer import anchor_names, anchor_report, measure_anchor_values
+            from drlcore.analysis.analyze import measure_anchor_values
+            from drlcore.disentangle.transfer import anchor_names, anchor_report
 
             names = anchor_names(args.anchor)
             values = measure_anchor_values(ds, names, os.environ.get("DRL_CACHE_DIR"))

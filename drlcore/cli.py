@@ -302,22 +302,28 @@ def _add_transfer_options(p) -> None:
                    help="most transfer epochs (default 200; early stopping on the validation "
                         "loss decides, see metrics.json)")
     p.add_argument("--latent-dim", type=int, default=None,
-                   help="latent axes after transfer (default: the source model's, 10); another "
-                        "size gives the model a new head and no source names")
+                   help="latent axes after transfer (drl run default: the anchored axes plus a "
+                        "number of free axes chosen from the data, at most 32; drl transfer "
+                        "default: the source model's, 10); another size than the source's gives "
+                        "the model a new head and no source names")
     p.add_argument("--anchor", default=None, metavar="FEATURES",
                    help="tie morphology features to the first axes, e.g. area,eccentricity,hue "
-                        "(weak supervision; r is reported on held-out images)")
+                        "(weak supervision; r is reported on held-out images). drl run default: "
+                        "'auto', one axis per measured family the raw features can read (size, "
+                        "shape, intensity per channel, colour...); 'none' turns anchoring off")
 
 
 def _cmd_transfer(args) -> None:
     from drlcore.disentangle.artifacts import read_model_config
-    from drlcore.disentangle.transfer import TransferConfig, anchor_names, measure_anchor_values, transfer
+    from drlcore.analysis.analyze import measure_anchor_values
+    from drlcore.disentangle.transfer import TransferConfig, anchor_names, transfer
 
     model_cfg = read_model_config(args.model_dir)
     out = Path(args.out)
     features_dir = _features_for(args, args.data, out / "features",
                                  model_backbone=model_cfg["backbone"]["name"])
-    anchors = anchor_names(args.anchor) if args.anchor else ()
+    anchors = (anchor_names(args.anchor)
+               if args.anchor and args.anchor.strip().lower() not in ("none", "auto") else ())
     overrides = {k: v for k, v in dict(epochs=args.epochs, lr=args.lr, beta=args.beta,
                                        seed=args.seed, latent_dim=args.latent_dim).items()
                  if v is not None}

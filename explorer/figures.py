@@ -44,6 +44,7 @@ __all__ = [
     "correlation_heatmap", "heatmap_order", "pair_scatter", "latent_map", "anomaly_histogram", "effect_size_chart",
     "group_effect_chart", "metric_bars", "factor_heatmap", "empty_figure", "display_positions", "display_sample",
     "DISPLAY_MAX_POINTS", "heatmap_features", "correlated_features", "FAMILY_TITLES",
+    "axis_card_chart",
 ]
 
 
@@ -606,3 +607,44 @@ def traversal_strip(images: Sequence[bytes | None], captions: Sequence[str],
     for note in fig.layout.annotations:
         note.font = {"size": FONT_SIZE - 3}
     return style(fig, title=title, height=260)
+
+
+def axis_card_chart(card: Sequence[dict], top: int | None = None) -> go.Figure:
+    """The axis card: one row per axis (anchored first, then the strongest free ones), its
+    |Spearman rho| with the measure it is judged on and the 95% CI, next to the best single PCA
+    axis of the raw features and the ridge ceiling for the same measure."""
+    from drlcore.analysis.axis_card import card_label, card_order
+
+    rows = [r for r in card_order(card) if r.get("rho") is not None]
+    if top is not None:
+        rows = rows[:top]
+    if not rows:
+        return empty_figure("no axis has a measure to be judged on in this run")
+    labels = [card_label(r) for r in rows]
+    rho = np.array([abs(r["rho"]) for r in rows])
+    lo = np.array([min(abs(r["ci_low"]), abs(r["ci_high"])) if r.get("ci_low") is not None
+                   and np.sign(r["ci_low"]) == np.sign(r["ci_high"]) else 0.0 for r in rows])
+    hi = np.array([max(abs(r["ci_low"]), abs(r["ci_high"])) if r.get("ci_high") is not None
+                   else a for r, a in zip(rows, rho, strict=True)])
+    pca = [r.get("pca_rho") for r in rows]
+    ceiling = [r.get("ceiling_rho") for r in rows]
+    colours = [OKABE_ITO[4] if r.get("kind") == "anchored" else OKABE_ITO[1] for r in rows]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(y=labels, x=[c if c is not None else 0 for c in ceiling],
+                         orientation="h", name="ceiling (ridge on raw features)",
+                         marker_color="rgba(0,0,0,0.08)", hovertemplate="ceiling %{x:.2f}<extra></extra>"))
+    fig.add_trace(go.Scatter(y=labels, x=pca, mode="markers", name="best PCA axis",
+                             marker=dict(symbol="square-open", size=12, color=OKABE_ITO[5]),
+                             hovertemplate="best PCA axis |ρ| %{x:.2f}<extra></extra>"))
+    fig.add_trace(go.Scatter(
+        y=labels, x=rho, mode="markers", name="this axis, |ρ| with 95% CI",
+        marker=dict(size=12, color=colours),
+        error_x=dict(type="data", symmetric=False, array=np.clip(hi - rho, 0, None),
+                     arrayminus=np.clip(rho - lo, 0, None), color="#444"),
+        customdata=[[r.get("rows", ""), r.get("n", 0)] for r in rows],
+        hovertemplate="|ρ| %{x:.2f} on %{customdata[0]} (n %{customdata[1]})<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    fig.update_xaxes(range=[0, 1.02], title="|Spearman ρ| with the measure")
+    fig.update_layout(barmode="overlay", legend=dict(orientation="h", y=-0.15))
+    return style(fig, "Axis card: each axis vs the best PCA axis and the ceiling",
+                 height=max(320, 34 * len(rows) + 160))

@@ -41,6 +41,7 @@ STATE_DEFAULTS: dict = {
     "anom.threshold": None,
     "corr.focus": None,
     "trav.show_all": False,
+    "trav.card_all": False,  # the axis card shows the first 12 axes unless asked for every one
     "trav.channel": -1,  # multi-channel runs: the strip shows the composite (-1) or channel k
     "trav.montage_class": "",  # axis montage download: one class ("" = all) and rows per axis
     "trav.montage_rows": 3,

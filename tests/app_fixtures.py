@@ -111,7 +111,8 @@ def make_run(root: Path, name: str = "demo", n: int = 120, n_dims: int = 6, seed
         df[f"z_score_{j}"] = zs[:, j]
     atomic_write_parquet(run / rundir.IMAGES, df[list(IMAGE_COLUMNS)])
     atomic_write_csv(run / rundir.SKIPPED, pd.DataFrame({"path": ["broken.jpg"], "reason": ["truncated JPEG"]}))
-    np.save(run / rundir.FEATURES, rng.normal(size=(n, 8)).astype(np.float32))
+    features = rng.normal(size=(n, 8)).astype(np.float32)
+    np.save(run / rundir.FEATURES, features)
 
     corr_rows = []
     for j in range(n_dims):
@@ -132,7 +133,7 @@ def make_run(root: Path, name: str = "demo", n: int = 120, n_dims: int = 6, seed
     dim_factor = [*FACTORS, *([None] * (n_dims - 3))]
     inactive = list(range(3, n_dims))
     analysis = _analysis(df, corr, labels, known, source_names, dim_factor, inactive, seed,
-                         with_umap)
+                         with_umap, features)
     corr["dim_name"] = [analysis["dim_names"][d] for d in corr["dim"]]
     atomic_write_parquet(run / rundir.CORRELATIONS, corr)
     atomic_write_json(run / rundir.ANALYSIS, analysis)
@@ -171,12 +172,13 @@ def make_run(root: Path, name: str = "demo", n: int = 120, n_dims: int = 6, seed
     return run
 
 
-def _analysis(df, corr, labels, known, source_names, dim_factor, inactive, seed, with_umap) -> dict:
+def _analysis(df, corr, labels, known, source_names, dim_factor, inactive, seed, with_umap,
+              features) -> dict:
     """analysis.json as drlcore.analysis.analyze writes it; names, summary and open-set scores come from
     the engine's own pure functions."""
     import dataclasses
 
-    from drlcore.analysis import anomaly
+    from drlcore.analysis import anomaly, axis_card
     from drlcore.analysis.analyze import AnalyzeConfig, _summary
     from drlcore.analysis.naming import name_axes
 
@@ -223,7 +225,14 @@ def _analysis(df, corr, labels, known, source_names, dim_factor, inactive, seed,
     return {
         "schema_version": 1, "key": fingerprint(["fixture-analysis", n, seed]),
         "config": config, "n_objects": n, "dim_names": [a["name"] for a in axes],
-        "source_dim_names": list(source_names), "axes": axes, "classification": classes,
+        "source_dim_names": list(source_names), "axes": axes,
+        "axis_card": {"rows": "all images (the transfer held none out)",
+                      "axes": axis_card.axis_card(df[[rundir.latent_column(j) for j in range(
+                          n_dims)]].to_numpy(float), features, df, axes,
+                          rows_label="all images (the transfer held none out)"),
+                      "choice": None, "statistic": "spearman", "baselines": "fixture",
+                      "seconds": 0.1},
+        "classification": classes,
         "anomaly": anomaly_summary, "projections": projections, "notes": notes,
         "summary": _summary(classes, anomaly_summary, projections, corr, axes, notes),
         "seconds": 1.0,
@@ -266,7 +275,10 @@ def _manifest(run, n, n_dims, shas, source_names, dim_factor, inactive, backbone
               "model_hash": MODEL_HASH, "n_objects": n, "version": 1, "weights_hash": WEIGHTS_HASH}
     return {"schema_version": rundir.SCHEMA_VERSION, "stages": {
         "features": features, "model": model, "encode": encode,
-        "pipeline": {"notes": ["Fixture note from the pipeline."], "transferred": True, "version": 1},
+        "pipeline": {"notes": ["Fixture note from the pipeline."], "transferred": True, "version": 3,
+                     "axes": {"anchors": {"mode": "none", "anchors": []},
+                              "free": {"mode": "given", "n_free": n_dims},
+                              "latent_dim": n_dims}},
         "analyze": {"key": analysis_key, "version": 2},
     }}
 

@@ -90,7 +90,7 @@ def test_slide_set_is_stamped(run, tmp_path):
     names = {p.name for p in written}
     n_axes = len(rundir.latent_columns(pd.read_parquet(run / rundir.OBJECTS)))
     assert sum(n.startswith("axis-") for n in names) == 2 * n_axes
-    assert {"correlations.svg", "class-map.png", "anomaly-map.svg"} <= names
+    assert {"correlations.svg", "class-map.png", "anomaly-map.svg", "axes-card.png"} <= names
     for path in written:
         if path.suffix == ".svg":
             text = path.read_text()

@@ -36,9 +36,10 @@ from drlcore.io import fingerprint, sha256_bytes
 from drlcore.progress import NullReporter, Reporter
 
 __all__ = ["AnalyzeConfig", "analyze_run", "project_onto", "ANALYSIS_VERSION",
-           "MIN_OBJECTS_FOR_MAPS"]
+           "MIN_OBJECTS_FOR_MAPS", "measure_morphology", "measure_anchor_values"]
 
-ANALYSIS_VERSION = 3  # 2: data-derived axis names (drlcore.analysis.naming); 3: names need |rho| >= 0.5
+ANALYSIS_VERSION = 4  # 2: data-derived axis names (drlcore.analysis.naming); 3: names need |rho| >= 0.5
+# 4: the axis card (drlcore.analysis.axis_card) and anchored axes named by their anchor
 # 3: one ContentStore entry per measured batch; 4: multi-channel images segmented on one stated
 # channel and measured per channel and compartment in file units (issue 19); grey integrated
 MORPHOLOGY_CACHE_VERSION = 4
@@ -531,6 +532,7 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
     axes, dim_names = _name_axes(run_dir, corr, source_dim_names)
     if len(corr):
         corr["dim_name"] = [dim_names[int(d)] for d in corr["dim"]]
+    card = _axis_card(run_dir, Z, X, morph, axes, finite, notes)
     new_cols = pd.concat([morph, pd.DataFrame({**proj_cols, **anomaly_cols},
                                               index=morph.index)], axis=1)
     result = pd.concat([base.reset_index(drop=True), new_cols], axis=1)
@@ -543,6 +545,7 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
         "dim_names": dim_names,
         "source_dim_names": source_dim_names,
         "axes": axes,
+        "axis_card": card,
         "classification": classification,
         "anomaly": anomaly_summary,
         "projections": proj_summary,
@@ -567,6 +570,52 @@ def _name_axes(run_dir: Path, corr: pd.DataFrame, source_names: list[str]):
     axes = name_axes(corr, source_names, inactive=model.get("inactive_dims") or [],
                      source_factors=factors if isinstance(factors, list) else None)
     return axes, [a["name"] for a in axes]
+
+
+def _axis_card(run_dir: Path, Z, X, morph: pd.DataFrame, axes: list[dict], finite: np.ndarray,
+                notes: list[str]) -> dict:
+    """Every axis against the best PCA axis and the ridge ceiling for its measure
+    (:func:`drlcore.analysis.axis_card.axis_card`), on the images the transfer held out where it
+    held some out, else on all images; plus the pipeline's choice of anchors and free axes."""
+    from drlcore.analysis import axis_card
+
+    t0 = time.perf_counter()
+    metrics = rundir.model_metrics(run_dir)
+    model = rundir.model_config(run_dir)
+    anchored = (model.get("extra") or {}).get("anchored") or []
+    anchors = [str(f).removeprefix("anchor:") for f in (model.get("dim_factor") or [])
+               if str(f).startswith("anchor:")]
+    anchors = [a if a.startswith("morph_") else f"morph_{a}" for a in anchors]
+    if len(anchors) != sum(bool(a) for a in anchored):
+        anchors = []
+    held = (metrics.get("anchor_heldout") or {}).get("rows")
+    idx = np.flatnonzero(finite)
+    if held and len(held) >= 4 and max(held) < len(Z):
+        rows = np.intersect1d(np.asarray(held, int), idx)
+        label = f"{len(rows)} images held out of fine-tuning"
+    else:
+        rows = idx
+        label = "all images (the transfer held none out)"
+    Xf = np.asarray(X, np.float64)
+    if Xf.shape[1] == 0 or len(idx) < 10 or "morph_ok" not in morph:
+        return {"rows": label, "axes": [], "choice": rundir.stage_entry(run_dir, "pipeline")
+                .get("axes"), "seconds": 0.0}
+    # Fitted on the finite rows only, then mapped back to run row numbers.
+    pos = np.full(len(Z), -1)
+    pos[idx] = np.arange(len(idx))
+    try:
+        card = axis_card.axis_card(Z[idx], Xf[idx], morph.iloc[idx].reset_index(drop=True), axes,
+                                   anchors=anchors, rows=pos[rows], rows_label=label)
+    except (np.linalg.LinAlgError, ValueError) as err:
+        notes.append(f"the axis card could not be computed ({err})")
+        card = []
+    return {"rows": label, "axes": card,
+            "choice": rundir.stage_entry(run_dir, "pipeline").get("axes"),
+            "statistic": "spearman",
+            "baselines": ("best single axis of the first J principal components of the "
+                          "standardised raw features (J = number of latent axes); ceiling: "
+                          "5-fold ridge read-out of the raw features (out-of-fold)"),
+            "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def _summary(classification, anomaly_summary, proj_summary, corr, axes, notes) -> dict:
@@ -599,3 +648,32 @@ def _summary(classification, anomaly_summary, proj_summary, corr, axes, notes) -
     for name, res in proj_summary.items():
         lines.append(f"{name.upper()} map trustworthiness: {res['trustworthiness']:.3f}")
     return {"headline": lines, "best_correlations": best, "notes": notes}
+
+
+# Morphology of a features folder before any model exists: the pipeline measures it to choose and
+# feed the anchored axes (disentangle/ sits below analysis/, so it is handed arrays, never this).
+def measure_morphology(features_dir: str | Path, cache_dir: str | None = None,
+                       reporter: Reporter | None = None, mask_channel: str | None = None):
+    """The whole morphology table of a features folder's images (row order of the features),
+    through the analysis stage's per-image cache, so the analysis later reuses it."""
+    from drlcore.data.rundir import load_features_dir
+
+    _, images, _ = load_features_dir(features_dir)
+    return _morphology(images.reset_index(drop=True), Path(features_dir),
+                       AnalyzeConfig(cache_dir=cache_dir, mask_channel=mask_channel), reporter or NullReporter(), [])
+
+
+def measure_anchor_values(features_dir: str | Path, anchors: tuple[str, ...],
+                          cache_dir: str | None = None, reporter: Reporter | None = None,
+                          mask_channel: str | None = None) -> dict[str, np.ndarray]:
+    """Morphology of every image of a features folder (decoded exactly as the features stage did,
+    through the analysis stage's per-image morphology cache, so analyze later reuses it); NaN
+    where segmentation failed."""
+    from drlcore.data.rundir import load_features_dir
+
+    _, images, _ = load_features_dir(features_dir)
+    notes: list[str] = []
+    morph = _morphology(images.reset_index(drop=True), Path(features_dir),
+                        AnalyzeConfig(cache_dir=cache_dir, mask_channel=mask_channel), reporter or NullReporter(), notes)
+    ok = morph["morph_ok"].astype(bool).to_numpy()
+    return {name: np.where(ok, morph[name].to_numpy(dtype=float), np.nan) for name in anchors}

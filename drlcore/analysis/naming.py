@@ -14,7 +14,10 @@ Rule (``NamingConfig``):
 3. An axis is named after the family of its strongest qualifying feature. An axis without one is
    ``unnamed``, and the reason cites its strongest association. An inactive axis (collapsed to the
    prior in the model) is ``inactive`` whatever it correlates with.
-4. When several axes take the same family, the strongest (largest |r|) keeps the plain name and
+4. An axis anchored to a measurement during fine-tuning (source factor ``anchor:<feature>``) is
+   judged on that measurement alone: it is named after it (``z0: area``) when the measurement
+   qualifies by rule 2, else it is unnamed with the reason, whatever else it follows.
+5. When several axes take the same family, the strongest (largest |r|) keeps the plain name and
    the others get ``size (2)``, ``size (3)`` in decreasing strength.
 
 Display names keep the engine's ``z<j>: name`` form (``z2: size``); unnamed axes read
@@ -184,6 +187,11 @@ def name_axes(corr: pd.DataFrame, source_names: Sequence[str], inactive: Sequenc
                "ci_high": None, "q_value": None, "n": None, "reason": None,
                "source_name": source_name, "provenance": _provenance(source_name, factor)}
         mine = rows[rows["dim"] == j] if len(rows) else rows
+        anchor = str(factor).removeprefix("anchor:") if str(factor).startswith("anchor:") else None
+        if anchor is not None and len(mine):
+            anchor_col = anchor if anchor.startswith("morph_") else f"morph_{anchor}"
+            mine = mine[mine["feature"] == anchor_col]
+        rec["anchor"] = anchor
         qualifying = mine[(mine["strength"] >= config.min_abs_r)
                           & (mine["q_value"] < config.alpha)] if len(mine) else mine
         pick = qualifying.iloc[0] if len(qualifying) else (mine.iloc[0] if len(mine) else None)
@@ -208,9 +216,13 @@ def name_axes(corr: pd.DataFrame, source_names: Sequence[str], inactive: Sequenc
                                  f"{symbol}={pick['value']:.2f} (q {_fmt_q(pick['q_value'])})")
         records.append(rec)
 
-    # Shared families: the strongest keeps the plain name.
-    for family in FAMILIES:
-        named = sorted((r for r in records if r["status"] == "named" and r["family"] == family),
+    for rec in records:
+        if rec["anchor"] is not None and rec["status"] == "named":
+            rec["label"] = _short(rec["anchor"])
+    # Shared families: the strongest keeps the plain name (anchored axes carry their anchor's).
+    for family in sorted({r["family"] for r in records if r["family"]}):
+        named = sorted((r for r in records if r["status"] == "named" and r["family"] == family
+                        and r["anchor"] is None),
                        key=lambda r: (-abs(r["r"]), r["dim"]))
         for rank, rec in enumerate(named, start=1):
             rec["label"] = family if rank == 1 else f"{family} ({rank})"

@@ -28,8 +28,9 @@ seed 0; ratio = balanced accuracy on latents / on raw features, MLP and logistic
   output layer and the decoder's input layer are re-initialised (their shapes change), every
   hidden layer keeps the source weights, and the axes carry no source names (``dim_factor``
   None) because no source axis survives a new head.
-- **Anchored axes** (optional, ``anchors``): measured morphology features (standardised on the
-  training rows) are tied to the first axes by a regression term from the axis's posterior mean
+- **Anchored axes** (``anchors``; ``drl run`` chooses them from the data, see
+  ``drlcore.analysis.axis_card``): measured morphology features (as rank-normal scores of the
+  training rows, ``anchor_transform``) are tied to the first axes by a regression term from the axis's posterior mean
   to the feature, the "few labels" setting of Locatello et al. 2020 with morphology as the labels.
   A held-out share of the images (``anchor_holdout``) is excluded from fine-tuning altogether
   (both losses and early stopping), and each anchored axis's correlation is reported on those
@@ -57,9 +58,10 @@ from drlcore.io import sha256_bytes
 from drlcore.progress import NullReporter, Reporter
 from drlcore.disentangle.train import _as_features, _optimise, encode_means, latent_activity
 from drlcore.disentangle.vae import FeatureVAE, beta_vae_loss
+from drlcore.analysis.axis_card import rank_normal_scores
 
 __all__ = ["TransferConfig", "FREEZE", "transfer", "fine_tune", "split_rows", "anchor_report",
-           "anchor_names", "measure_anchor_values"]
+           "anchor_names", "rank_normal_scores"]
 
 FREEZE = ("none", "decoder", "encoder")
 
@@ -99,6 +101,11 @@ class TransferConfig:
     anchors: tuple[str, ...] = ()
     anchor_weight: float = 100.0  # per image, against a reconstruction term of hundreds of nats
     anchor_holdout: float = 0.2  # share of images held out of fine-tuning to report r on
+    # "rank": each anchor target is the normal score of its rank among the training rows
+    # (monotone, so the axis keeps the measurement's order); "linear": standardised values.
+    # Skewed sizes (plankton: a few organisms 10-100x the median area) made the squared anchor
+    # error follow the few largest objects under "linear"; see benchmarks/axis_quality.py.
+    anchor_transform: str = "rank"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "anchors", tuple(str(a) for a in self.anchors))
@@ -123,6 +130,9 @@ class TransferConfig:
             raise DrlError("TransferConfig.min_relative_std must be in [0, 1]")
         if self.anchor_weight < 0:
             raise DrlError("TransferConfig.anchor_weight must be >= 0")
+        if self.anchor_transform not in ("rank", "linear"):
+            raise DrlError(f"TransferConfig.anchor_transform must be 'rank' or 'linear', got "
+                           f"{self.anchor_transform!r}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -150,23 +160,6 @@ def anchor_names(spec) -> tuple[str, ...]:
             raise DrlError(f"cannot anchor {item!r}: not a morphology feature; choose from {known}")
         names.append(name)
     return tuple(names)
-
-
-def measure_anchor_values(features_dir: str | Path, anchors: tuple[str, ...],
-                          cache_dir: str | None = None,
-                          reporter: Reporter | None = None) -> dict[str, np.ndarray]:
-    """Morphology of every image of a features folder (decoded exactly as the features stage did,
-    through the analysis stage's per-image morphology cache, so analyze later reuses it); NaN
-    where segmentation failed."""
-    from drlcore.analysis.analyze import AnalyzeConfig, _morphology
-    from drlcore.data.rundir import load_features_dir
-
-    _, images, _ = load_features_dir(features_dir)
-    notes: list[str] = []
-    morph = _morphology(images.reset_index(drop=True), Path(features_dir),
-                        AnalyzeConfig(cache_dir=cache_dir), reporter or NullReporter(), notes)
-    ok = morph["morph_ok"].astype(bool).to_numpy()
-    return {name: np.where(ok, morph[name].to_numpy(dtype=float), np.nan) for name in anchors}
 
 
 # -- pure parts -----------------------------------------------------------------------------------
@@ -287,13 +280,18 @@ def fine_tune(model: FeatureVAE, features, config: TransferConfig = TransferConf
                                f"feature is constant (hue or saturation of grayscale images, for "
                                f"example); it cannot anchor an axis - choose another feature")
             mean, std = float(tv[ok].mean()), float(tv[ok].std())
-            anchor_stats[name] = {"mean": mean, "std": std, "n_train": int(ok.sum())}
+            anchor_stats[name] = {"mean": mean, "std": std, "n_train": int(ok.sum()),
+                                  "transform": config.anchor_transform}
             # Training and validation rows (the validation rows judge early stopping, so the
-            # anchor term must count there too); standardised with training statistics.
+            # anchor term must count there too); transformed with training statistics.
             rows = np.concatenate([split["train"], split["val"]])
             fv = v[rows]
             fok = np.isfinite(fv)
-            cols.append(np.stack([np.where(fok, (fv - mean) / std, 0.0), fok.astype(float)]))
+            if config.anchor_transform == "rank":
+                target = rank_normal_scores(tv[ok], np.where(fok, fv, tv[ok][0]))
+            else:
+                target = (fv - mean) / std
+            cols.append(np.stack([np.where(fok, target, 0.0), fok.astype(float)]))
         stacked = np.stack(cols, axis=2)  # (2, n_train + n_val, n_anchors)
         n_tr = len(split["train"])
         targets = torch.from_numpy(stacked[0, :n_tr]).float()

@@ -61,7 +61,6 @@ def pipeline_config(features, *, source_model: str | None = None,
     """``drl run``'s own options (``--source-model --known-classes --epochs --latent-dim
     --anchor --mask-channel``) over ``features`` (a ``FeatureConfig``) as a ``PipelineConfig``. ``anchor``
     is the command line's comma list (``"area,eccentricity"``) or a sequence of names."""
-    from drlcore.disentangle.transfer import anchor_names
     from drlcore.runs.pipeline import PipelineConfig
 
     if isinstance(known_classes, str):
@@ -72,9 +71,21 @@ def pipeline_config(features, *, source_model: str | None = None,
         known_classes=tuple(known_classes) if known_classes else None,
         transfer_epochs=epochs,
         latent_dim=latent_dim,
-        anchors=anchor_names(anchor) if anchor else (),
+        anchors=_anchors(anchor),
         mask_channel=mask_channel,
     )
+
+
+def _anchors(anchor):
+    """``--anchor``: absent or ``auto`` -> chosen from the data after measuring (the default),
+    ``none`` -> no anchored axis, else the named measurements."""
+    from drlcore.disentangle.transfer import anchor_names
+
+    if anchor is None or (isinstance(anchor, str) and anchor.strip().lower() == "auto"):
+        return "auto"
+    if isinstance(anchor, str) and anchor.strip().lower() == "none":
+        return ()
+    return anchor_names(anchor) if anchor else ()
 
 
 def cluster_config(cluster: str | None = None, scheduler: str | None = None,

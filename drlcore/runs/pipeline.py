@@ -35,7 +35,8 @@ def _assets_dir() -> Path:
 
 
 ASSETS_DIR = _assets_dir()
-PIPELINE_VERSION = 2  # 2: anchored transfers stop early on the full objective (anchor term included)
+PIPELINE_VERSION = 3  # 2: anchored transfers stop early on the full objective (anchor term included)
+# 3: default anchors and latent size chosen from the data (drlcore.analysis.axis_card)
 # Fine-tuning a VAE on fewer objects than this only memorises them.
 MIN_IMAGES_FOR_TRANSFER = 32
 
@@ -52,8 +53,12 @@ class PipelineConfig:
     source_model: str | None = None  # default: the shipped model for the backbone
     transfer: bool = True  # False: encode with the source model as is (the demo does this)
     transfer_epochs: int | None = None  # a ceiling: early stopping decides (TransferConfig)
-    latent_dim: int | None = None  # None: the source model's (10); see TransferConfig.latent_dim
-    anchors: tuple[str, ...] = ()  # morphology features tied to the first axes (e.g. morph_area)
+    # None: chosen from the data, the anchors plus a label-free number of free axes
+    # (axis_card.free_axis_count); an int fixes it (10 keeps the source model's head and names).
+    latent_dim: int | None = None
+    # "auto": the families the raw features can read (axis_card.select_anchors); () or "none":
+    # no anchors; a list: those morphology features, tied to the first axes (e.g. morph_area).
+    anchors: tuple[str, ...] | str = "auto"
     known_classes: tuple[str, ...] | None = None
     umap: bool = True
     extra_columns: str | None = None  # a Parquet file with columns joined onto objects by "path"
@@ -62,10 +67,15 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         # Checked here, not at the transfer stage: a misspelt anchor fails before any embedding.
-        if self.anchors:
+        if isinstance(self.anchors, str) and self.anchors.strip().lower() in ("auto", "none", ""):
+            object.__setattr__(self, "anchors", "auto" if self.anchors.strip().lower() == "auto"
+                               else ())
+        elif self.anchors:
             from drlcore.disentangle.transfer import anchor_names
 
             object.__setattr__(self, "anchors", anchor_names(self.anchors))
+        else:
+            object.__setattr__(self, "anchors", ())
 
     @classmethod
     def from_dict(cls, d: dict) -> PipelineConfig:
@@ -122,12 +132,53 @@ def resolve_source_model(source_model: str | None, backbone: str) -> Path:
     return Path(source_model)
 
 
-def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporter: Reporter,
-                    cache_notes: list[str]) -> Path:
-    from drlcore.data.cache import ContentStore, cache_root, cache_write_note
-    from drlcore.disentangle.transfer import TransferConfig, anchor_names, measure_anchor_values, transfer
+def choose_axes(run_dir: Path, config: PipelineConfig, reporter: Reporter) -> tuple[dict, dict | None]:
+    """The anchors and the latent size of the transfer: as configured, or chosen from the data
+    (``anchors="auto"``, ``latent_dim=None``). Returns the choice (recorded in the manifest) and
+    the morphology table when it was measured (the anchor values are read from it)."""
+    from drlcore.analysis import axis_card
+    from drlcore.analysis.analyze import measure_morphology
+    from drlcore.disentangle.transfer import anchor_names
 
-    settings = {"latent_dim": config.latent_dim, "anchors": anchor_names(config.anchors)}
+    choice: dict = {}
+    morph = None
+    features = rundir.load_features(run_dir, full=False)  # just written and recorded
+    finite = np.isfinite(features).all(axis=1)
+    if config.anchors == "auto":
+        reporter.message("transfer: measuring morphology to choose the anchored axes")
+        morph = measure_morphology(run_dir, config.features.cache_dir, reporter,
+                                   mask_channel=config.mask_channel)
+        sel = axis_card.select_anchors(np.asarray(features)[finite],
+                                       morph[finite].reset_index(drop=True))
+        anchors = tuple(sel["anchors"])
+        choice["anchors"] = {"mode": "auto", **sel}
+    else:
+        anchors = anchor_names(config.anchors) if config.anchors else ()
+        choice["anchors"] = {"mode": "given" if anchors else "none", "anchors": list(anchors)}
+    if config.latent_dim is None:
+        free = axis_card.free_axis_count(np.asarray(features)[finite])
+        latent_dim = len(anchors) + free["n_free"]
+        choice["free"] = {"mode": "auto", **free}
+    else:
+        latent_dim = int(config.latent_dim)
+        choice["free"] = {"mode": "given", "n_free": max(0, latent_dim - len(anchors))}
+    choice["latent_dim"] = latent_dim
+    if anchors:
+        reporter.message(f"transfer: {latent_dim} axes, {len(anchors)} anchored to "
+                         f"{', '.join(a.removeprefix('morph_') for a in anchors)}")
+    return choice, morph
+
+
+def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporter: Reporter,
+                    cache_notes: list[str], choice: dict | None = None, morph=None) -> Path:
+    from drlcore.data.cache import ContentStore, cache_root, cache_write_note
+    from drlcore.analysis.analyze import measure_anchor_values
+    from drlcore.disentangle.transfer import TransferConfig, transfer
+
+    if choice is None:
+        choice, morph = choose_axes(run_dir, config, reporter)
+    settings = {"latent_dim": choice["latent_dim"],
+                "anchors": tuple(choice["anchors"]["anchors"])}
     if config.transfer_epochs is not None:
         settings["epochs"] = config.transfer_epochs
     tconfig = TransferConfig(**settings)
@@ -145,10 +196,12 @@ def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporte
 
     partial = rundir.new_partial_model(run_dir)
     values = None
-    if tconfig.anchors:  # morphology before transfer (the analysis reuses it from the cache)
+    if tconfig.anchors and morph is not None:
+        values = {name: _anchor_column(morph, name) for name in tconfig.anchors}
+    elif tconfig.anchors:  # morphology before transfer (the analysis reuses it from the cache)
         reporter.message(f"transfer: measuring {', '.join(tconfig.anchors)} to anchor axes")
         values = measure_anchor_values(run_dir, tconfig.anchors, config.features.cache_dir,
-                                       reporter)
+                                       reporter, mask_channel=config.mask_channel)
     transfer(source, run_dir, partial, tconfig, reporter=reporter, anchor_values=values)
     model_dir = rundir.commit_model(run_dir, partial, key)
     try:
@@ -158,6 +211,11 @@ def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporte
         reporter.message(f"note: {note}")
         cache_notes.append(note)
     return model_dir
+
+
+def _anchor_column(morph, name: str) -> np.ndarray:
+    ok = morph["morph_ok"].astype(bool).to_numpy()
+    return np.where(ok, morph[name].to_numpy(dtype=float), np.nan)
 
 
 def _copy_source_model(source: Path, run_dir: Path) -> Path:
@@ -231,9 +289,11 @@ def _run_stages(data, out_dir, config: PipelineConfig | None, reporter: Reporter
         notes.append(f"only {int(finite.sum())} usable image(s): too few to fine-tune the source "
                      f"model (at least {MIN_IMAGES_FOR_TRANSFER} are needed), so it is used as "
                      f"it is")
+    choice = None
     if config.transfer and not notes:
         reporter.message("[2/4] transfer: fine-tuning the source model on these images")
-        model_dir = _transfer_stage(source, out_dir, config, reporter, cache_notes)
+        choice, morph = choose_axes(out_dir, config, reporter)
+        model_dir = _transfer_stage(source, out_dir, config, reporter, cache_notes, choice, morph)
     else:
         reporter.message("[2/4] transfer skipped: using the source model as it is")
         model_dir = _copy_source_model(source, out_dir)
@@ -247,7 +307,8 @@ def _run_stages(data, out_dir, config: PipelineConfig | None, reporter: Reporter
     rundir.record_stage(out_dir, "pipeline", {
         "version": PIPELINE_VERSION,
         "notes": list(dict.fromkeys([*(data_entry.get("notes") or []), *notes, *cache_notes])),
-        "transferred": config.transfer and not notes})
+        "transferred": config.transfer and not notes,
+        **({"axes": choice} if choice else {})})
     if config.extra_columns:
         _join_extra_columns(out_dir, Path(config.extra_columns))
 

@@ -6,6 +6,9 @@ Static figures drawn with matplotlib (no browser, no server), for a lab meeting 
   the axis to the other (several rows: the nearest objects at each step), optionally of one class;
 - ``correlations.png/.svg``: latent axes x handcrafted features (Pearson r), features grouped by
   family (size, shape, colour, intensity, texture);
+- ``axes-card.png/.svg``: every axis (anchored first, then the strongest free ones), its
+  |Spearman rho| with the measure it is judged on and the 95% CI, next to the best PCA axis of
+  the raw features and the ridge ceiling (analysis.json ``axis_card``);
 - ``class-map.png/.svg``: the UMAP (or PCA) map coloured by class;
 - ``anomaly-map.png/.svg``: the same map coloured by the combined anomaly score.
 
@@ -30,7 +33,7 @@ from drlcore.errors import DrlError
 from drlcore.io import atomic_write_bytes
 
 __all__ = ["SlideConfig", "figure_stamp", "axis_montage", "write_axis_montage", "correlation_figure",
-           "map_figure", "write_slide_set", "OKABE_ITO"]
+           "axis_card_figure", "draw_axis_card", "map_figure", "write_slide_set", "OKABE_ITO"]
 
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7",
              "#000000")
@@ -257,6 +260,50 @@ def correlation_figure(run_dir: str | Path, config: SlideConfig = SlideConfig())
     return fig
 
 
+def draw_axis_card(card, config: SlideConfig = SlideConfig(), top: int | None = 16):
+    """The axis card drawn with matplotlib from analysis.json's ``axis_card`` records."""
+    from drlcore.analysis.axis_card import card_label, card_order
+
+    rows = [r for r in card_order(card) if r.get("rho") is not None][:top]
+    if not rows:
+        raise DrlError("no axis of this run has a measure to be judged on (no axis card)")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(config.width_in, config.height_in), dpi=config.dpi)
+    y = np.arange(len(rows))
+    ceiling = [r.get("ceiling_rho") or 0.0 for r in rows]
+    ax.barh(y, ceiling, color="0.9", label="ceiling (ridge on raw features)")
+    pca = np.array([np.nan if r.get("pca_rho") is None else r["pca_rho"] for r in rows])
+    ax.scatter(pca, y, marker="s", facecolors="none", edgecolors=OKABE_ITO[5], s=70,
+               label="best PCA axis", zorder=3)
+    rho = np.array([abs(r["rho"]) for r in rows])
+    lo = np.array([min(abs(r["ci_low"]), abs(r["ci_high"])) if r.get("ci_low") is not None
+                   and np.sign(r["ci_low"]) == np.sign(r["ci_high"]) else 0.0 for r in rows])
+    hi = np.array([max(abs(r["ci_low"]), abs(r["ci_high"])) if r.get("ci_high") is not None
+                   else a for r, a in zip(rows, rho, strict=True)])
+    colours = [OKABE_ITO[4] if r.get("kind") == "anchored" else OKABE_ITO[1] for r in rows]
+    ax.errorbar(rho, y, xerr=[np.clip(rho - lo, 0, None), np.clip(hi - rho, 0, None)],
+                fmt="none", ecolor="0.3", zorder=4)
+    ax.scatter(rho, y, c=colours, s=70, zorder=5, label="this axis, |ρ| with 95% CI")
+    ax.set_yticks(y)
+    ax.set_yticklabels([card_label(r) for r in rows], fontsize=10)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel(f"|Spearman ρ| with the measure, on {rows[0].get('rows', 'all images')}")
+    ax.legend(loc="lower right", frameon=False, fontsize=10)
+    ax.set_title("Axis card: each axis vs the best PCA axis and the ceiling", fontsize=16,
+                 loc="left")
+    fig.subplots_adjust(left=0.32, right=0.97, top=0.9, bottom=0.1)
+    return fig
+
+
+def axis_card_figure(run_dir: str | Path, config: SlideConfig = SlideConfig()):
+    """The axis card of a run (analysis.json ``axis_card``)."""
+    from drlcore.data import rundir
+
+    card = (rundir.read_analysis(Path(run_dir)).get("axis_card") or {}).get("axes") or []
+    return draw_axis_card(card, config)
+
+
 def map_figure(run_dir: str | Path, colour_by: str = "label", config: SlideConfig = SlideConfig()):
     """The 2-D map coloured by class (``label``) or by a numeric column (e.g. anomaly_score)."""
     from drlcore.data import rundir
@@ -325,6 +372,12 @@ def write_slide_set(run_dir: str | Path, out_dir: str | Path,
         if fig is not None:
             written += _save(fig, out_dir / "correlations", stamp, "latent axes vs morphology",
                              config.formats)
+    try:
+        fig = axis_card_figure(run_dir, config)
+    except DrlError:
+        fig = None
+    if fig is not None:
+        written += _save(fig, out_dir / "axes-card", stamp, "axis card", config.formats)
     if any(c.endswith("_x") and c[:-2] in ("umap", "pca") for c in objects.columns):
         written += _save(map_figure(run_dir, "label", config), out_dir / "class-map", stamp,
                          "class map", config.formats)

@@ -12,7 +12,8 @@ from drlcore.analysis.correlation import best_matches
 from drlcore.analysis.naming import NamingConfig, axis_help, axis_label
 from drlcore.analysis.traversal import traversal_indices, traversal_values
 from explorer.downloads import FIGURE_MIME, file_download, montage_bytes
-from explorer.figures import feature_label, traversal_captions
+from drlcore.analysis.axis_card import card_order
+from explorer.figures import axis_card_chart, feature_label, plot_config, traversal_captions
 from explorer.report import ReportSection, axes_section, build_report
 from explorer.ui import (caption_for, channel_choice, csv_download, image_grid, object_detail, report_download,
                          require_run, run_channels)
@@ -60,10 +61,42 @@ def _match_text(dim: int) -> str:
     return ", ".join(f"{feature_label(f)} (r = {r:+.2f})" for f, r in zip(best["feature"], best["value"], strict=True))
 
 
+card = (run.analysis.get("axis_card") or {}).get("axes") or []
+if card:
+    with st.container(border=True):
+        st.markdown("#### Axis card", help=(
+            "For every axis: anchored (tied to a measurement during fine-tuning) or free, the "
+            "measure it is judged on (its anchor, or the feature its name comes from), its "
+            "Spearman ρ with a 95% CI on this run, next to the best single principal component "
+            "of the raw backbone features and the ceiling (a cross-validated ridge read-out of "
+            "the raw features) for the same measure."))
+        where = (run.analysis.get("axis_card") or {}).get("rows") or "all images"
+        st.caption(f"Measured on {where}. An axis that reaches the ceiling holds all the raw "
+                   "features know about its measure; one below the best PCA axis adds nothing "
+                   "to a plain PCA.")
+        st.plotly_chart(axis_card_chart(card, top=None if st.session_state.get(
+            "trav.card_all") else 12), config=plot_config(filename=f"{run.name}-axis-card"),
+            key="trav.card_chart")
+        st.toggle("Show every axis", key="trav.card_all")
+        card_table = pd.DataFrame([{
+            "axis": r["name"], "kind": r["kind"],
+            "measure": feature_label(r["feature"]) if r.get("feature") else "",
+            "ρ": r.get("rho"), "CI low": r.get("ci_low"), "CI high": r.get("ci_high"),
+            "best PCA |ρ|": r.get("pca_rho"), "ceiling |ρ|": r.get("ceiling_rho"),
+            "of ceiling": r.get("of_ceiling"), "n": r.get("n")} for r in card_order(card)])
+        st.dataframe(card_table, hide_index=True, key="trav.card_table",
+                     column_config={c: st.column_config.NumberColumn(format="%.2f") for c in
+                                    ("ρ", "CI low", "CI high", "best PCA |ρ|", "ceiling |ρ|",
+                                     "of ceiling")})
+
 stamp = run.objects_stamp
 controls = st.columns([3, 1])
 active = [j for j in range(len(zcols)) if j not in run.inactive_dims]
-controls[0].selectbox("Dimension", list(range(len(zcols))), key="trav.dim", format_func=lambda j: names[j]
+# Anchored axes first, then the strongest free ones (the card's order), so a 36-axis code
+# shows what it holds at the top of the list.
+dim_order = [r["dim"] for r in card_order(card) if r["dim"] < len(zcols)] if card else []
+dim_order += [j for j in range(len(zcols)) if j not in dim_order]
+controls[0].selectbox("Dimension", dim_order, key="trav.dim", format_func=lambda j: names[j]
                       + ("  (inactive)" if j in run.inactive_dims and "inactive" not in names[j] else ""),
                       help="Axes are named after the morphology family they follow on this run's own "
                            f"images (|r| >= {NamingConfig().min_abs_r:g}, BH q < {NamingConfig().alpha:g}); "
@@ -81,7 +114,7 @@ if recorded is not None:
 
 object_detail(run, st.session_state["trav.focus"], "trav.focus")
 
-dims = active if show_all else [st.session_state["trav.dim"]]
+dims = [j for j in dim_order if j in active] if show_all else [st.session_state["trav.dim"]]
 summary_rows = []
 for dim in dims:
     rows, values = _strip(str(run.path), stamp, dim, n_steps)
