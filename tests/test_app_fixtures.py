@@ -111,7 +111,9 @@ def test_objects_columns_by_kind_and_dtypes(engine, fixture):
         assert rundir.zscore_columns(run_cols) == [f"z_score_{j}" for j in range(len(latent))]
     # Morphology: the engine writes every feature it measures; the fixture a few of those names.
     flags = ["morph_ok", "morph_note"]
-    assert real_kinds["morph"] == [*FEATURE_NAMES, *flags]
+    # RGB and grey images add the grey integrated contrast and its background (issue 19).
+    grey = ["morph_intensity_integrated", "morph_intensity_background"]
+    assert real_kinds["morph"] == [*FEATURE_NAMES, *grey, *flags]
     assert fake_kinds["morph"][-2:] == flags
     assert set(fake_kinds["morph"]) <= set(real_kinds["morph"]), \
         sorted(set(fake_kinds["morph"]) - set(real_kinds["morph"]))
@@ -186,7 +188,10 @@ def test_analysis_json_structure(engine, fixture):
 def test_manifest_layout(engine, fixture):
     real, fake = _json(engine, rundir.MANIFEST), _json(fixture, rundir.MANIFEST)
     assert fake["schema_version"] == real["schema_version"] == rundir.SCHEMA_VERSION
-    assert _keys(fake) == _keys(real) == ["schema_version", "stages"]
+    # The engine records every file it wrote (size, sha256, stage: issue 24); the fixture writes
+    # none, like runs made before the records, which readers open unchecked.
+    assert _keys(real) == ["files", "schema_version", "stages"]
+    assert _keys(fake) == ["schema_version", "stages"]
     assert _keys(fake["stages"]) == _keys(real["stages"]) == sorted(rundir.STAGES)
     for stage, entry in real["stages"].items():
         assert _keys(fake["stages"][stage]) == _keys(entry), stage

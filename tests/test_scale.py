@@ -78,7 +78,8 @@ def test_analysis_above_the_threshold_records_its_samples(tmp_path, monkeypatch)
     assert set(analysis["classification"]) == {"latent", "features"}
     # Morphology is measured and cached a chunk at a time (36 distinct images, chunks of 10).
     morph_cache = tmp_path / "cache" / "morphology" / f"v{analyze.MORPHOLOGY_CACHE_VERSION}"
-    assert len([p for p in morph_cache.iterdir() if not p.name.startswith(".")]) == 4
+    # (one folder per chunk; each entry's checksum record sits beside it as <key>.sums.json)
+    assert len([p for p in morph_cache.iterdir() if p.is_dir() and not p.name.startswith(".")]) == 4
     corr = pd.read_parquet(run / "correlations.parquet")
     assert set(corr["method"]) == {"pearson", "spearman", "mi"}
     # Placing objects on this map refits the very map drawn: the sample's own copies land on

@@ -199,7 +199,10 @@ class BackboneSettings:
         return cls(name=backbone.spec.name, weights=weights, pretrained=bool(pretrained),
                    dtype=backbone.dtype, batch_size=int(backbone.batch_size),
                    weights_hash=backbone.weights_hash, engine=backbone.engine,
-                   cache_dir=None if cache_dir is None else str(cache_dir))
+                   # Only an exported graph lives in the cache: a torch backbone is the same
+                   # whichever cache a run names, so a worker keeps the one it loaded.
+                   cache_dir=(None if cache_dir is None or backbone.engine == "torch"
+                              else str(cache_dir)))
 
 
 _LOADED: dict[BackboneSettings, object] = {}
