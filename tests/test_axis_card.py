@@ -73,12 +73,16 @@ def test_anchor_groups_split_intensity_by_channel_and_take_new_families():
         from drlcore.analysis.naming import feature_family
         return feature_family(c)
 
-    groups = axis_card.anchor_groups(cols, family)
+    # Per-channel means alone (no per-compartment columns): one group per channel.
+    groups = axis_card.anchor_groups([c for c in cols if "_DNA_" not in c], family)
     assert groups["size"] == ["morph_area"]
     assert groups["intensity (ch0)"] == ["morph_ch0_intensity_mean"]
     assert groups["intensity (ch1)"] == ["morph_ch1_intensity_mean"]
     assert groups["intensity"] == ["morph_intensity_mean"]
-    assert groups["intensity (DNA)"] == ["morph_DNA_cell_mean"]
+    # With per-compartment columns those means are repeats, and the DNA channel's intensity
+    # is the DNA-content family's axis, not a second one.
+    groups = axis_card.anchor_groups(cols, family)
+    assert "intensity (ch0)" not in groups and "intensity (DNA)" not in groups
     assert groups["dna"] == ["morph_DNA_nucleus_integrated"]
     assert not any(g.startswith("texture") for g in groups)  # excluded family
     assert "morph_orientation" not in sum(groups.values(), [])
@@ -293,3 +297,24 @@ def test_unmeasured_channel_columns_do_not_hide_the_intensity():
     morph = pd.DataFrame({"morph_value": hidden[:, 0], "morph_ch0_mean": np.nan,
                           "morph_ch1_mean": np.nan, "morph_ok": True})
     assert axis_card.select_anchors(X, morph)["anchors"] == ["morph_value"]
+
+
+def test_anchor_groups_on_per_channel_measurements_give_one_dna_axis():
+    """A fluorescence run measured per channel and compartment: the DNA channel gives one
+    DNA-content group (not also an intensity group), and the older per-channel means
+    (morph_ch<k>_<name>_mean) do not form groups of their own beside the new columns."""
+    from drlcore.analysis.axis_card import anchor_groups
+
+    columns = ["morph_area", "morph_eccentricity", "morph_ch0_BrightField_mean", "morph_ch1_DNA_mean",
+               "morph_DNA_cell_integrated", "morph_DNA_nucleus_integrated", "morph_DNA_cell_mean",
+               "morph_DNA_cytoplasm_integrated", "morph_BrightField_cell_mean",
+               "morph_BrightField_cytoplasm_mad"]
+    groups = anchor_groups(columns)
+    assert "intensity (DNA)" not in groups
+    assert set(groups["dna"]) >= {"morph_DNA_cell_integrated", "morph_DNA_nucleus_integrated"}
+    assert not any(c.startswith("morph_ch") for cols in groups.values() for c in cols)
+    assert set(groups["intensity (BrightField)"]) == {"morph_BrightField_cell_mean",
+                                                      "morph_BrightField_cytoplasm_mad"}
+    # Without per-compartment columns the per-channel means stay the candidates they were.
+    old = anchor_groups(["morph_area", "morph_ch0_BrightField_mean", "morph_ch1_DNA_mean"])
+    assert old["intensity (ch0)"] == ["morph_ch0_BrightField_mean"]

@@ -217,13 +217,22 @@ def anchor_groups(columns: Sequence[str], family_of=None) -> dict[str, list[str]
     so each channel's intensity can anchor its own axis. Excluded families are left out."""
     if family_of is None:
         from drlcore.analysis.naming import feature_family as family_of
+    columns = [str(c) for c in columns]
+    # Where each channel is measured per compartment, the older one-number-per-channel means
+    # (morph_ch<k>_<name>_mean) repeat them under another channel name: one axis each, not two.
+    if any(_CHANNEL_COMPARTMENT_RE.match(c) for c in columns):
+        columns = [c for c in columns if not _CHANNEL_RE.match(c)]
     groups: dict[str, list[str]] = {}
     for col in columns:
         fam = family_of(col)
         if fam is None or fam in EXCLUDED_FAMILIES:
             continue
         ch = _channel(col) if fam in PER_CHANNEL_FAMILIES else None
-        groups.setdefault(f"{fam} ({ch})" if ch else str(fam), []).append(str(col))
+        groups.setdefault(f"{fam} ({ch})" if ch else str(fam), []).append(col)
+    # The DNA channel's intensity is DNA content again: that channel's axis is the DNA-content
+    # family's (integrated DNA, what a cell-cycle biologist reads), not a second one beside it.
+    for ch in {_channel(col) for col in groups.get("dna", [])} - {None}:
+        groups.pop(f"intensity ({ch})", None)
     return groups
 
 
