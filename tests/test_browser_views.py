@@ -94,6 +94,10 @@ def test_a_link_opens_the_latent_axis_it_names(server, page):
     assert "z2: intensity" in heading.first.inner_text()
     images = page.locator("[data-testid='stImage'] img")
     images.first.wait_for(timeout=30_000)
+    # The page now draws the axis card above the strip: the strip's images arrive one by one
+    # after the first, so wait for all of them (a strip that stops short still fails here).
+    page.wait_for_function("n => document.querySelectorAll(\"[data-testid='stImage'] img\")"
+                           ".length >= n", arg=7, timeout=30_000)
     assert images.count() == 7
     # The run picker shows the linked run, not the newest one.
     picker = page.locator("[data-testid='stSidebar'] [data-testid='stSelectbox']").first
