@@ -637,14 +637,15 @@ def axis_card_chart(card: Sequence[dict], top: int | None = None) -> go.Figure:
                              marker=dict(symbol="square-open", size=12, color=OKABE_ITO[5]),
                              hovertemplate="best PCA axis |ρ| %{x:.2f}<extra></extra>"))
     fig.add_trace(go.Scatter(
-        y=labels, x=rho, mode="markers", name="this axis, |ρ| with 95% CI",
+        y=labels, x=rho, mode="markers", name="this axis, |Spearman ρ| with 95% CI",
         marker=dict(size=12, color=colours),
         error_x=dict(type="data", symmetric=False, array=np.clip(hi - rho, 0, None),
                      arrayminus=np.clip(rho - lo, 0, None), color="#444"),
         customdata=[[r.get("rows", ""), r.get("n", 0)] for r in rows],
         hovertemplate="|ρ| %{x:.2f} on %{customdata[0]} (n %{customdata[1]})<extra></extra>"))
     fig.update_yaxes(autorange="reversed", automargin=True)
-    fig.update_xaxes(range=[0, 1.02], title="|Spearman ρ| with the measure")
-    fig.update_layout(barmode="overlay", legend=dict(orientation="h", y=-0.15))
+    # No axis title: the legend below the ticks names what x is (a title there collided with it).
+    fig.update_xaxes(range=[0, 1.02])
+    fig.update_layout(barmode="overlay", legend=dict(orientation="h", y=-0.12, yanchor="top"))
     return style(fig, "Axis card: each axis vs the best PCA axis and the ceiling",
                  height=max(320, 34 * len(rows) + 160))
