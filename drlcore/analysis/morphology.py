@@ -820,26 +820,27 @@ def _channel_textures(channels: np.ndarray, cell: np.ndarray) -> tuple[np.ndarra
     levels = 1 + np.clip(((crop - low) * (GLCM_LEVELS / span)).astype(np.int32), 0,
                          GLCM_LEVELS - 1)
     levels = np.where(crop_mask[..., None], levels, 0).astype(np.uint8)
-    contrasts, homogeneities = [], []
-    for k in range(channels.shape[2]):
-        if not high[k] > low[k]:
-            contrasts.append(0.0)
-            homogeneities.append(1.0)
-            continue
-        counts = graycomatrix(levels[..., k], distances=[1],
-                              angles=[0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4],
-                              levels=GLCM_LEVELS + 1, symmetric=True, normed=False)
-        counts = counts[1:, 1:, 0, :].astype(np.float64)  # (levels, levels, angles)
-        totals = counts.sum(axis=(0, 1))
-        valid = totals > 0
-        if not valid.any():
-            contrasts.append(math.nan)
-            homogeneities.append(math.nan)
-            continue
-        matrix = counts[:, :, valid] / totals[valid]
-        contrasts.append(float((matrix * _GLCM_CONTRAST).sum(axis=(0, 1)).mean()))
-        homogeneities.append(float((matrix * _GLCM_HOMOGENEITY).sum(axis=(0, 1)).mean()))
-    return np.asarray(contrasts), np.asarray(homogeneities)
+    contrasts = np.zeros(channels.shape[2])
+    homogeneities = np.ones(channels.shape[2])
+    textured = np.flatnonzero(high > low)
+    if not len(textured):
+        return contrasts, homogeneities
+    # One matrix per channel, then the properties of every channel and angle in one pass.
+    counts = np.stack([graycomatrix(levels[..., k], distances=[1],
+                                    angles=[0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4],
+                                    levels=GLCM_LEVELS + 1, symmetric=True,
+                                    normed=False)[1:, 1:, 0, :] for k in textured],
+                      axis=-1).astype(np.float64)  # (levels, levels, angles, channels)
+    totals = counts.sum(axis=(0, 1))
+    valid = totals > 0
+    matrix = counts / np.where(valid, totals, 1.0)
+    n_valid = valid.sum(axis=0)
+    with np.errstate(invalid="ignore"):  # a channel without a valid angle: NaN
+        contrasts[textured] = np.where(valid, (matrix * _GLCM_CONTRAST[..., None]).sum(
+            axis=(0, 1)), 0.0).sum(axis=0) / n_valid
+        homogeneities[textured] = np.where(valid, (matrix * _GLCM_HOMOGENEITY[..., None]).sum(
+            axis=(0, 1)), 0.0).sum(axis=0) / n_valid
+    return contrasts, homogeneities
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
