@@ -678,7 +678,8 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
         return _failed(f"{len(names)} channel names for {n} channels")
     height_used, width_used = height - height % factor, width - width % factor
     pixels = stored.astype(np.float64)
-    background = np.array([float(np.median(_border(pixels[..., k]))) for k in range(n)])
+    # _border keeps the channel axis: one median call for every channel's border.
+    background = np.median(_border(pixels), axis=0)
     small = (downscale_local_mean(pixels[:height_used, :width_used], (factor, factor, 1))
              if factor > 1 else pixels)
     roles, _, legacy_names, columns = _layout(tuple(names))
@@ -745,8 +746,7 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
     cell_full = _full_resolution(cell, factor, shape)
     intensity = pixels - background
     # The per-channel means of earlier versions (file units, no background subtracted).
-    for k, legacy in enumerate(legacy_names):
-        result[legacy] = float(pixels[..., k][cell_full].mean())
+    result.update(zip(legacy_names, pixels[cell_full].mean(axis=0).tolist()))
 
     masks = {"cell": cell_full}
     if nucleus is not None:
