@@ -281,6 +281,7 @@ def _glcm(grey_crop: np.ndarray, crop_mask: np.ndarray) -> tuple[float, float]:
 _LEVEL_GAP = np.subtract.outer(np.arange(GLCM_LEVELS), np.arange(GLCM_LEVELS)).astype(np.float64)
 _GLCM_CONTRAST = (_LEVEL_GAP**2)[:, :, None]
 _GLCM_HOMOGENEITY = (1.0 / (1.0 + _LEVEL_GAP**2))[:, :, None]
+_GLCM_WEIGHTS = np.stack([_GLCM_CONTRAST[:, :, 0], _GLCM_HOMOGENEITY[:, :, 0]])
 
 
 def _downscale_factor(shape: Sequence[int]) -> int:
@@ -833,13 +834,12 @@ def _channel_textures(channels: np.ndarray, cell: np.ndarray) -> tuple[np.ndarra
                       axis=-1).astype(np.float64)  # (levels, levels, angles, channels)
     totals = counts.sum(axis=(0, 1))
     valid = totals > 0
-    matrix = counts / np.where(valid, totals, 1.0)
-    n_valid = valid.sum(axis=0)
+    # Both properties' weights against every channel's and angle's counts in one tensordot;
+    # dividing the weighted sums by the totals is normalising the matrices first.
+    weighted = np.tensordot(_GLCM_WEIGHTS, counts, axes=([1, 2], [0, 1]))  # (2, angles, channels)
+    per_angle = np.where(valid, weighted / np.where(valid, totals, 1.0), 0.0)
     with np.errstate(invalid="ignore"):  # a channel without a valid angle: NaN
-        contrasts[textured] = np.where(valid, (matrix * _GLCM_CONTRAST[..., None]).sum(
-            axis=(0, 1)), 0.0).sum(axis=0) / n_valid
-        homogeneities[textured] = np.where(valid, (matrix * _GLCM_HOMOGENEITY[..., None]).sum(
-            axis=(0, 1)), 0.0).sum(axis=0) / n_valid
+        contrasts[textured], homogeneities[textured] = per_angle.sum(axis=1) / valid.sum(axis=0)
     return contrasts, homogeneities
 
 
