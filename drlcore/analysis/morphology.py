@@ -190,7 +190,7 @@ def _foreground(image: np.ndarray) -> tuple[np.ndarray | None, str | None]:
         if spread < 1.0:  # flat channel: nothing to threshold
             continue
         try:
-            threshold = filters.threshold_otsu(channel)
+            threshold = _otsu(channel)
         except ValueError:
             continue
         border_above = _border(channel) > threshold
@@ -209,12 +209,27 @@ def _foreground(image: np.ndarray) -> tuple[np.ndarray | None, str | None]:
     return best_mask, None
 
 
+def _otsu(image: np.ndarray) -> float:
+    """``skimage.filters.threshold_otsu(image)`` of a float image, its histogram taken here as it
+    takes it (256 bins over the image's value range): its input checks cost as much as the
+    threshold on a 40-px cell, and a segmentation asks for two to five thresholds per image."""
+    low, high = image.min(), image.max()
+    if low == high:
+        return image.reshape(-1)[0]  # what threshold_otsu answers for a constant image
+    counts, edges = np.histogram(image, bins=256, range=(low, high))
+    return filters.threshold_otsu(hist=(counts, (edges[:-1] + edges[1:]) / 2.0))
+
+
+# Structuring elements of _clean, built once (skimage builds a disk on every call).
+_DISKS = {1: skmorph.disk(1), 2: skmorph.disk(2)}
+
+
 def _clean(mask: np.ndarray) -> np.ndarray:
     # Radii follow the segmentation scale (<= SEGMENT_MAX_SIDE px): small enough not to erase
     # thin plankton appendages, large enough to join a grainy nucleus stain.
     small = min(mask.shape) < 64
     mask = ndi.binary_opening(mask, structure=np.ones((2, 2), bool)) if not small else mask
-    mask = ndi.binary_closing(mask, structure=skmorph.disk(1 if small else 2), border_value=0)
+    mask = ndi.binary_closing(mask, structure=_DISKS[1 if small else 2], border_value=0)
     return ndi.binary_fill_holes(mask)
 
 
@@ -610,7 +625,7 @@ def _deviation_mask(channel: np.ndarray, background: float) -> tuple[np.ndarray 
     if float(deviation.max() - deviation.min()) <= 0:
         return None, "channel is flat"
     try:
-        threshold = filters.threshold_otsu(deviation)
+        threshold = _otsu(deviation)
     except ValueError:
         return None, "channel is flat"
     # The threshold comes from the smoothed channel (noise would pull Otsu), the outline from the
@@ -630,7 +645,7 @@ def _separation(channel: np.ndarray, background: float) -> float:
     if spread <= 0:
         return 0.0
     try:
-        threshold = filters.threshold_otsu(deviation)
+        threshold = _otsu(deviation)
     except ValueError:
         return 0.0
     above = deviation > threshold
@@ -646,7 +661,7 @@ def _nucleus(dna: np.ndarray, background: float, cell: np.ndarray) -> np.ndarray
     if float(signal.max()) <= 0:
         return None
     try:
-        threshold = filters.threshold_otsu(signal)
+        threshold = _otsu(signal)
     except ValueError:
         return None
     # As in _deviation_mask: threshold from the smoothed stain, outline from the pixels.
