@@ -279,24 +279,22 @@ def _glcm(grey_crop: np.ndarray, crop_mask: np.ndarray) -> tuple[float, float]:
     counts = graycomatrix(levels, distances=[1],
                           angles=[0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4],
                           levels=GLCM_LEVELS + 1, symmetric=True, normed=False)
-    counts = counts[1:, 1:].astype(np.float64)
-    totals = counts.sum(axis=(0, 1), keepdims=True)
-    if not (totals > 0).any():
-        return math.nan, math.nan  # no two neighbouring object pixels (a one-pixel object)
+    counts = counts[1:, 1:, 0, :].astype(np.float64)  # (levels, levels, angles): one distance
+    totals = counts.sum(axis=(0, 1))
     # Angles without any object pair (a one-pixel-wide line) are left out, not counted as 0.
-    valid = totals[0, 0] > 0
-    matrix = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-    # graycoprops' "contrast" and "homogeneity" weights, applied at once to every angle.
-    matrix = matrix[:, :, 0, :]  # (levels, levels, angles): one distance
-    contrast = float((matrix * _GLCM_CONTRAST).sum(axis=(0, 1))[valid[0]].mean())
-    homogeneity = float((matrix * _GLCM_HOMOGENEITY).sum(axis=(0, 1))[valid[0]].mean())
+    valid = totals > 0
+    if not valid.any():
+        return math.nan, math.nan  # no two neighbouring object pixels (a one-pixel object)
+    # graycoprops' "contrast" and "homogeneity" weights against every angle's counts at once,
+    # normalised after weighting (the same as normalising the matrices first).
+    per_angle = np.tensordot(_GLCM_WEIGHTS, counts[:, :, valid], axes=([1, 2], [0, 1]))
+    contrast, homogeneity = (per_angle / totals[valid]).mean(axis=1).tolist()
     return contrast, homogeneity
 
 
 _LEVEL_GAP = np.subtract.outer(np.arange(GLCM_LEVELS), np.arange(GLCM_LEVELS)).astype(np.float64)
-_GLCM_CONTRAST = (_LEVEL_GAP**2)[:, :, None]
-_GLCM_HOMOGENEITY = (1.0 / (1.0 + _LEVEL_GAP**2))[:, :, None]
-_GLCM_WEIGHTS = np.stack([_GLCM_CONTRAST[:, :, 0], _GLCM_HOMOGENEITY[:, :, 0]])
+# graycoprops' "contrast" and "homogeneity" weights, stacked: (property, level, level).
+_GLCM_WEIGHTS = np.stack([_LEVEL_GAP**2, 1.0 / (1.0 + _LEVEL_GAP**2)])
 
 
 def _downscale_factor(shape: Sequence[int]) -> int:
