@@ -237,3 +237,67 @@ def test_real_images_mostly_segment(shared_data: Path):
     blood = ok.iloc[: int(table["morph_ok"].iloc[:10].sum())]
     assert blood["morph_hue"].between(240, 330).all()
     assert (ok["morph_area_fraction"] < 0.9).all()
+
+
+# --------------------------------------------------------------------------- skimage equivalents
+# The fast paths must give what the skimage calls they replace give (the cached morphology of
+# earlier runs stays valid only if the values do not move).
+
+def _blobs(seed: int, n: int = 25):
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        mask = ndi.binary_closing(rng.random((40, 40)) > 0.55, iterations=2)
+        labels, count = ndi.label(mask)
+        if count:
+            yield labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+
+
+def test_inertia_matches_regionprops():
+    from skimage import measure as skmeasure
+
+    from drlcore.analysis.morphology import _inertia
+
+    masks = [*_blobs(0), np.pad(np.ones((5, 5), bool), 3), np.pad(np.ones((1, 7), bool), 3)]
+    for mask in masks:
+        props = skmeasure.regionprops(mask.astype(np.uint8))[0]
+        got = _inertia(mask)
+        want = (props.eccentricity, props.axis_major_length, props.axis_minor_length,
+                props.orientation)
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_otsu_matches_threshold_otsu():
+    from skimage import filters
+
+    from drlcore.analysis.morphology import _otsu
+
+    rng = np.random.default_rng(1)
+    images = [rng.normal(100, 30, (40, 40)), rng.gamma(2.0, 50.0, (30, 50)),
+              np.full((10, 10), 7.5)]
+    for image in images:
+        assert _otsu(image) == filters.threshold_otsu(image)
+
+
+def test_profile_matches_regionprops_intensity():
+    from skimage import measure as skmeasure
+
+    from drlcore.analysis.morphology import _profile
+
+    rng = np.random.default_rng(2)
+    for mask in _blobs(3, 10):
+        channels = rng.normal(0.0, 100.0, (*mask.shape, 3))
+        region = skmeasure.regionprops(mask.astype(np.uint8), intensity_image=channels)[0]
+        got = _profile(mask, channels)
+        np.testing.assert_allclose(got[0], channels[mask].sum(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(got[1], region.intensity_mean, rtol=1e-12)
+        np.testing.assert_allclose(got[3], region.intensity_min, rtol=1e-12)
+        np.testing.assert_allclose(got[5], np.median(channels[mask], axis=0), rtol=1e-12)
+        np.testing.assert_allclose(got[7], region.intensity_max, rtol=1e-12)
+        weights = np.clip(channels, 0, None)
+        for k in range(3):
+            centre = np.asarray(region.centroid)
+            weighted = np.asarray(skmeasure.regionprops(
+                mask.astype(np.uint8), intensity_image=weights[..., k])[0].centroid_weighted)
+            assert got[9, k] == pytest.approx(np.hypot(*(weighted - centre)), rel=1e-9, abs=1e-12)
