@@ -252,3 +252,19 @@ def test_example_notebook_runs_and_draws_the_apps_figures(runs_dir, tmp_path):
     expected = ["data:image/jpeg;base64," + base64.b64encode(b).decode() for b in
                 run.thumbnail_bytes(strip["rows"])]
     assert sources == expected
+
+
+def test_open_run_refuses_a_damaged_table_like_every_reader(tmp_path):
+    """The notebook API reads tables through rundir.read_table: a flipped bit in a recorded
+    objects.parquet is an error naming the file and the rerun, never other numbers."""
+    from app_fixtures import make_run
+
+    run = make_run(tmp_path, n=30)
+    rundir.record_files(run, "analyze", [rundir.OBJECTS, rundir.CORRELATIONS])
+    assert len(drlcore.open_run(run).objects) == 30
+    path = run / rundir.OBJECTS
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(DrlError, match=r"objects\.parquet is damaged.*rerun"):
+        drlcore.open_run(run).objects

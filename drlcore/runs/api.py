@@ -135,16 +135,13 @@ class Run:
     def objects(self):
         """One row per object: path, label, latents (``z_mean_<j>``), morphology (``morph_*``),
         map coordinates, anomaly scores. ``row`` numbers the objects as the app does."""
-        import pandas as pd
-
         path = self.path / rundir.OBJECTS
         if not path.is_file():
             raise DrlError(f"{self.path} has no {rundir.OBJECTS}; it is not a finished run "
                            f"(rerun `drl run` on it)")
-        try:
-            table = pd.read_parquet(path)
-        except Exception as exc:  # a damaged table: say which file and what to do
-            raise DrlError(f"{path} cannot be read ({exc}); rerun `drl run` on it") from None
+        # Checked against the manifest's record like every other reader: a damaged table is
+        # an error naming the file, the stage and the rerun, never different numbers.
+        table = rundir.read_table(self.path, rundir.OBJECTS, self.manifest)
         if "row" not in table.columns:
             table = table.assign(row=np.arange(len(table)))
         return table
@@ -152,10 +149,8 @@ class Run:
     @cached_property
     def correlations(self):
         """Latent axes x morphology features, long format (None when not analysed)."""
-        import pandas as pd
-
         path = self.path / rundir.CORRELATIONS
-        return pd.read_parquet(path) if path.is_file() else None
+        return rundir.read_table(self.path, rundir.CORRELATIONS, self.manifest) if path.is_file() else None
 
     @cached_property
     def latent_columns(self) -> list[str]:
