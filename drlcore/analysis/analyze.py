@@ -669,11 +669,7 @@ def measure_anchor_values(features_dir: str | Path, anchors: tuple[str, ...],
     """Morphology of every image of a features folder (decoded exactly as the features stage did,
     through the analysis stage's per-image morphology cache, so analyze later reuses it); NaN
     where segmentation failed."""
-    from drlcore.data.rundir import load_features_dir
+    from drlcore.analysis.axis_card import measured_values
 
-    _, images, _ = load_features_dir(features_dir)
-    notes: list[str] = []
-    morph = _morphology(images.reset_index(drop=True), Path(features_dir),
-                        AnalyzeConfig(cache_dir=cache_dir, mask_channel=mask_channel), reporter or NullReporter(), notes)
-    ok = morph["morph_ok"].astype(bool).to_numpy()
-    return {name: np.where(ok, morph[name].to_numpy(dtype=float), np.nan) for name in anchors}
+    morph = measure_morphology(features_dir, cache_dir, reporter, mask_channel)
+    return {name: measured_values(morph, name) for name in anchors}

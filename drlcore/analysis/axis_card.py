@@ -32,7 +32,7 @@ from scipy import stats
 
 __all__ = ["rank_normal_scores", "ANCHOR_MIN_RHO", "EXCLUDED_FAMILIES", "readout", "readability", "anchor_groups",
            "select_anchors", "free_axis_count", "pca_scores", "spearman_ci", "axis_card", "card_order",
-           "card_label"]
+           "card_label", "measured_values"]
 
 ANCHOR_MIN_RHO = 0.5
 # Texture (GLCM) statistics change with the resize a backbone sees, not with the cell; the issue's
@@ -242,7 +242,7 @@ def readability(X: np.ndarray, morph: pd.DataFrame, columns: Sequence[str] | Non
     cols = [c for c in (columns if columns is not None else morph.columns)
             if c in morph.columns and str(c).startswith("morph_")
             and pd.api.types.is_numeric_dtype(morph[c]) and morph[c].dtype != bool]
-    targets = {c: _measured(morph, c) for c in cols}
+    targets = {c: measured_values(morph, c) for c in cols}
     preds = readout(X, targets, seed=seed, max_rows=max_rows)
     out = {}
     for c in cols:
@@ -251,7 +251,9 @@ def readability(X: np.ndarray, morph: pd.DataFrame, columns: Sequence[str] | Non
     return out
 
 
-def _measured(morph: pd.DataFrame, column: str) -> np.ndarray:
+def measured_values(morph: pd.DataFrame, column: str) -> np.ndarray:
+    """A morphology column as floats, NaN where segmentation failed (``morph_ok`` False): what
+    anchors are fitted on and read-outs are scored against."""
     values = pd.to_numeric(morph[column], errors="coerce").to_numpy(float)
     if "morph_ok" in morph:
         values = np.where(morph["morph_ok"].astype(bool).to_numpy(), values, np.nan)
@@ -266,13 +268,13 @@ def _not_measurements(groups: Mapping[str, list[str]], morph: pd.DataFrame) -> d
 
     out = {}
     per_channel = [c for g, cols in groups.items() if g.endswith(")") and "(" in g for c in cols]
-    if any(np.isfinite(_measured(morph, c)).any() for c in per_channel):
+    if any(np.isfinite(measured_values(morph, c)).any() for c in per_channel):
         for g in ("colour", "intensity"):
             if g in groups:
                 out[g] = ("measured on the false-colour composite of the channels; each "
                           "channel's own intensity is a candidate instead")
     if "colour" in groups and "colour" not in out and "morph_saturation" in morph:
-        sat = _measured(morph, "morph_saturation")
+        sat = measured_values(morph, "morph_saturation")
         sat = sat[np.isfinite(sat)]
         if len(sat) and float(np.median(sat)) < ACHROMATIC_SATURATION:
             out["colour"] = "grey images: their colour columns repeat the intensity"
@@ -362,7 +364,7 @@ def axis_card(Z: np.ndarray, X: np.ndarray, morph: pd.DataFrame, axes: Sequence[
         if feat and feat in morph.columns:
             measures[j] = str(feat)
     needed = sorted(set(measures.values()))
-    values = {c: _measured(morph, c) for c in needed}
+    values = {c: measured_values(morph, c) for c in needed}
     from threadpoolctl import threadpool_limits
 
     X = np.asarray(X, np.float64)

@@ -173,6 +173,7 @@ def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporte
                     cache_notes: list[str], choice: dict | None = None, morph=None) -> Path:
     from drlcore.data.cache import ContentStore, cache_root, cache_write_note
     from drlcore.analysis.analyze import measure_anchor_values
+    from drlcore.analysis.axis_card import measured_values
     from drlcore.disentangle.transfer import TransferConfig, transfer
 
     if choice is None:
@@ -197,7 +198,7 @@ def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporte
     partial = rundir.new_partial_model(run_dir)
     values = None
     if tconfig.anchors and morph is not None:
-        values = {name: _anchor_column(morph, name) for name in tconfig.anchors}
+        values = {name: measured_values(morph, name) for name in tconfig.anchors}
     elif tconfig.anchors:  # morphology before transfer (the analysis reuses it from the cache)
         reporter.message(f"transfer: measuring {', '.join(tconfig.anchors)} to anchor axes")
         values = measure_anchor_values(run_dir, tconfig.anchors, config.features.cache_dir,
@@ -211,11 +212,6 @@ def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporte
         reporter.message(f"note: {note}")
         cache_notes.append(note)
     return model_dir
-
-
-def _anchor_column(morph, name: str) -> np.ndarray:
-    ok = morph["morph_ok"].astype(bool).to_numpy()
-    return np.where(ok, morph[name].to_numpy(dtype=float), np.nan)
 
 
 def _copy_source_model(source: Path, run_dir: Path) -> Path:
