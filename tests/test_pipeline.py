@@ -286,4 +286,4 @@ def test_every_cache_lives_in_its_own_subfolder_of_the_named_cache_folder(tmp_pa
                                                                           source_model):
     run_pipeline(dataset, tmp_path / "run", _config(tmp_path, source_model))
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
-        "features", "models", "morphology", "projections"]
+        "classification", "features", "models", "morphology", "projections"]

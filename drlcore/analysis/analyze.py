@@ -19,6 +19,7 @@ other known classes) does not measure the images again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from drlcore.data.cache import ContentStore, cache_root, cache_write_note
 from drlcore.errors import DrlError
 from drlcore.io import fingerprint, sha256_bytes
 from drlcore.progress import NullReporter, Reporter
+from drlcore.workers import SideTasks, WorkerPool, available_cores
 
 __all__ = ["AnalyzeConfig", "analyze_run", "project_onto", "ANALYSIS_VERSION",
            "MIN_OBJECTS_FOR_MAPS", "measure_morphology", "measure_anchor_values"]
@@ -44,6 +46,11 @@ ANALYSIS_VERSION = 4  # 2: data-derived axis names (drlcore.analysis.naming); 3:
 # channel and measured per channel and compartment in file units (issue 19); grey integrated
 MORPHOLOGY_CACHE_VERSION = 4
 MORPHOLOGY_CHUNK = 50_000  # images measured (and cached) per batch
+PARALLEL_MORPHOLOGY_MIN = 200
+# From this many objects the UMAP map and the raw features' classifiers (about 10 s and 20 s on
+# one core for 1,300 objects) run in a spare process beside the rest of the analysis.
+PARALLEL_ANALYSIS_MIN = 500
+_MORPHOLOGY_TASK = 32  # images per task handed to a worker process
 MIN_OBJECTS_FOR_MAPS = 5
 # umap-learn needs a handful of neighbours; below this a map says nothing anyway.
 MIN_OBJECTS_FOR_UMAP = 16
@@ -61,7 +68,9 @@ class AnalyzeConfig:
     knn_k: int = 10
     classify: bool = True
     mask_dir: str | None = None  # optional folder of object masks (matched by file stem)
-    n_jobs: int = 1
+    # Processes that decode and measure morphology: None picks every available core once there
+    # are at least PARALLEL_MORPHOLOGY_MIN images to measure (starting workers costs ~2 s).
+    n_jobs: int | None = None
     # Multi-channel images: the channel the object mask is cut from, a name or a 0-based index
     # (None: bright field where a channel is named so, else the best-separated non-DNA channel).
     mask_channel: str | None = None
@@ -111,10 +120,7 @@ def _morphology(objects: pd.DataFrame, run_dir: Path, config: AnalyzeConfig,
         if config.mask_dir:
             masks = morphology.load_mask_folder(config.mask_dir,
                                                 [objects["path"].iloc[i] for i in chunk])
-        measured = morphology.measure_dataset(
-            _images_for(objects, chunk, run_dir, masks, notes), reporter=reporter,
-            n_jobs=config.n_jobs, masks_expected=masks is not None,
-            mask_channel=config.mask_channel)
+        measured = _measure(objects, chunk, run_dir, masks, config, reporter, notes)
         measured.index = hashes.iloc[chunk].to_numpy()
         if use_cache and not write_failed:
             _write_morph_cache(store, measured, config, write_failed)
@@ -135,35 +141,96 @@ def _morphology(objects: pd.DataFrame, run_dir: Path, config: AnalyzeConfig,
     return result
 
 
-def _images_for(objects, rows, run_dir, masks, notes):
-    """Yield (rgb, mask) for the given rows, decoded exactly as the features stage did."""
-    from drlcore.data import ingest
+def _measure(objects, rows, run_dir, masks, config, reporter, notes) -> pd.DataFrame:
+    """Morphology of ``rows`` of ``objects``, in order: here, or decoded and measured in worker
+    processes (the images never cross between processes, only their file names)."""
+    from drlcore.analysis import morphology
 
+    decoding = _decoding(run_dir)
+    records = [_record(objects.iloc[i]) for i in rows]
+    n_jobs = config.n_jobs
+    if n_jobs is None:
+        n_jobs = available_cores() if len(rows) >= PARALLEL_MORPHOLOGY_MIN else 1
+    n_jobs = max(1, min(int(n_jobs), -(-len(rows) // _MORPHOLOGY_TASK)))
+    if n_jobs == 1:
+        return morphology.measure_dataset(
+            _images_for(records, masks, decoding, notes), reporter=reporter,
+            masks_expected=masks is not None, mask_channel=config.mask_channel)
+    tasks = [(records[s:s + _MORPHOLOGY_TASK],
+              masks[s:s + _MORPHOLOGY_TASK] if masks is not None else None,
+              decoding, masks is not None, config.mask_channel)
+             for s in range(0, len(records), _MORPHOLOGY_TASK)]
+    frames = []
+    with (reporter.stage("morphology", total=len(records), unit="img") as bar,
+          WorkerPool(n_jobs) as pool):
+        for frame, task_notes in pool.map(_measure_task, tasks):
+            frames.append(frame)
+            notes.extend(task_notes)
+            bar.update(len(frame))
+    return _stack_measurements(frames)
+
+
+def _measure_task(task) -> tuple[pd.DataFrame, list[str]]:
+    """One worker's share: decode and measure a few images (see :func:`_measure`)."""
+    from drlcore.analysis import morphology
+
+    records, masks, decoding, masks_expected, mask_channel = task
+    notes: list[str] = []
+    frame = morphology.measure_dataset(_images_for(records, masks, decoding, notes),
+                                       masks_expected=masks_expected, mask_channel=mask_channel)
+    return frame, notes
+
+
+def _stack_measurements(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Tasks' tables as one, with the columns in the order one pass over all images gives."""
+    from drlcore.analysis.morphology import FEATURE_NAMES
+
+    table = pd.concat(frames, ignore_index=True)
+    last = ["morph_ok", "morph_note"]
+    extra = [c for c in dict.fromkeys(c for f in frames for c in f.columns)
+             if c not in FEATURE_NAMES and c not in last]
+    return table[[*FEATURE_NAMES, *extra, *last]]
+
+
+def _decoding(run_dir: Path) -> dict:
+    """How the features stage decoded the run's images (so morphology sees the same pixels)."""
     info = rundir.features_info(run_dir)
-    irange = info.intensity_range if info is not None else None
     # Multi-channel data: the same per-channel ranges and composite colours (drlcore.data.channels).
     chan = (info.preprocessing.get("channels") if info is not None else None) or {}
-    cranges = chan.get("ranges")
-    spec = ",".join(f"{k}={c}" for k, c in enumerate(chan.get("colours") or [])) or None
-    cfg = ingest.IngestConfig(channels=spec)
+    return {"intensity_range": info.intensity_range if info is not None else None,
+            "channel_ranges": chan.get("ranges"), "channel_names": chan.get("names"),
+            "channels": ",".join(f"{k}={c}" for k, c in enumerate(chan.get("colours") or []))
+            or None}
+
+
+def _record(row) -> dict:
+    return {"path": row["path"], "label": row.get("label"), "split": row.get("split"),
+            "source": row["source"]}
+
+
+def _images_for(records: list[dict], masks, decoding: dict, notes: list[str]):
+    """(rgb, mask, channels, channel names) per record, decoded exactly as the features stage
+    did; lazily, one image in memory at a time."""
+    from drlcore.data import ingest
+
+    cfg = ingest.IngestConfig(channels=decoding["channels"])
 
     class _Images:
         def __len__(self):
-            return len(rows)
+            return len(records)
 
         def __iter__(self):
-            for n, i in enumerate(rows):
-                row = objects.iloc[i]
-                record = ingest.ImageRecord(path=row["path"], label=row.get("label"),
-                                            split=row.get("split"), source=row["source"])
+            for n, fields in enumerate(records):
+                record = ingest.ImageRecord(**fields)
                 stored = names = None
                 try:
-                    image = ingest.decode(ingest.read_bytes(record), cfg, irange, cranges,
-                                          chan.get("names"))
+                    image = ingest.decode(ingest.read_bytes(record), cfg,
+                                          decoding["intensity_range"],
+                                          decoding["channel_ranges"], decoding["channel_names"])
                     rgb, stored = image.rgb, image.channel_pixels
                     names = image.channel_map.names if stored is not None else None
                 except Exception as err:  # the image changed or vanished since encoding
-                    notes.append(f"{row['path']}: could not be re-read for morphology ({err})")
+                    notes.append(f"{fields['path']}: could not be re-read for morphology ({err})")
                     rgb = np.zeros((8, 8, 3), np.uint8)  # measures as "no object", flagged
                 yield rgb, (masks[n] if masks is not None else None), stored, names
 
@@ -224,9 +291,7 @@ def _correlations(Z, morph: pd.DataFrame, extra: pd.DataFrame, dim_names, config
                                       n_boot=config.n_boot, seed=config.seed)
 
 
-def _classification(Z, X, labels, split, finite, config, notes) -> dict:
-    from drlcore.analysis.classify import evaluate_classifiers
-
+def _classification(Z, X, labels, split, finite, config, notes, side=None) -> dict:
     if labels is None:
         notes.append("the images have no class labels: no classification")
         return {}
@@ -235,10 +300,81 @@ def _classification(Z, X, labels, split, finite, config, notes) -> dict:
         notes.append("only one class: classification needs at least two")
         return {}
     s = split[finite] if split is not None else None
-    out = {}
-    for name, data in (("latent", Z[finite]), ("features", X[finite])):
-        out[name] = evaluate_classifiers(data, y, split=s, seed=config.seed)
+    out = {"latent": classify_cached(Z[finite], y, s, config.seed, config.cache_dir)}
+    if side is not None:
+        side.wait(RAW_CLASSIFICATION)  # it fills the cache read below
+    out["features"] = classify_cached(X[finite], y, s, config.seed, config.cache_dir)
     return out
+
+
+CLASSIFICATION_CACHE_VERSION = 1
+RAW_CLASSIFICATION = "classification of the raw features"
+_UMAP = "umap map"
+
+
+def classify_cached(X, y, split, seed: int, cache_dir: str | None) -> dict:
+    """:func:`drlcore.analysis.classify.evaluate_classifiers` of ``X``, served from a content-keyed
+    cache when the same rows, labels, split and seed were classified before (the raw features of
+    a run are classified again by every analysis of it, and ahead of it by the pipeline)."""
+    import sklearn
+
+    from drlcore.analysis.classify import evaluate_classifiers
+    from drlcore.io import read_json, atomic_write_json
+
+    X = np.asarray(X, np.float64)
+    key = fingerprint(["classification", CLASSIFICATION_CACHE_VERSION, sklearn.__version__,
+                       list(X.shape), scale.sha256_array(X),
+                       sha256_bytes("\n".join(map(str, y)).encode()),
+                       None if split is None else sha256_bytes("\n".join(map(str, split)).encode()),
+                       int(seed)])
+    store = ContentStore(cache_root(cache_dir) / "classification")
+    entry = store.get(key)
+    if entry is not None:
+        try:
+            return read_json(entry / "result.json")
+        except (OSError, ValueError):
+            store.discard(key)
+    result = evaluate_classifiers(X, y, split=split, seed=seed)
+    try:
+        store.put(key, lambda folder: atomic_write_json(folder / "result.json", result))
+    except OSError:  # a read-only cache only costs the fits next time
+        pass
+    return result
+
+
+def classify_features_ahead(features_dir: str | Path, config: AnalyzeConfig) -> None:
+    """Classify a features folder's raw features into the cache, as the analysis of a run made
+    from it will (same rows, labels and split), so that part is ready when the analysis
+    starts. Run by the pipeline in a spare process while the transfer trains."""
+    from drlcore.data.rundir import load_features_dir
+
+    X, images, _ = load_features_dir(features_dir)
+    X = np.asarray(X, np.float64)
+    images = images.reset_index(drop=True)
+    labels = _labels(images)
+    if labels is None:
+        return
+    finite = np.isfinite(X).all(axis=1)
+    _, rows = _samples(finite, labels, config, [])
+    use = rows["classification"]
+    if pd.Series(labels[use]).nunique() < 2:
+        return
+    split = _split(images)
+    classify_cached(X[use], labels[use], split[use] if split is not None else None,
+                    config.seed, config.cache_dir)
+
+
+def warm_up_umap(seed: int = 0) -> None:
+    """Compile umap-learn's numba functions in this process by mapping a small random sample
+    (about 8 s on one core; a process that maps later finds them ready)."""
+    X = np.random.default_rng(seed).normal(size=(64, 4))
+    _make_projector("umap", seed).fit(X)
+
+
+def _umap_ahead(Z: np.ndarray, seed: int, cache_dir: str | None) -> None:
+    from drlcore.analysis import projection
+
+    projection.fit_cached(_make_projector("umap", seed), Z, cache_root(cache_dir) / "projections")
 
 
 def _anomalies(Z, objects, labels, finite, config, notes, holdout_rows=None):
@@ -340,7 +476,19 @@ def project_onto(reference_dir: str | Path, other_dir: str | Path, name: str = "
     return coords
 
 
-def _projections(Z, finite, config, notes, fit_rows=None) -> tuple[dict, dict]:
+def _start_side_parts(side, Z, X, labels, split, finite, rows, config) -> None:
+    """Hand the spare process the parts it can do alone: the UMAP map first (the main process
+    reaches it last), then the raw features' classifiers, unless the pipeline started them."""
+    if config.umap and _fit_sample(finite, rows["umap_fit"]) is None \
+            and finite.sum() >= max(MIN_OBJECTS_FOR_UMAP, MIN_OBJECTS_FOR_MAPS):
+        side.start(_UMAP, _umap_ahead, Z[finite], config.seed, config.cache_dir)
+    use = rows["classification"]
+    if config.classify and labels is not None and X.shape[1] and pd.Series(labels[use]).nunique() > 1:
+        side.start(RAW_CLASSIFICATION, classify_cached, X[use], labels[use],
+                   split[use] if split is not None else None, config.seed, config.cache_dir)
+
+
+def _projections(Z, finite, config, notes, fit_rows=None, side=None) -> tuple[dict, dict]:
     """PCA and UMAP maps of the finite rows. ``fit_rows`` (a boolean mask inside ``finite``):
     when it leaves rows out, UMAP is fitted on those rows only and the others are placed with
     ``transform`` (:func:`drlcore.analysis.projection.map_from_sample`); PCA always uses every row."""
@@ -373,6 +521,8 @@ def _projections(Z, finite, config, notes, fit_rows=None) -> tuple[dict, dict]:
                 coords = projection.map_from_sample(projector, Zf, sample, cache,
                                                     chunk_size=scale.MAP_TRANSFORM_CHUNK)
             else:
+                if name == "umap" and side is not None:
+                    side.wait(_UMAP)  # it fills the cache read below
                 coords = projection.fit_cached(projector, Zf, cache)
         except Exception as err:  # a map that cannot be made must not sink the analysis
             notes.append(f"{name.upper()} map could not be computed: {err}")
@@ -425,6 +575,13 @@ def _samples(finite, labels, config, notes) -> tuple[dict, dict[str, np.ndarray]
     return samples, masks
 
 
+def _split(table: pd.DataFrame) -> np.ndarray | None:
+    """The dataset's own train/test split when every object has one, else None."""
+    if "split" in table and table["split"].notna().all():
+        return table["split"].to_numpy(object)
+    return None
+
+
 def _labels(table: pd.DataFrame) -> np.ndarray | None:
     """The class labels when every object has one, else None (analysed as unlabelled)."""
     if "label" in table and table["label"].notna().all():
@@ -443,11 +600,17 @@ def _analysis_key(run_dir: Path, objects: pd.DataFrame, Z: np.ndarray, X: np.nda
 
 
 def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
-                reporter: Reporter | None = None) -> dict:
+                reporter: Reporter | None = None, side=None) -> dict:
     """Analyse an encoded run in place; returns the ``summary`` part of ``analysis.json``.
 
     Notes left by earlier stages in the manifest's ``pipeline`` entry (e.g. "too few images to
     fine-tune") are carried into the analysis notes.
+
+    ``side`` (:class:`drlcore.workers.SideTasks`): a spare process that computes the UMAP map and
+    the raw features' classifiers into the caches while this process does the rest (the
+    pipeline passes the one that started on them during the transfer). Without one, a run of at
+    least ``PARALLEL_ANALYSIS_MIN`` objects on a machine with a second core gets its own. The
+    answers are the same either way.
     """
     run_dir = Path(run_dir)
     config = config or AnalyzeConfig()
@@ -492,6 +655,13 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
             rundir.record_stage(run_dir, "analyze", stage)
         return old.get("summary", {})
 
+    with contextlib.ExitStack() as stack:
+        if side is None and len(base) >= PARALLEL_ANALYSIS_MIN and available_cores() >= 2:
+            side = SideTasks(stack.enter_context(WorkerPool(1, finish_on_exit=False)))
+        return _analyze(run_dir, config, reporter, side, base, Z, X, key, stage, extra_notes)
+
+
+def _analyze(run_dir, config, reporter, side, base, Z, X, key, stage, extra_notes) -> dict:
     t0 = time.perf_counter()
     notes: list[str] = list(extra_notes)
     finite = _finite_rows(Z, X)
@@ -501,15 +671,16 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
     labels = _labels(base)
     if "label" in base and labels is None and base["label"].notna().any():
         notes.append("some images have no label: analysing as unlabelled")
-    split = base["split"].to_numpy(object) if "split" in base and base["split"].notna().all() \
-        else None
-    dim_names = rundir.dim_names(run_dir, len(zcols))
+    split = _split(base)
+    dim_names = rundir.dim_names(run_dir, Z.shape[1])
     if len(base) < 2:
         notes.append("only one image: nothing to compare it with, so no correlations, maps, "
                      "classification or anomaly scores")
 
     samples, rows = _samples(finite, labels, config, notes)
     corr_rows, class_rows = rows["correlations"], rows["classification"]
+    if side is not None:
+        _start_side_parts(side, Z, X, labels, split, finite, rows, config)
 
     with reporter.stage("analysis", total=5, unit="part") as bar:
         morph = _morphology(base, run_dir, config, reporter, notes)
@@ -518,14 +689,14 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
         corr = _correlations(Z[corr_rows], morph[corr_rows].reset_index(drop=True),
                              extra[corr_rows].reset_index(drop=True), dim_names, config, notes)
         bar.update(1)
-        classification = (_classification(Z, X, labels, split, class_rows, config, notes)
+        classification = (_classification(Z, X, labels, split, class_rows, config, notes, side)
                           if config.classify else {})
         bar.update(1)
         anomaly_cols, anomaly_summary = _anomalies(Z, base, labels, finite, config, notes,
                                                    holdout_rows=class_rows)
         bar.update(1)
         proj_cols, proj_summary = _projections(Z, finite, config, notes,
-                                               fit_rows=rows["umap_fit"])
+                                               fit_rows=rows["umap_fit"], side=side)
         bar.update(1)
 
     source_dim_names = dim_names

@@ -11,6 +11,7 @@ source model, features and transfer settings), analysis from its own content key
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 from dataclasses import dataclass, field
@@ -170,7 +171,8 @@ def choose_axes(run_dir: Path, config: PipelineConfig, reporter: Reporter) -> tu
 
 
 def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporter: Reporter,
-                    cache_notes: list[str], choice: dict | None = None, morph=None) -> Path:
+                    cache_notes: list[str], choice: dict | None = None, morph=None,
+                    on_training=None) -> Path:
     from drlcore.data.cache import ContentStore, cache_root, cache_write_note
     from drlcore.analysis.analyze import measure_anchor_values
     from drlcore.analysis.axis_card import measured_values
@@ -203,6 +205,8 @@ def _transfer_stage(source: Path, run_dir: Path, config: PipelineConfig, reporte
         reporter.message(f"transfer: measuring {', '.join(tconfig.anchors)} to anchor axes")
         values = measure_anchor_values(run_dir, tconfig.anchors, config.features.cache_dir,
                                        reporter, mask_channel=config.mask_channel)
+    if on_training is not None:
+        on_training()
     transfer(source, run_dir, partial, tconfig, reporter=reporter, anchor_values=values)
     model_dir = rundir.commit_model(run_dir, partial, key)
     try:
@@ -252,9 +256,10 @@ def run_pipeline(data: str | Path, out_dir: str | Path, config: PipelineConfig |
 
 def _run_stages(data, out_dir, config: PipelineConfig | None, reporter: Reporter,
                 cluster) -> Path:
-    from drlcore.analysis.analyze import AnalyzeConfig, analyze_run
-    from drlcore.disentangle.encode import encode_run
+    from drlcore.analysis.analyze import (PARALLEL_ANALYSIS_MIN, RAW_CLASSIFICATION,
+                                          AnalyzeConfig, classify_features_ahead, warm_up_umap)
     from drlcore.embedding.features import extract_features
+    from drlcore.workers import SideTasks, WorkerPool, available_cores
 
     config = config or PipelineConfig()
     reporter = reporter or NullReporter()
@@ -285,16 +290,49 @@ def _run_stages(data, out_dir, config: PipelineConfig | None, reporter: Reporter
         notes.append(f"only {int(finite.sum())} usable image(s): too few to fine-tune the source "
                      f"model (at least {MIN_IMAGES_FOR_TRANSFER} are needed), so it is used as "
                      f"it is")
+    analysis_config = AnalyzeConfig(known_classes=config.known_classes, umap=config.umap,
+                                    cache_dir=config.features.cache_dir,
+                                    mask_channel=config.mask_channel)
+    with contextlib.ExitStack() as stack:
+        side: list[SideTasks] = []
+
+        def start_side_tasks() -> None:
+            """Called when the transfer starts training, on one core: the other prepares the
+            parts of the analysis that need no model (not before: a rerun whose model is
+            cached has nothing to prepare, its analysis is up to date)."""
+            if side or finite.sum() < PARALLEL_ANALYSIS_MIN or available_cores() < 2:
+                return
+            side.append(SideTasks(stack.enter_context(WorkerPool(1, finish_on_exit=False))))
+            if config.umap:
+                side[0].start("compile the UMAP code", warm_up_umap, analysis_config.seed)
+            side[0].start(RAW_CLASSIFICATION, classify_features_ahead, out_dir, analysis_config)
+
+        model_dir, choice = _transfer_or_copy(source, out_dir, config, reporter, notes,
+                                              cache_notes, start_side_tasks)
+        _encode_and_analyze(model_dir, out_dir, config, analysis_config, reporter, notes,
+                            cache_notes, data_entry, choice, side[0] if side else None)
+    return out_dir
+
+
+def _transfer_or_copy(source, out_dir, config, reporter, notes, cache_notes, on_training):
     choice = None
     if config.transfer and not notes:
         reporter.message("[2/4] transfer: fine-tuning the source model on these images")
         choice, morph = choose_axes(out_dir, config, reporter)
-        model_dir = _transfer_stage(source, out_dir, config, reporter, cache_notes, choice, morph)
+        model_dir = _transfer_stage(source, out_dir, config, reporter, cache_notes, choice, morph,
+                                    on_training)
     else:
         reporter.message("[2/4] transfer skipped: using the source model as it is")
         model_dir = _copy_source_model(source, out_dir)
     rundir.record_files(out_dir, "model", rundir.model_files(out_dir),
                         replace=f"{rundir.MODEL}/")
+    return model_dir, choice
+
+
+def _encode_and_analyze(model_dir, out_dir, config, analysis_config, reporter, notes, cache_notes,
+                        data_entry, choice, side) -> None:
+    from drlcore.analysis.analyze import analyze_run
+    from drlcore.disentangle.encode import encode_run
 
     reporter.message("[3/4] encode")
     encode_run(model_dir, out_dir, out_dir, reporter=reporter)
@@ -309,10 +347,7 @@ def _run_stages(data, out_dir, config: PipelineConfig | None, reporter: Reporter
         _join_extra_columns(out_dir, Path(config.extra_columns))
 
     reporter.message("[4/4] analyze")
-    analyze_run(out_dir, AnalyzeConfig(known_classes=config.known_classes, umap=config.umap,
-                                       cache_dir=config.features.cache_dir,
-                                       mask_channel=config.mask_channel), reporter=reporter)
-    return out_dir
+    analyze_run(out_dir, analysis_config, reporter=reporter, side=side)
 
 
 def _join_extra_columns(run_dir: Path, extra: Path) -> None:
