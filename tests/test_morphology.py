@@ -301,3 +301,77 @@ def test_profile_matches_regionprops_intensity():
             weighted = np.asarray(skmeasure.regionprops(
                 mask.astype(np.uint8), intensity_image=weights[..., k])[0].centroid_weighted)
             assert got[9, k] == pytest.approx(np.hypot(*(weighted - centre)), rel=1e-9, abs=1e-12)
+
+
+def _shapes(seed: int, n: int = 60):
+    """Random masks of many shapes: blobs, holes, several components, lines, single pixels."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        h, w = (int(v) for v in rng.integers(3, 50, 2))
+        mask = ndi.binary_closing(rng.random((h, w)) > rng.uniform(0.3, 0.8),
+                                  iterations=int(rng.integers(0, 3)))
+        if mask.any():
+            yield mask
+    yield from (np.ones((1, 1), bool), np.ones((1, 6), bool), np.ones((6, 1), bool),
+                np.eye(7, dtype=bool), np.eye(7, dtype=bool)[::-1])
+
+
+def test_perimeter_and_convex_area_match_regionprops():
+    from skimage import measure as skmeasure
+
+    from drlcore.analysis.morphology import _convex_area, _perimeter
+
+    for mask in _shapes(4):
+        props = skmeasure.regionprops(mask.astype(np.uint8))[0]
+        box = props.image
+        assert _perimeter(box) == props.perimeter
+        assert int(box.sum()) / _convex_area(box) == props.solidity
+
+
+def test_clean_and_fill_holes_match_scipy():
+    from scipy import ndimage as ndi
+    from skimage.morphology import disk
+
+    from drlcore.analysis.morphology import _clean, _fill_holes
+
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        mask = rng.random((int(rng.integers(4, 60)), int(rng.integers(4, 60)))) > 0.6
+        want = ndi.binary_fill_holes(ndi.binary_closing(mask, structure=disk(1), border_value=0))
+        np.testing.assert_array_equal(_clean(mask), want)
+        np.testing.assert_array_equal(_fill_holes(mask), ndi.binary_fill_holes(mask))
+
+
+def test_pair_textures_match_graycomatrix():
+    from skimage.feature import graycomatrix, graycoprops
+
+    from drlcore.analysis.morphology import _pair_textures
+
+    rng = np.random.default_rng(6)
+    for mask in _shapes(7, 30):
+        levels = rng.integers(0, 32, (*mask.shape, 2))
+        got_contrast, got_homogeneity = _pair_textures(levels, mask)
+        for k in range(2):
+            image = np.where(mask, levels[..., k] + 1, 0).astype(np.uint8)
+            counts = graycomatrix(image, [1], [0, np.pi / 4, np.pi / 2, 3 * np.pi / 4],
+                                  levels=33, symmetric=True)[1:, 1:].astype(np.float64)
+            totals = counts.sum(axis=(0, 1))[0]
+            if not (totals > 0).any():
+                assert math.isnan(got_contrast[k]) and math.isnan(got_homogeneity[k])
+                continue
+            counts = counts[:, :, :, totals > 0] / totals[totals > 0]
+            for prop, got in (("contrast", got_contrast), ("homogeneity", got_homogeneity)):
+                assert got[k] == pytest.approx(graycoprops(counts, prop).mean(), rel=1e-12)
+
+
+def test_stacked_gaussian_matches_per_channel():
+    # _measure_channels smooths every channel in one call; the thresholds read it as they read
+    # the per-channel gaussian_filter before.
+    from scipy import ndimage as ndi
+
+    stack = np.random.default_rng(8).normal(500.0, 80.0, (37, 41, 3))
+    smoothed = ndi.gaussian_filter(stack, (1.0, 1.0, 0.0))
+    for k in range(3):
+        np.testing.assert_array_equal(smoothed[..., k], ndi.gaussian_filter(stack[..., k], 1.0))

@@ -84,6 +84,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
+from scipy.spatial import ConvexHull
 from skimage import filters, measure as skmeasure, morphology as skmorph
 from skimage.feature import graycomatrix
 from skimage.transform import downscale_local_mean
@@ -210,14 +211,37 @@ def _foreground(image: np.ndarray) -> tuple[np.ndarray | None, str | None]:
 
 
 def _otsu(image: np.ndarray) -> float:
-    """``skimage.filters.threshold_otsu(image)`` of a float image, its histogram taken here as it
-    takes it (256 bins over the image's value range): its input checks cost as much as the
-    threshold on a 40-px cell, and a segmentation asks for two to five thresholds per image."""
-    low, high = image.min(), image.max()
+    """``skimage.filters.threshold_otsu(image)`` of a float image, step for step: numpy's 256-bin
+    histogram over the image's range (its bin search and edge corrections), then Otsu's
+    between-class variance on float32 counts. Written out because the two library calls spend
+    more on input checks than on the threshold on a 40-px cell, and a segmentation asks for two
+    to five thresholds per image; tests hold it equal to ``threshold_otsu``."""
+    values = image.reshape(-1)
+    low, high = values.min(), values.max()
     if low == high:
-        return image.reshape(-1)[0]  # what threshold_otsu answers for a constant image
-    counts, edges = np.histogram(image, bins=256, range=(low, high))
-    return filters.threshold_otsu(hist=(counts, (edges[:-1] + edges[1:]) / 2.0))
+        return values[0]  # what threshold_otsu answers for a constant image
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError(f"range of [{low}, {high}] is not finite")  # as np.histogram says
+    # np.linspace(low, high, 257) and np.histogram's uniform-bin search, as numpy computes them.
+    edges = _BIN_STEPS * ((high - low) / 256) + low
+    edges[-1] = high
+    indices = ((values - low) / (high - low) * 256).astype(np.intp)
+    indices[indices == 256] = 255
+    indices[values < edges[indices]] -= 1
+    indices[(values >= edges[indices + 1]) & (indices != 255)] += 1
+    # The minimum and the maximum land in the first and the last bin: no empty end to trim.
+    counts = np.bincount(indices, minlength=256).astype(np.float32)
+    centres = (edges[:-1] + edges[1:]) / 2.0
+    weight1 = np.cumsum(counts)
+    weight2 = np.cumsum(counts[::-1])[::-1]
+    weighted = counts * centres
+    mean1 = np.cumsum(weighted) / weight1
+    mean2 = (np.cumsum(weighted[::-1]) / weight2[::-1])[::-1]
+    variance12 = weight1[:-1] * weight2[1:] * (mean1[:-1] - mean2[1:]) ** 2
+    return centres[int(np.argmax(variance12))]
+
+
+_BIN_STEPS = np.arange(257, dtype=np.float64)
 
 
 # Structuring elements of _clean, built once (skimage builds a disk on every call).
@@ -227,10 +251,43 @@ _DISKS = {1: skmorph.disk(1), 2: skmorph.disk(2)}
 def _clean(mask: np.ndarray) -> np.ndarray:
     # Radii follow the segmentation scale (<= SEGMENT_MAX_SIDE px): small enough not to erase
     # thin plankton appendages, large enough to join a grainy nucleus stain.
-    small = min(mask.shape) < 64
-    mask = ndi.binary_opening(mask, structure=np.ones((2, 2), bool)) if not small else mask
-    mask = ndi.binary_closing(mask, structure=_DISKS[1 if small else 2], border_value=0)
-    return ndi.binary_fill_holes(mask)
+    if min(mask.shape) < 64:
+        # ndi.binary_closing(mask, structure=disk(1), border_value=0), written as shifts of a
+        # zero-padded copy: the scipy calls' overhead is most of their cost on a 40-px crop.
+        padded = _padded(mask)
+        padded[1:-1, 1:-1] = _cross(padded, np.logical_or)
+        mask = _cross(padded, np.logical_and)
+    else:
+        mask = ndi.binary_opening(mask, structure=np.ones((2, 2), bool))
+        mask = ndi.binary_closing(mask, structure=_DISKS[2], border_value=0)
+    return _fill_holes(mask)
+
+
+def _padded(mask: np.ndarray, dtype=bool) -> np.ndarray:
+    """``mask`` with a one-pixel frame of zeros."""
+    out = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), dtype)
+    out[1:-1, 1:-1] = mask
+    return out
+
+
+def _cross(padded: np.ndarray, combine) -> np.ndarray:
+    """Each inner pixel of ``padded`` combined (or: dilation, and: erosion) with its four
+    neighbours: the 3x3 cross, ``disk(1)``."""
+    out = combine(padded[1:-1, 1:-1], padded[:-2, 1:-1])
+    combine(out, padded[2:, 1:-1], out=out)
+    combine(out, padded[1:-1, :-2], out=out)
+    return combine(out, padded[1:-1, 2:], out=out)
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``ndi.binary_fill_holes(mask)``: background that does not reach the frame's edge through
+    4-connected background is a hole. One labelling, where scipy dilates from the edge until
+    nothing changes."""
+    labels, n = ndi.label(~mask)
+    keep = np.ones(n + 1, bool)  # label 0 is the object
+    keep[_border(labels)] = False
+    keep[0] = True
+    return keep[labels]
 
 
 def _pick_component(mask: np.ndarray) -> np.ndarray:
@@ -267,34 +324,117 @@ def circular_mean_degrees(angles_deg: np.ndarray, weights: np.ndarray | None = N
     return 0.0 if degrees >= 360.0 else degrees  # -1e-15 % 360 rounds to 360.0
 
 
-def _glcm(grey_crop: np.ndarray, crop_mask: np.ndarray) -> tuple[float, float]:
-    """GLCM contrast and homogeneity over pixel pairs that both lie on the object.
+# graycomatrix's angles 0, pi/4, pi/2 and 3pi/4 at distance 1, as (row, column) offsets.
+_GLCM_OFFSETS = ((0, 1), (1, 1), (1, 0), (1, -1))
+# graycoprops' homogeneity weight by level difference.
+_HOMOGENEITY = 1.0 / (1.0 + np.arange(GLCM_LEVELS, dtype=np.float64) ** 2)
 
-    Background pixels get a level of their own, whose row and column are dropped before
-    normalising: otherwise the object's outline (object next to background) would dominate the
-    "texture" of every smooth object.
+
+def _pair_textures(levels: np.ndarray, crop_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """GLCM contrast and homogeneity of each quantised image in ``levels`` (h x w x K, levels
+    0..GLCM_LEVELS-1) over pixel pairs that both lie on ``crop_mask``.
+
+    What graycomatrix (symmetric, distance 1, four angles) and graycoprops give once the
+    background's row and column are dropped: per angle, contrast is the mean squared level
+    difference of the pairs and homogeneity the mean of 1 / (1 + difference^2) (the symmetric
+    matrix counts each pair twice, which cancels); averaged over the angles that have a pair (a
+    one-pixel-wide line has none along it), NaN without any. Counting the pairs straight from the
+    pixels serves every image and angle in one pass, where graycomatrix fills a 33 x 33 matrix per
+    image and angle.
     """
-    levels = 1 + np.clip(grey_crop.astype(np.int32) * GLCM_LEVELS // 256, 0, GLCM_LEVELS - 1)
-    levels = np.where(crop_mask, levels, 0).astype(np.uint8)
-    counts = graycomatrix(levels, distances=[1],
-                          angles=[0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4],
-                          levels=GLCM_LEVELS + 1, symmetric=True, normed=False)
-    counts = counts[1:, 1:, 0, :].astype(np.float64)  # (levels, levels, angles): one distance
-    totals = counts.sum(axis=(0, 1))
-    # Angles without any object pair (a one-pixel-wide line) are left out, not counted as 0.
-    valid = totals > 0
-    if not valid.any():
-        return math.nan, math.nan  # no two neighbouring object pixels (a one-pixel object)
-    # graycoprops' "contrast" and "homogeneity" weights against every angle's counts at once,
-    # normalised after weighting (the same as normalising the matrices first).
-    per_angle = np.tensordot(_GLCM_WEIGHTS, counts[:, :, valid], axes=([1, 2], [0, 1]))
-    contrast, homogeneity = (per_angle / totals[valid]).mean(axis=1).tolist()
-    return contrast, homogeneity
+    h, w = crop_mask.shape
+    # One background column either side and a row below: every offset of an object pixel stays
+    # inside the flattened frame and lands on background there.
+    stride = w + 2
+    frame = np.zeros((h + 1, stride), bool)
+    frame[:h, 1:-1] = crop_mask
+    flat = frame.reshape(-1)
+    first = np.flatnonzero(flat)
+    second = first[:, None] + _glcm_steps(stride)  # (pairs, angles)
+    paired = flat[second]
+    padded_levels = np.zeros((h + 1, stride, levels.shape[2]), np.int16)
+    padded_levels[:h, 1:-1] = levels
+    padded_levels = padded_levels.reshape(-1, levels.shape[2])
+    gaps = np.abs(padded_levels[first][:, None, :] - padded_levels[second])  # (n, angles, K)
+    gaps[~paired] = 0
+    counts = paired.sum(axis=0).astype(np.float64)  # pairs per angle
+    valid = counts > 0
+    contrast = (gaps * gaps).sum(axis=0)
+    homogeneity = (_HOMOGENEITY[gaps] * paired[:, :, None]).sum(axis=0)
+    safe = np.where(valid, counts, 1.0)[:, None]
+    n_valid = valid.sum()
+    with np.errstate(invalid="ignore"):  # no angle with a pair: NaN
+        return ((contrast / safe).sum(axis=0) / n_valid,
+                (np.where(valid[:, None], homogeneity / safe, 0.0)).sum(axis=0) / n_valid)
 
 
-_LEVEL_GAP = np.subtract.outer(np.arange(GLCM_LEVELS), np.arange(GLCM_LEVELS)).astype(np.float64)
-# graycoprops' "contrast" and "homogeneity" weights, stacked: (property, level, level).
-_GLCM_WEIGHTS = np.stack([_LEVEL_GAP**2, 1.0 / (1.0 + _LEVEL_GAP**2)])
+@functools.lru_cache(maxsize=256)
+def _glcm_steps(stride: int) -> np.ndarray:
+    return np.array([dr * stride + dc for dr, dc in _GLCM_OFFSETS])
+
+
+def _grey_levels(grey_crop: np.ndarray) -> np.ndarray:
+    """0-255 grey quantised to GLCM_LEVELS levels (0-based)."""
+    return np.clip(grey_crop.astype(np.int32) * GLCM_LEVELS // 256, 0, GLCM_LEVELS - 1)
+
+
+# skimage.measure.perimeter's weights by the code of a border pixel's 3x3 neighbourhood.
+_PERIMETER_WEIGHTS = np.zeros(50)
+_PERIMETER_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1.0
+_PERIMETER_WEIGHTS[[21, 33]] = math.sqrt(2)
+_PERIMETER_WEIGHTS[[13, 23]] = (1 + math.sqrt(2)) / 2
+
+
+def _perimeter(crop: np.ndarray) -> float:
+    """``skimage.measure.perimeter(crop, 4)`` (regionprops' perimeter): the object's pixels that a
+    4-connected erosion removes, each weighted by the pattern of its border neighbours. The
+    erosion and the 3x3 convolution as shifts of a zero-padded copy."""
+    padded = _padded(crop)
+    border = padded[1:-1, 1:-1] & ~_cross(padded, np.logical_and)
+    b = _padded(border, np.uint8)
+    code = (b[1:-1, 1:-1] + 2 * (b[:-2, 1:-1] + b[2:, 1:-1] + b[1:-1, :-2] + b[1:-1, 2:])
+            + 10 * (b[:-2, :-2] + b[:-2, 2:] + b[2:, :-2] + b[2:, 2:]))
+    return float(np.bincount(code.reshape(-1), minlength=50) @ _PERIMETER_WEIGHTS)
+
+
+def _convex_area(crop: np.ndarray) -> int:
+    """Pixels of ``skimage.morphology.convex_hull_image(crop)`` (regionprops' area_convex).
+
+    The same hull: of the midpoints of every object pixel's four edges. Only each row's first and
+    last pixel can reach it, so the points are, for every row, the outer edge midpoint of both
+    and, at every half-row line, the outermost top/bottom midpoint of the rows either side (no
+    point twice, which Qhull can trip on). The hull's pixels are then counted row by row between
+    its edges (grid points on an edge count, as in convex_hull_image), where skimage tests every
+    pixel of the box against the polygon.
+    """
+    h, w = crop.shape
+    filled = crop.any(axis=1)
+    first = np.where(filled, crop.argmax(axis=1), np.inf)
+    last = np.where(filled, w - 1 - crop[:, ::-1].argmax(axis=1), -np.inf)
+    # Rows of points at y = -0.5, 0, 0.5, ..., h - 0.5: odd entries are the pixel rows.
+    left = np.empty(2 * h + 1)
+    right = np.empty(2 * h + 1)
+    left[1::2] = first - 0.5
+    right[1::2] = last + 0.5
+    edge_first = np.concatenate(([np.inf], first, [np.inf]))
+    edge_last = np.concatenate(([-np.inf], last, [-np.inf]))
+    left[0::2] = np.minimum(edge_first[:-1], edge_first[1:])
+    right[0::2] = np.maximum(edge_last[:-1], edge_last[1:])
+    y = np.arange(2 * h + 1) * 0.5 - 0.5
+    on_left = np.isfinite(left)
+    on_right = np.isfinite(right) & (right != left)
+    points = np.concatenate((np.stack((y[on_left], left[on_left]), axis=1),
+                             np.stack((y[on_right], right[on_right]), axis=1)))
+    equations = ConvexHull(points).equations  # normal . (row, col) + offset <= 0 inside
+    rows = np.arange(h, dtype=np.float64)
+    normal_col = equations[:, 1:2]
+    bound = ((-equations[:, 2:3] - equations[:, 0:1] * rows)
+             / np.where(normal_col != 0, normal_col, 1.0))  # (edges, rows): the column limit
+    high = np.where(normal_col > 1e-12, bound, np.inf).min(axis=0)
+    low = np.where(normal_col < -1e-12, bound, -np.inf).max(axis=0)
+    # Vertices lie on half pixels: a grid point off an edge is at least ~1e-3 px away from it.
+    count = np.floor(high + 1e-9) - np.ceil(low - 1e-9) + 1
+    return int(np.clip(count, 0, None).sum())
 
 
 def _downscale_factor(shape: Sequence[int]) -> int:
@@ -363,7 +503,7 @@ def measure(rgb: np.ndarray, mask: np.ndarray | None = None,
     why = _implausible(object_mask)
     if why is not None:
         return _failed(why)
-    result = _object_columns(rgb, small, object_mask, factor, notes)
+    result, _ = _object_columns(rgb, small, object_mask, factor, notes)
     result.update(_grey_columns(small, object_mask, factor))
     return result
 
@@ -404,16 +544,23 @@ def _implausible(object_mask: np.ndarray) -> str | None:
 
 
 def _object_columns(rgb: np.ndarray, small: np.ndarray, object_mask: np.ndarray, factor: int,
-                    notes: list[str]) -> dict:
-    """The object-level columns of :data:`FEATURE_NAMES` for a plausible mask."""
+                    notes: list[str], channels: np.ndarray | None = None
+                    ) -> tuple[dict, tuple[np.ndarray, np.ndarray] | None]:
+    """The object-level columns of :data:`FEATURE_NAMES` for a plausible mask.
+
+    ``channels`` (multi-channel images: HxWxC at full resolution, background subtracted): their
+    GLCM contrast and homogeneity over the object are computed in the composite's pass and
+    returned beside the columns (see :func:`_channel_levels`); else ``None`` is.
+    """
     height, width = rgb.shape[:2]
     height_used, width_used = height - height % factor, width - width % factor
-    pixels = int(object_mask.sum())
+    rows, cols = np.nonzero(object_mask)
+    pixels = len(rows)
     frame = object_mask.size
-    rows = np.flatnonzero(object_mask.any(axis=1))
-    cols = np.flatnonzero(object_mask.any(axis=0))
-    touches = (rows[0] == 0, rows[-1] == object_mask.shape[0] - 1,
-               cols[0] == 0, cols[-1] == object_mask.shape[1] - 1)
+    top, bottom = int(rows[0]), int(rows[-1])  # raster order
+    left, right = int(cols.min()), int(cols.max())
+    touches = (top == 0, bottom == object_mask.shape[0] - 1,
+               left == 0, right == object_mask.shape[1] - 1)
     if any(touches):
         notes.append("object touches the image edge; shape features may be truncated")
 
@@ -422,12 +569,14 @@ def _object_columns(rgb: np.ndarray, small: np.ndarray, object_mask: np.ndarray,
     scale_y = height_used / object_mask.shape[0]
     scale_x = width_used / object_mask.shape[1]
     linear = math.sqrt(scale_y * scale_x)
-    props = skmeasure.regionprops(object_mask.astype(np.uint8))[0]
-    eccentricity, major, minor, orientation = _inertia(object_mask)
-    area = props.area * scale_y * scale_x
-    perimeter = props.perimeter * linear
+    # regionprops' area, perimeter, extent and solidity, on the object's bounding box as it
+    # takes them (a regionprops object costs more than these measures on a 40-px cell).
+    box = object_mask[top:bottom + 1, left:right + 1]
+    eccentricity, major, minor, orientation = _inertia_of(rows, cols)
+    area = pixels * scale_y * scale_x
+    perimeter = _perimeter(box) * linear
 
-    inside = small[object_mask]  # (n, 3) float, 0-255
+    inside = small[rows, cols]  # (n, 3) float, 0-255
     saturation = _saturation(inside)
     value = inside.max(axis=1) / 255.0
     grey_inside = inside @ _GREY
@@ -438,14 +587,23 @@ def _object_columns(rgb: np.ndarray, small: np.ndarray, object_mask: np.ndarray,
         # Weighting by saturation keeps near-grey pixels (whose hue is noise) from pulling it.
         hue = circular_mean_degrees(_hue_degrees(inside), weights=saturation)
 
-    r0 = int(math.floor(rows[0] * scale_y))
-    r1 = int(min(height_used, math.ceil((rows[-1] + 1) * scale_y)))
-    c0 = int(math.floor(cols[0] * scale_x))
-    c1 = int(min(width_used, math.ceil((cols[-1] + 1) * scale_x)))
+    r0 = int(math.floor(top * scale_y))
+    r1 = int(min(height_used, math.ceil((bottom + 1) * scale_y)))
+    c0 = int(math.floor(left * scale_x))
+    c1 = int(min(width_used, math.ceil((right + 1) * scale_x)))
     crop = rgb[r0:r1, c0:c1].astype(np.float64) @ _GREY
     # The object mask at full resolution over the crop (each small pixel is a factor^2 block).
-    crop_mask = _full_resolution(object_mask, factor)[r0:r1, c0:c1]
-    contrast, homogeneity = _glcm(np.clip(crop, 0, 255), crop_mask)
+    crop_mask = box if factor == 1 else _full_resolution(object_mask, factor)[r0:r1, c0:c1]
+    levels = _grey_levels(np.clip(crop, 0, 255))[:, :, None]
+    flat = None
+    if channels is not None:
+        channel_levels, flat = _channel_levels(channels[r0:r1, c0:c1], crop_mask)
+        levels = np.concatenate((levels, channel_levels), axis=2)
+    contrasts, homogeneities = _pair_textures(levels, crop_mask)
+    textures = None
+    if channels is not None:
+        # A flat channel has no contrast and full homogeneity, pairs or not.
+        textures = (np.where(flat, 0.0, contrasts[1:]), np.where(flat, 1.0, homogeneities[1:]))
 
     return {
         "morph_area": float(area),
@@ -455,8 +613,8 @@ def _object_columns(rgb: np.ndarray, small: np.ndarray, object_mask: np.ndarray,
         "morph_circularity": (float(4.0 * math.pi * area / perimeter**2) if perimeter > 0
                               else math.nan),
         "morph_eccentricity": eccentricity,
-        "morph_solidity": float(props.solidity),
-        "morph_extent": float(props.extent),
+        "morph_solidity": pixels / _convex_area(box),
+        "morph_extent": pixels / box.size,
         "morph_major_axis": float(major * linear),
         "morph_minor_axis": float(minor * linear),
         "morph_orientation": orientation,
@@ -468,11 +626,22 @@ def _object_columns(rgb: np.ndarray, small: np.ndarray, object_mask: np.ndarray,
         "morph_value": float(value.mean()),
         "morph_intensity_mean": float(grey_inside.mean()),
         "morph_intensity_std": float(grey_inside.std()),
-        "morph_glcm_contrast": contrast,
-        "morph_glcm_homogeneity": homogeneity,
+        "morph_glcm_contrast": float(contrasts[0]),
+        "morph_glcm_homogeneity": float(homogeneities[0]),
         "morph_ok": True,
         "morph_note": "; ".join(notes) if notes else None,
-    }
+    }, textures
+
+
+def _channel_levels(crop: np.ndarray, crop_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each channel of ``crop`` (h x w x C) quantised to GLCM_LEVELS levels over its range on the
+    object, so the texture reads the pattern of the stain, not its brightness; and which
+    channels are flat there."""
+    values = crop[crop_mask]  # (n, C)
+    low, high = values.min(axis=0), values.max(axis=0)
+    span = np.where(high > low, high - low, 1.0)
+    levels = np.clip(((crop - low) * (GLCM_LEVELS / span)).astype(np.int32), 0, GLCM_LEVELS - 1)
+    return levels, ~(high > low)
 
 
 _GREY = np.array([0.2125, 0.7154, 0.0721])
@@ -480,10 +649,15 @@ _GREY = np.array([0.2125, 0.7154, 0.0721])
 
 def _inertia(mask: np.ndarray) -> tuple[float, float, float, float]:
     """Eccentricity, major and minor axis length and orientation of a binary mask, as
-    ``regionprops`` defines them (inertia tensor of the second central moments, its eigenvalues
-    clipped at 0), from the mask's pixel coordinates: regionprops gets there through third-order
-    moments set up with ``einsum``, which cost more than the rest of a 40-px cell's shape."""
-    rows, cols = np.nonzero(mask)
+    ``regionprops`` defines them (see :func:`_inertia_of`)."""
+    return _inertia_of(*np.nonzero(mask))
+
+
+def _inertia_of(rows: np.ndarray, cols: np.ndarray) -> tuple[float, float, float, float]:
+    """:func:`_inertia` of the pixels at ``rows``, ``cols``: the inertia tensor of the second
+    central moments, its eigenvalues clipped at 0, as ``regionprops`` defines them. From the
+    pixel coordinates: regionprops gets there through third-order moments set up with
+    ``einsum``, which cost more than the rest of a 40-px cell's shape."""
     d_rows = rows - rows.mean()
     d_cols = cols - cols.mean()
     count = len(rows)
@@ -574,52 +748,63 @@ def channel_columns(names: Sequence[str], dna: bool = True) -> list[str]:
 
 def _profile(mask: np.ndarray, channels: np.ndarray) -> np.ndarray:
     """INTENSITY_MEASURES (rows) of every channel (columns) of ``channels`` (HxWxC) over the
-    pixels of ``mask`` (HxW bool).
+    pixels of ``mask`` (HxW bool); see :func:`_profile_of`."""
+    rows, cols = np.nonzero(mask)
+    return _profile_of(channels[rows, cols], rows, cols)
+
+
+def _profile_of(values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """INTENSITY_MEASURES (rows) of every channel (columns) of ``values`` (n x C: the
+    compartment's pixels in raster order, at ``rows``, ``cols``).
 
     The intensity image is background-subtracted (file units). Mass displacement: distance
     (pixels) between the region's centroid and its centroid weighted by the positive part of the
     channel (0 where the channel has no signal above background there). All channels at once,
-    straight from the mask's pixel indices: a ``regionprops`` region per compartment costs more
-    than the measures themselves on a 40-px cell. Pixels are taken in raster order and
-    coordinates relative to the mask's bounding box, as ``regionprops``' region image gives them.
+    straight from the pixels: a ``regionprops`` region per compartment costs more than the
+    measures themselves on a 40-px cell. Coordinates relative to the compartment's bounding box,
+    as ``regionprops``' region image gives them.
     """
-    rows, cols = np.nonzero(mask)
-    values = channels[rows, cols]  # (n, C)
     rows = rows - rows[0]  # raster order: the first row is the bounding box's top
     cols = cols - cols.min()
+    count = len(values)
     ordered = np.sort(values, axis=0)
-    low, q25, median, q75, high = _quantiles(ordered, (0.0, 0.25, 0.5, 0.75, 1.0))
+    low, q25, median, q75, high = _quantiles(ordered, _PROFILE_QUANTILES)
     total = values.sum(axis=0)
+    mean = total / count
+    # np.std, step for step (its wrapper costs as much as the arithmetic here).
+    deviations = values - mean
+    std = np.sqrt((deviations * deviations).sum(axis=0) / count)
     weights = np.clip(values, 0.0, None)
     mass = weights.sum(axis=0)
     safe = np.where(mass > 0, mass, 1.0)
     displacement = np.where(mass > 0, np.hypot(rows @ weights / safe - rows.mean(),
                                                 cols @ weights / safe - cols.mean()), 0.0)
     mad = _quantiles(np.sort(np.abs(values - median), axis=0), (0.5,))[0]
-    return np.stack([total, total / len(values), values.std(axis=0), low, q25, median, q75, high,
-                     mad, displacement])
+    return np.stack([total, mean, std, low, q25, median, q75, high, mad, displacement])
 
 
-def _quantiles(ordered: np.ndarray, qs: Sequence[float]) -> list[np.ndarray]:
-    """Quantiles of each column of an already sorted (n, C) array, numpy's default ("linear")
-    interpolation; sorting once serves every quantile (np.percentile partitions per call)."""
+_PROFILE_QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _quantiles(ordered: np.ndarray, qs: Sequence[float]) -> np.ndarray:
+    """Quantiles (rows) of each column of an already sorted (n, C) array, numpy's default
+    ("linear") interpolation; sorting once serves every quantile (np.percentile partitions per
+    call)."""
     last = len(ordered) - 1
-    out = []
-    for q in qs:
-        position = q * last
-        below = int(math.floor(position))
-        above = min(below + 1, last)
-        fraction = position - below
-        out.append(ordered[below] + (ordered[above] - ordered[below]) * fraction)
-    return out
+    positions = [q * last for q in qs]
+    below = [int(math.floor(position)) for position in positions]
+    above = [min(b + 1, last) for b in below]
+    fraction = np.array([position - b for position, b in zip(positions, below)])[:, None]
+    low = ordered[below]
+    return low + (ordered[above] - low) * fraction
 
 
-def _deviation_mask(channel: np.ndarray, background: float) -> tuple[np.ndarray | None, str | None]:
+def _deviation_mask(channel: np.ndarray, smoothed: np.ndarray, background: float
+                    ) -> tuple[np.ndarray | None, str | None]:
     """Pixels that differ from the channel's border background (either way, so a bright-field
     cell's dark body and bright halo both count), Otsu-thresholded, cleaned, the central
-    component kept."""
-    raw = np.abs(channel - background)
-    deviation = np.abs(ndi.gaussian_filter(channel, 1.0) - background)
+    component kept. ``smoothed``: the channel after a Gaussian of sigma 1."""
+    deviation = np.abs(smoothed - background)
     if float(deviation.max() - deviation.min()) <= 0:
         return None, "channel is flat"
     try:
@@ -629,7 +814,7 @@ def _deviation_mask(channel: np.ndarray, background: float) -> tuple[np.ndarray 
     # The threshold comes from the smoothed channel (noise would pull Otsu), the outline from the
     # pixels themselves (smoothing would grow it by a pixel all round); _clean joins what noise
     # splits.
-    foreground = _clean(raw > threshold)
+    foreground = _clean(np.abs(channel - background) > threshold)
     if not foreground.any():
         return None, "no object"
     return _pick_component(foreground), None
@@ -652,10 +837,12 @@ def _separation(channel: np.ndarray, background: float) -> float:
     return float(deviation[above].mean() - deviation[~above].mean()) / spread
 
 
-def _nucleus(dna: np.ndarray, background: float, cell: np.ndarray) -> np.ndarray | None:
+def _nucleus(dna: np.ndarray, smoothed: np.ndarray, background: float, cell: np.ndarray
+             ) -> np.ndarray | None:
     """The DNA stain above its background (Otsu), holes filled; the component overlapping the
-    object most (else the most central). None when there is no stain to speak of."""
-    signal = ndi.gaussian_filter(dna, 1.0) - background
+    object most (else the most central). None when there is no stain to speak of.
+    ``smoothed``: the DNA channel after a Gaussian of sigma 1."""
+    signal = smoothed - background
     if float(signal.max()) <= 0:
         return None
     try:
@@ -698,6 +885,9 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
              if factor > 1 else pixels)
     roles, _, legacy_names, columns = _layout(tuple(names))
     dna = roles.index("dna") if "dna" in roles else None
+    # Every channel smoothed in one call (sigma 0 along the channel axis leaves it alone): the
+    # mask channel's and the DNA channel's thresholds read it.
+    smoothed = ndi.gaussian_filter(small, (1.0, 1.0, 0.0))
 
     if given is not None:
         object_mask, source = given, "the given mask"
@@ -716,7 +906,7 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
 
         object_mask, source, failures = None, None, []
         for k in candidates():
-            candidate, why = _deviation_mask(small[..., k], background[k])
+            candidate, why = _deviation_mask(small[..., k], smoothed[..., k], background[k])
             why = why or _implausible(candidate)
             if why is None:
                 object_mask, source = candidate, f"channel {names[k]}"
@@ -737,7 +927,7 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
 
     nucleus = None
     if dna is not None:
-        nucleus = _nucleus(small[..., dna], background[dna], object_mask)
+        nucleus = _nucleus(small[..., dna], smoothed[..., dna], background[dna], object_mask)
         if nucleus is None:
             notes.append(f"no nucleus found on the DNA channel {names[dna]}")
     if nucleus is not None and not (nucleus & object_mask).any():
@@ -755,30 +945,36 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
             if int(nucleus.sum()) < MIN_NUCLEUS_PIXELS:
                 nucleus = None
 
-    result = _object_columns(rgb, small_rgb, cell, factor, notes)
     shape = (height, width)
     cell_full = _full_resolution(cell, factor, shape)
     intensity = pixels - background
+    result, (contrasts, homogeneities) = _object_columns(rgb, small_rgb, cell, factor, notes,
+                                                         intensity)
+    rows, cols = np.nonzero(cell_full)
     # The per-channel means of earlier versions (file units, no background subtracted).
-    result.update(zip(legacy_names, pixels[cell_full].mean(axis=0).tolist()))
+    result.update(zip(legacy_names, pixels[rows, cols].mean(axis=0).tolist()))
 
-    masks = {"cell": cell_full}
+    # Compartment profiles from the cell's pixels: the nucleus (within the cell) and the
+    # cytoplasm (the rest) are a split of them, in the same raster order.
+    values = intensity[rows, cols]
+    measured = {"cell": _profile_of(values, rows, cols)}
+    sizes = {"cell": len(rows)}
+    in_nucleus = None
     if nucleus is not None:
-        nucleus_full = _full_resolution(nucleus, factor, shape) & cell_full
-        masks["nucleus"] = nucleus_full
-        masks["cytoplasm"] = cell_full & ~nucleus_full
-    sizes = {compartment: int(m.sum()) for compartment, m in masks.items()}
-    measured = {compartment: _profile(m, intensity) for compartment, m in masks.items()
-                if sizes[compartment] > 0}
-    contrasts, homogeneities = _channel_textures(intensity, cell_full)
+        nucleus_full = nucleus if factor == 1 else _full_resolution(nucleus, factor, shape)
+        in_nucleus = nucleus_full[rows, cols]
+        for compartment, part in (("nucleus", in_nucleus), ("cytoplasm", ~in_nucleus)):
+            sizes[compartment] = int(part.sum())
+            if sizes[compartment]:
+                measured[compartment] = _profile_of(values[part], rows[part], cols[part])
     for k, (background_col, by_compartment, texture_cols) in enumerate(columns):
         result[background_col] = float(background[k])
         for compartment, names_m in by_compartment:
-            values = measured.get(compartment)
-            if values is None:
+            values_k = measured.get(compartment)
+            if values_k is None:
                 result.update(dict.fromkeys(names_m, math.nan))
             else:
-                result.update(zip(names_m, values[:, k].tolist()))
+                result.update(zip(names_m, values_k[:, k].tolist()))
         result[texture_cols[0]] = float(contrasts[k])
         result[texture_cols[1]] = float(homogeneities[k])
     if dna is not None:
@@ -788,8 +984,8 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
             "morph_nucleus_area": nucleus_area,
             # regionprops' equivalent_diameter_area for 2-D.
             "morph_nucleus_equivalent_diameter": (4 * nucleus_area / math.pi) ** 0.5,
-            "morph_nucleus_eccentricity": (_inertia(masks["nucleus"])[0] if has_nucleus
-                                           else math.nan),
+            "morph_nucleus_eccentricity": (_inertia_of(rows[in_nucleus], cols[in_nucleus])[0]
+                                           if has_nucleus else math.nan),
             "morph_nucleus_fraction": nucleus_area / float(sizes["cell"]),
             # No nucleus: no cytoplasm either; a nucleus filling the cell: none left.
             "morph_cytoplasm_area": (float(sizes["cytoplasm"]) if has_nucleus else math.nan),
@@ -815,45 +1011,6 @@ def _layout(names: tuple[str, ...]):
          tuple(f"morph_{key}_cell_{m}" for m in TEXTURE_MEASURES))
         for key in keys)
     return roles, keys, tuple(channel_feature_names(names)), columns
-
-
-def _channel_textures(channels: np.ndarray, cell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """GLCM contrast and homogeneity of each channel over the cell (bounding box at full
-    resolution), each channel's range over the cell quantised to ``GLCM_LEVELS`` levels, so the
-    texture reads the pattern of the stain, not its brightness. Pairs as in :func:`_glcm`
-    (both pixels on the cell, distance 1, four angles averaged); a flat channel has no contrast
-    and full homogeneity."""
-    rows = np.flatnonzero(cell.any(axis=1))
-    cols = np.flatnonzero(cell.any(axis=0))
-    crop = channels[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    crop_mask = cell[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    values = crop[crop_mask]  # (n, C)
-    low, high = values.min(axis=0), values.max(axis=0)
-    span = np.where(high > low, high - low, 1.0)
-    # Level 0 is the background; the cell's pixels take 1..GLCM_LEVELS (as _glcm does).
-    levels = 1 + np.clip(((crop - low) * (GLCM_LEVELS / span)).astype(np.int32), 0,
-                         GLCM_LEVELS - 1)
-    levels = np.where(crop_mask[..., None], levels, 0).astype(np.uint8)
-    contrasts = np.zeros(channels.shape[2])
-    homogeneities = np.ones(channels.shape[2])
-    textured = np.flatnonzero(high > low)
-    if not len(textured):
-        return contrasts, homogeneities
-    # One matrix per channel, then the properties of every channel and angle in one pass.
-    counts = np.stack([graycomatrix(levels[..., k], distances=[1],
-                                    angles=[0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4],
-                                    levels=GLCM_LEVELS + 1, symmetric=True,
-                                    normed=False)[1:, 1:, 0, :] for k in textured],
-                      axis=-1).astype(np.float64)  # (levels, levels, angles, channels)
-    totals = counts.sum(axis=(0, 1))
-    valid = totals > 0
-    # Both properties' weights against every channel's and angle's counts in one tensordot;
-    # dividing the weighted sums by the totals is normalising the matrices first.
-    weighted = np.tensordot(_GLCM_WEIGHTS, counts, axes=([1, 2], [0, 1]))  # (2, angles, channels)
-    per_angle = np.where(valid, weighted / np.where(valid, totals, 1.0), 0.0)
-    with np.errstate(invalid="ignore"):  # a channel without a valid angle: NaN
-        contrasts[textured], homogeneities[textured] = per_angle.sum(axis=1) / valid.sum(axis=0)
-    return contrasts, homogeneities
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
