@@ -375,3 +375,14 @@ def test_stacked_gaussian_matches_per_channel():
     smoothed = ndi.gaussian_filter(stack, (1.0, 1.0, 0.0))
     for k in range(3):
         np.testing.assert_array_equal(smoothed[..., k], ndi.gaussian_filter(stack[..., k], 1.0))
+
+
+def test_column_medians_match_np_median():
+    from drlcore.analysis.morphology import _column_medians
+
+    rng = np.random.default_rng(9)
+    for n in (1, 2, 7, 156):
+        values = np.round(rng.normal(300.0, 50.0, (n, 3)))
+        np.testing.assert_array_equal(_column_medians(values), np.median(values, axis=0))
+    values[5, 1] = np.nan
+    np.testing.assert_array_equal(_column_medians(values), np.median(values, axis=0))

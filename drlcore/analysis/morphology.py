@@ -1,7 +1,10 @@
 """Handcrafted morphology, colour and texture features of the object in each image (scikit-image).
 
-``measure(rgb, mask=None)`` segments the object (or takes the mask given), then measures it with
-``skimage.measure.regionprops`` and a grey-level co-occurrence matrix. Every key starts with
+``measure(rgb, mask=None)`` segments the object (or takes the mask given), then measures it as
+``skimage.measure.regionprops`` and a grey-level co-occurrence matrix (``graycomatrix`` /
+``graycoprops``) define the measures; the hot ones are computed here, equal to the library's
+values (tests hold them so), because the library calls' overhead dominates on small crops. Every
+key starts with
 ``morph_``. When no plausible object is found the numeric features are NaN, ``morph_ok`` is False
 and ``morph_note`` says why: a failed segmentation must never look like a small round object.
 
@@ -61,9 +64,9 @@ never on the 8-bit composite, after CellProfiler's MeasureObjectIntensity / Size
 - Per channel and compartment (cell, nucleus, cytoplasm; the last two only with a DNA channel):
   ``morph_<channel>_<compartment>_<measure>`` for integrated, mean, std, min, q25, median, q75,
   max, mad (median absolute deviation) and mass_displacement (pixels between the compartment's
-  centroid and its intensity-weighted centroid), from ``regionprops`` with the multi-channel,
-  background-subtracted intensity image. ``<channel>`` is the channel's name, letters and digits
-  kept (:func:`channel_key`). Integrated DNA over the cell is DNA content.
+  centroid and its intensity-weighted centroid), as ``regionprops`` gives them for the
+  multi-channel, background-subtracted intensity image. ``<channel>`` is the channel's name,
+  letters and digits kept (:func:`channel_key`). Integrated DNA over the cell is DNA content.
 - Texture per channel over the cell: ``morph_<channel>_cell_glcm_contrast`` / ``_homogeneity``,
   the channel's range over the cell quantised to ``GLCM_LEVELS`` levels.
 - Size and shape per mask: the cell's are the object-level columns above; the nucleus' area,
@@ -85,8 +88,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull
-from skimage import filters, measure as skmeasure, morphology as skmorph
-from skimage.feature import graycomatrix
+from skimage import morphology as skmorph
 from skimage.transform import downscale_local_mean
 
 from drlcore.errors import DrlError
@@ -176,6 +178,16 @@ def _border(channel: np.ndarray) -> np.ndarray:
     return np.concatenate([channel[0], channel[-1], channel[1:-1, 0], channel[1:-1, -1]])
 
 
+def _column_medians(values: np.ndarray) -> np.ndarray:
+    """``np.median(values, axis=0)`` (NaN for a column holding NaN) from one sort: np.median's
+    partition and checks cost five times the sort of a frame border."""
+    ordered = np.sort(values, axis=0)  # NaN sorts last
+    middle = len(ordered) // 2
+    medians = (ordered[middle] if len(ordered) % 2
+               else (ordered[middle - 1] + ordered[middle]) / 2.0)
+    return np.where(np.isnan(ordered[-1]), np.nan, medians)
+
+
 def _foreground(image: np.ndarray) -> tuple[np.ndarray | None, str | None]:
     """Threshold the channel that best separates object from border (``image``: float, 0-255)."""
     channels = [image[..., 0], image[..., 1], image[..., 2]]
@@ -246,6 +258,8 @@ _BIN_STEPS = np.arange(257, dtype=np.float64)
 
 # Structuring elements of _clean, built once (skimage builds a disk on every call).
 _DISKS = {1: skmorph.disk(1), 2: skmorph.disk(2)}
+# ndi.label's default (4-connected) structure, built once (ndi.label builds it on every call).
+_CROSS = ndi.generate_binary_structure(2, 1)
 
 
 def _clean(mask: np.ndarray) -> np.ndarray:
@@ -283,7 +297,7 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """``ndi.binary_fill_holes(mask)``: background that does not reach the frame's edge through
     4-connected background is a hole. One labelling, where scipy dilates from the edge until
     nothing changes."""
-    labels, n = ndi.label(~mask)
+    labels, n = ndi.label(~mask, _CROSS)
     keep = np.ones(n + 1, bool)  # label 0 is the object
     keep[_border(labels)] = False
     keep[0] = True
@@ -291,7 +305,7 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
 
 
 def _pick_component(mask: np.ndarray) -> np.ndarray:
-    labels, n = ndi.label(mask)
+    labels, n = ndi.label(mask, _CROSS)
     if n <= 1:
         return labels > 0
     sizes = np.bincount(labels.ravel())[1:]
@@ -580,7 +594,11 @@ def _object_columns(rgb: np.ndarray, small: np.ndarray, object_mask: np.ndarray,
     saturation = _saturation(inside)
     value = inside.max(axis=1) / 255.0
     grey_inside = inside @ _GREY
-    mean_saturation = float(saturation.mean())
+    grey_mean = grey_inside.sum() / pixels
+    grey_deviations = grey_inside - grey_mean
+    # Sums over counts and np.std's arithmetic on 1-D arrays: .mean() and .std() to the bit,
+    # without their wrappers.
+    mean_saturation = float(saturation.sum() / pixels)
     if mean_saturation < ACHROMATIC_SATURATION:
         hue = math.nan
     else:
@@ -623,9 +641,9 @@ def _object_columns(rgb: np.ndarray, small: np.ndarray, object_mask: np.ndarray,
         "morph_mean_b": float(inside[:, 2].mean()),
         "morph_hue": float(hue),
         "morph_saturation": mean_saturation,
-        "morph_value": float(value.mean()),
-        "morph_intensity_mean": float(grey_inside.mean()),
-        "morph_intensity_std": float(grey_inside.std()),
+        "morph_value": float(value.sum() / pixels),
+        "morph_intensity_mean": float(grey_mean),
+        "morph_intensity_std": float(np.sqrt((grey_deviations * grey_deviations).sum() / pixels)),
         "morph_glcm_contrast": float(contrasts[0]),
         "morph_glcm_homogeneity": float(homogeneities[0]),
         "morph_ok": True,
@@ -658,9 +676,10 @@ def _inertia_of(rows: np.ndarray, cols: np.ndarray) -> tuple[float, float, float
     central moments, its eigenvalues clipped at 0, as ``regionprops`` defines them. From the
     pixel coordinates: regionprops gets there through third-order moments set up with
     ``einsum``, which cost more than the rest of a 40-px cell's shape."""
-    d_rows = rows - rows.mean()
-    d_cols = cols - cols.mean()
     count = len(rows)
+    # Integer coordinates: their sums are exact, so sum / count is rows.mean() to the bit.
+    d_rows = rows - rows.sum() / count
+    d_cols = cols - cols.sum() / count
     mu11 = float(d_rows @ d_cols)
     tensor = np.array([[float(d_cols @ d_cols), -mu11],
                        [-mu11, float(d_rows @ d_rows)]]) / count
@@ -699,7 +718,7 @@ def _grey_columns(small: np.ndarray, object_mask: np.ndarray, factor: int) -> di
     sum over the object's blocks.
     """
     grey = small @ _GREY
-    background = float(np.median(_border(grey)))
+    background = float(_column_medians(_border(grey)))
     values = grey[object_mask] - background
     sign = -1.0 if values.mean() < 0 else 1.0
     return {"morph_intensity_integrated": float(sign * values.sum() * factor * factor),
@@ -748,55 +767,77 @@ def channel_columns(names: Sequence[str], dna: bool = True) -> list[str]:
 
 def _profile(mask: np.ndarray, channels: np.ndarray) -> np.ndarray:
     """INTENSITY_MEASURES (rows) of every channel (columns) of ``channels`` (HxWxC) over the
-    pixels of ``mask`` (HxW bool); see :func:`_profile_of`."""
+    pixels of ``mask`` (HxW bool); see :func:`_profiles`."""
     rows, cols = np.nonzero(mask)
-    return _profile_of(channels[rows, cols], rows, cols)
+    return _profiles(np.ascontiguousarray(channels[rows, cols].T), rows, cols,
+                     np.ones((1, len(rows)), bool))[0]
 
 
-def _profile_of(values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """INTENSITY_MEASURES (rows) of every channel (columns) of ``values`` (n x C: the
-    compartment's pixels in raster order, at ``rows``, ``cols``).
+def _profiles(channels: np.ndarray, rows: np.ndarray, cols: np.ndarray, parts: np.ndarray
+              ) -> np.ndarray:
+    """INTENSITY_MEASURES x channels (S x 10 x C) of each of S compartments, given as rows of
+    ``parts`` (S x n bool, none empty) over the pixels ``channels`` (C x n, pixels in raster
+    order, C-contiguous) at ``rows``, ``cols``.
 
     The intensity image is background-subtracted (file units). Mass displacement: distance
     (pixels) between the region's centroid and its centroid weighted by the positive part of the
-    channel (0 where the channel has no signal above background there). All channels at once,
-    straight from the pixels: a ``regionprops`` region per compartment costs more than the
-    measures themselves on a 40-px cell. Coordinates relative to the compartment's bounding box,
-    as ``regionprops``' region image gives them.
+    channel (0 where the channel has no signal above background there). Coordinates relative to
+    the compartment's bounding box, as ``regionprops``' region image gives them.
+
+    Every compartment and channel in one pass: each compartment sees all n pixels, the others'
+    set to 0 for sums and to +inf for sorting (they sort last, past the compartment's own). A
+    ``regionprops`` region per compartment, or a pass each, costs more in calls than the
+    arithmetic on a 40-px cell. Sums run in numpy's pairwise order along the pixels: exact for
+    the integer counts (minus a half-integer median background) of microscopy files, within
+    rounding of ``regionprops``' figures otherwise.
     """
-    rows = rows - rows[0]  # raster order: the first row is the bounding box's top
-    cols = cols - cols.min()
-    count = len(values)
-    ordered = np.sort(values, axis=0)
-    low, q25, median, q75, high = _quantiles(ordered, _PROFILE_QUANTILES)
-    total = values.sum(axis=0)
-    mean = total / count
-    # np.std, step for step (its wrapper costs as much as the arithmetic here).
-    deviations = values - mean
-    std = np.sqrt((deviations * deviations).sum(axis=0) / count)
-    weights = np.clip(values, 0.0, None)
-    mass = weights.sum(axis=0)
+    counts = parts.sum(axis=1)
+    per = counts[:, None]
+    member = parts[:, None, :]  # (S, 1, n)
+    # Pixels on the last axis: every reduction and sort below runs along contiguous memory
+    # (reducing the pixel axis of n x C data is a strided loop, several times slower).
+    filled = np.where(member, channels, 0.0)  # (S, C, n)
+    total = filled.sum(axis=2)
+    mean = total / per
+    # np.std's arithmetic (its wrapper costs as much as the arithmetic here).
+    deviations = np.where(member, channels - mean[:, :, None], 0.0)
+    std = np.sqrt((deviations * deviations).sum(axis=2) / per)
+    ordered = np.sort(np.where(member, channels, np.inf), axis=2)
+    low, q25, median, q75, high = _quantiles(ordered, counts, _PROFILE_QUANTILES)
+    mad = _quantiles(np.sort(np.where(member, np.abs(channels - median[:, :, None]), np.inf),
+                             axis=2), counts, (0.5,))[0]
+    weights = np.clip(filled, 0.0, None)
+    mass = weights.sum(axis=2)
     safe = np.where(mass > 0, mass, 1.0)
-    displacement = np.where(mass > 0, np.hypot(rows @ weights / safe - rows.mean(),
-                                                cols @ weights / safe - cols.mean()), 0.0)
-    mad = _quantiles(np.sort(np.abs(values - median), axis=0), (0.5,))[0]
-    return np.stack([total, mean, std, low, q25, median, q75, high, mad, displacement])
+    # The bounding box's top is the first pixel's row (raster order), its left the least column.
+    top = rows[np.argmax(parts, axis=1)]
+    left = np.where(parts, cols, np.iinfo(cols.dtype).max).min(axis=1)
+    local_rows = (rows - top[:, None]) * parts  # (S, n), 0 off the compartment
+    local_cols = (cols - left[:, None]) * parts
+    shift_rows = (np.matmul(weights, local_rows[:, :, None].astype(np.float64))[:, :, 0] / safe
+                  - (local_rows.sum(axis=1) / counts)[:, None])
+    shift_cols = (np.matmul(weights, local_cols[:, :, None].astype(np.float64))[:, :, 0] / safe
+                  - (local_cols.sum(axis=1) / counts)[:, None])
+    displacement = np.where(mass > 0, np.hypot(shift_rows, shift_cols), 0.0)
+    return np.stack([total, mean, std, low, q25, median, q75, high, mad, displacement], axis=1)
 
 
 _PROFILE_QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def _quantiles(ordered: np.ndarray, qs: Sequence[float]) -> np.ndarray:
-    """Quantiles (rows) of each column of an already sorted (n, C) array, numpy's default
-    ("linear") interpolation; sorting once serves every quantile (np.percentile partitions per
-    call)."""
-    last = len(ordered) - 1
-    positions = [q * last for q in qs]
-    below = [int(math.floor(position)) for position in positions]
-    above = [min(b + 1, last) for b in below]
-    fraction = np.array([position - b for position, b in zip(positions, below)])[:, None]
-    low = ordered[below]
-    return low + (ordered[above] - low) * fraction
+def _quantiles(ordered: np.ndarray, counts: np.ndarray, qs: Sequence[float]) -> np.ndarray:
+    """Quantiles (Q x S x C) of each compartment and channel of ``ordered`` (S x C x n, sorted
+    along the last axis, compartment s's ``counts[s]`` values first), numpy's default ("linear")
+    interpolation; sorting once serves every quantile (np.percentile partitions per call)."""
+    last = counts - 1
+    positions = np.multiply.outer(np.asarray(qs, dtype=np.float64), last)  # (Q, S)
+    below = np.floor(positions).astype(np.intp)
+    above = np.minimum(below + 1, last)
+    fraction = (positions - below)[:, :, None]
+    compartment = np.arange(len(counts))[None, :, None]
+    channel = np.arange(ordered.shape[1])[None, None, :]
+    low = ordered[compartment, channel, below[:, :, None]]  # (Q, S, C)
+    return low + (ordered[compartment, channel, above[:, :, None]] - low) * fraction
 
 
 def _deviation_mask(channel: np.ndarray, smoothed: np.ndarray, background: float
@@ -851,7 +892,7 @@ def _nucleus(dna: np.ndarray, smoothed: np.ndarray, background: float, cell: np.
         return None
     # As in _deviation_mask: threshold from the smoothed stain, outline from the pixels.
     stained = _clean((dna - background) > max(threshold, 0.0))
-    labels, n = ndi.label(stained)
+    labels, n = ndi.label(stained, _CROSS)
     if n == 0:
         return None
     overlap = np.bincount(labels[cell], minlength=n + 1)[1:]
@@ -867,8 +908,6 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
                       channel_names: Sequence[str] | None, mask_channel: str | int | None,
                       notes: list[str]) -> dict:
     """Per-channel, per-compartment measurement of a multi-channel image (module docstring)."""
-    from drlcore.data.channels import mask_channel_index
-
     height, width = rgb.shape[:2]
     if stored.ndim != 3 or stored.shape[:2] != (height, width):
         return _failed(f"channels of shape {stored.shape} do not match the {height}x{width} "
@@ -879,8 +918,7 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
         return _failed(f"{len(names)} channel names for {n} channels")
     height_used, width_used = height - height % factor, width - width % factor
     pixels = stored.astype(np.float64)
-    # _border keeps the channel axis: one median call for every channel's border.
-    background = np.median(_border(pixels), axis=0)
+    background = _column_medians(_border(pixels))
     small = (downscale_local_mean(pixels[:height_used, :width_used], (factor, factor, 1))
              if factor > 1 else pixels)
     roles, _, legacy_names, columns = _layout(tuple(names))
@@ -892,7 +930,7 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
     if given is not None:
         object_mask, source = given, "the given mask"
     else:
-        chosen = mask_channel_index(names, mask_channel)
+        chosen = _mask_channel(tuple(names), mask_channel)
 
         def candidates():
             if chosen is not None:
@@ -947,26 +985,31 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
 
     shape = (height, width)
     cell_full = _full_resolution(cell, factor, shape)
-    intensity = pixels - background
     result, (contrasts, homogeneities) = _object_columns(rgb, small_rgb, cell, factor, notes,
-                                                         intensity)
+                                                         pixels - background)
     rows, cols = np.nonzero(cell_full)
+    # Channel-major (C x n): sums and sorts over a channel's pixels run along contiguous memory.
+    raw = np.ascontiguousarray(pixels[rows, cols].T)
     # The per-channel means of earlier versions (file units, no background subtracted).
-    result.update(zip(legacy_names, pixels[rows, cols].mean(axis=0).tolist()))
+    result.update(zip(legacy_names, (raw.sum(axis=1) / len(rows)).tolist()))
 
     # Compartment profiles from the cell's pixels: the nucleus (within the cell) and the
     # cytoplasm (the rest) are a split of them, in the same raster order.
-    values = intensity[rows, cols]
-    measured = {"cell": _profile_of(values, rows, cols)}
+    values = raw - background[:, None]
     sizes = {"cell": len(rows)}
+    parts = [np.ones(len(rows), bool)]
+    names_of_parts = ["cell"]
     in_nucleus = None
     if nucleus is not None:
         nucleus_full = nucleus if factor == 1 else _full_resolution(nucleus, factor, shape)
         in_nucleus = nucleus_full[rows, cols]
+        sizes["nucleus"] = int(in_nucleus.sum())
+        sizes["cytoplasm"] = len(rows) - sizes["nucleus"]
         for compartment, part in (("nucleus", in_nucleus), ("cytoplasm", ~in_nucleus)):
-            sizes[compartment] = int(part.sum())
             if sizes[compartment]:
-                measured[compartment] = _profile_of(values[part], rows[part], cols[part])
+                parts.append(part)
+                names_of_parts.append(compartment)
+    measured = dict(zip(names_of_parts, _profiles(values, rows, cols, np.stack(parts))))
     for k, (background_col, by_compartment, texture_cols) in enumerate(columns):
         result[background_col] = float(background[k])
         for compartment, names_m in by_compartment:
@@ -992,6 +1035,15 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
         })
     result["morph_note"] = "; ".join(notes) if notes else None
     return result
+
+
+@functools.lru_cache(maxsize=64)
+def _mask_channel(names: tuple[str, ...], choice: str | int | None) -> int | None:
+    """:func:`drlcore.data.channels.mask_channel_index`, once per channel-name list (it parses
+    every name's role each call)."""
+    from drlcore.data.channels import mask_channel_index
+
+    return mask_channel_index(names, choice)
 
 
 @functools.lru_cache(maxsize=64)
