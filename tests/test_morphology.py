@@ -161,6 +161,43 @@ def test_tiny_object_is_rejected():
     assert math.isnan(row["morph_area"])
 
 
+def test_faint_object_with_a_tiny_dark_core_is_measured_on_the_fallback_mask():
+    # A white field, a faint 6 x 6 square (contrast 55) around a 2 x 2 black core: Otsu splits
+    # the core from everything else, 4 px, too small; the fallback (the whole foreground at a
+    # tenth of the strongest contrast, 25.5) measures the square.
+    image = np.full((40, 40), 255, np.uint8)
+    image[17:23, 17:23] = 200
+    image[19:21, 19:21] = 0
+    row = measure(image)
+    assert row["morph_ok"] is True
+    assert "too small (4 px" in row["morph_note"] and "fallback mask" in row["morph_note"]
+    assert row["morph_area"] == 36.0
+    assert row["morph_solidity"] == 1.0 and row["morph_eccentricity"] == 0.0
+    # The same on an RGB image, on the channel the main segmentation chose.
+    rgb = np.repeat(image[:, :, None], 3, axis=2)
+    rgb[17:23, 17:23] = (180, 200, 220)
+    rgb[19:21, 19:21] = (10, 0, 20)
+    row = measure(rgb)
+    assert row["morph_ok"] is True and row["morph_area"] == 36.0
+    # A fallback mask holds several pieces: a faint chain of separate dots is one object.
+    chain = np.full((40, 40), 255, np.uint8)
+    chain[19, 19:21] = 0
+    for col in range(4, 37, 4):
+        chain[30:32, col:col + 2] = 220
+    row = measure(chain)
+    assert row["morph_ok"] is True and row["morph_area"] == 2 + 9 * 4
+
+
+def test_fallback_mask_that_is_implausible_too_leaves_the_image_unmeasured():
+    image = np.full((40, 40), 255, np.uint8)
+    image[19:21, 19:21] = 0
+    image[5:7, 30] = 240   # too faint for the fallback (a tenth of 255)
+    row = measure(image)
+    assert row["morph_ok"] is False
+    assert row["morph_note"].startswith("object too small (4 px")
+    assert "fallback mask" in row["morph_note"] and math.isnan(row["morph_area"])
+
+
 def test_object_filling_the_frame_is_flagged():
     image = canvas((100, 100), LIGHT)
     image[:, :] = PURPLE
