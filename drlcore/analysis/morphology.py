@@ -294,8 +294,9 @@ def _otsu(image: np.ndarray) -> float:
 _BIN_STEPS = np.arange(257, dtype=np.float64)
 
 
-# Structuring elements of _clean, built once (skimage builds a disk on every call).
-_DISKS = {1: skmorph.disk(1), 2: skmorph.disk(2)}
+# _clean's closing on large masks, built once (skimage builds a disk on every call); disk(1) is
+# the 3x3 cross of _close_cross.
+_DISK2 = skmorph.disk(2)
 # ndi.label's default (4-connected) structure, built once (ndi.label builds it on every call).
 _CROSS = ndi.generate_binary_structure(2, 1)
 
@@ -307,7 +308,7 @@ def _clean(mask: np.ndarray) -> np.ndarray:
         mask = _close_cross(mask)
     else:
         mask = ndi.binary_opening(mask, structure=np.ones((2, 2), bool))
-        mask = ndi.binary_closing(mask, structure=_DISKS[2], border_value=0)
+        mask = ndi.binary_closing(mask, structure=_DISK2, border_value=0)
     return _fill_holes(mask)
 
 
