@@ -5,8 +5,9 @@ analysis stage does per image: decode the file as the features stage did
 (``drlcore.data.decode.decode``), then ``drlcore.analysis.morphology.measure_dataset`` on the
 decoded images (cold: no morphology cache is involved). The trees alternate for ``--rounds``
 rounds so that a change of machine load hits both; the reported ratio is the median over rounds
-of (this tree's seconds / baseline's seconds). Timings are noisy on a shared machine: read the
-ratio, not the absolute figures.
+of (this tree's seconds / baseline's seconds), by the wall clock and by the children's CPU time
+(steadier on a loaded machine), with the range of the wall-clock ratio over the rounds. Timings
+are noisy on a shared machine: read the ratio, not the absolute figures.
 
     git archive <commit> drlcore | tar -x -C /tmp/base     # the baseline tree
     .venv/bin/python benchmarks/bench_morphology.py --baseline /tmp/base \\
@@ -32,16 +33,17 @@ from drlcore.data import decode
 from drlcore.data.discover import ImageRecord
 from drlcore.analysis import morphology
 paths = json.loads(sys.argv[1])
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 images = []
 for p in paths:
     image = decode.decode(Path(p).read_bytes())
     images.append((image.rgb, None, image.channel_pixels,
                    image.channel_map.names if image.channel_pixels is not None else None))
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 frame = morphology.measure_dataset(images)
-t2 = time.perf_counter()
+t2, c2 = time.perf_counter(), time.process_time()
 print(json.dumps({"decode_s": t1 - t0, "measure_s": t2 - t1,
+                  "decode_cpu_s": c1 - c0, "measure_cpu_s": c2 - c1,
                   "failed": int((~frame["morph_ok"]).sum()), "columns": frame.shape[1]}))
 """
 
@@ -90,6 +92,16 @@ def main() -> None:
                 n_ / b_ for n_, b_ in zip(new_total, base_total)), 3),
             "ratio_measure_only": round(statistics.median(
                 m["measure_s"] / b["measure_s"] for b, m in rows), 3),
+            # CPU seconds of each child: what other processes on a loaded machine take from the
+            # wall clock does not count, so the ratio wavers less between rounds.
+            "ratio_cpu_decode_plus_measure": round(statistics.median(
+                (m["decode_cpu_s"] + m["measure_cpu_s"]) / (b["decode_cpu_s"] + b["measure_cpu_s"])
+                for b, m in rows), 3),
+            "ratio_cpu_measure_only": round(statistics.median(
+                m["measure_cpu_s"] / b["measure_cpu_s"] for b, m in rows), 3),
+            "ratio_range_decode_plus_measure": [
+                round(min(n_ / b_ for n_, b_ in zip(new_total, base_total)), 3),
+                round(max(n_ / b_ for n_, b_ in zip(new_total, base_total)), 3)],
             "baseline_failed": rows[0][0]["failed"], "new_failed": rows[0][1]["failed"],
             "baseline_columns": rows[0][0]["columns"], "new_columns": rows[0][1]["columns"],
         }))
