@@ -43,8 +43,9 @@ __all__ = ["AnalyzeConfig", "analyze_run", "project_onto", "ANALYSIS_VERSION",
 ANALYSIS_VERSION = 4  # 2: data-derived axis names (drlcore.analysis.naming); 3: names need |rho| >= 0.5
 # 4: the axis card (drlcore.analysis.axis_card) and anchored axes named by their anchor
 # 3: one ContentStore entry per measured batch; 4: multi-channel images segmented on one stated
-# channel and measured per channel and compartment in file units (issue 19); grey integrated
-MORPHOLOGY_CACHE_VERSION = 4
+# channel and measured per channel and compartment in file units (issue 19); grey integrated;
+# 5: grey/RGB images whose segmentation fails are measured on a fallback mask (issue 19)
+MORPHOLOGY_CACHE_VERSION = 5
 MORPHOLOGY_CHUNK = 50_000  # images measured (and cached) per batch
 PARALLEL_MORPHOLOGY_MIN = 200
 # From this many objects the UMAP map and the raw features' classifiers (about 10 s and 20 s on
