@@ -44,10 +44,10 @@ def pytest_sessionfinish(session, exitstatus):
     import time
 
     deadline = time.monotonic() + 5  # a server stopped a moment ago may still be exiting
-    left = browser_support.leftover_processes(_MARK)
+    left = _leftovers()
     while left and time.monotonic() < deadline:
         time.sleep(0.5)
-        left = browser_support.leftover_processes(_MARK)
+        left = _leftovers()
     if not left:
         return
     for pid, _ in left:
@@ -59,3 +59,18 @@ def pytest_sessionfinish(session, exitstatus):
     print(f"\nERROR: the tests left {len(left)} process(es) running (now killed):\n{lines}",
           file=sys.stderr)
     session.exitstatus = 1
+
+
+def _leftovers() -> list[tuple[int, str]]:
+    """Processes the tests started that are still alive, except this process's own resource
+    trackers (multiprocessing's and loky's, started with the first worker pool): they are
+    children of this process that end when it does, on the end of their pipe from it."""
+    return [(pid, cmd) for pid, cmd in browser_support.leftover_processes(_MARK)
+            if not ("resource_tracker import main" in cmd and _parent(pid) == os.getpid())]
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None

@@ -287,3 +287,34 @@ def test_every_cache_lives_in_its_own_subfolder_of_the_named_cache_folder(tmp_pa
     run_pipeline(dataset, tmp_path / "run", _config(tmp_path, source_model))
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
         "classification", "features", "models", "morphology", "projections"]
+
+
+@pytest.mark.slow
+def test_the_second_core_changes_no_answer(tmp_path, dataset, source_model, monkeypatch):
+    """Morphology in worker processes, and the raw features' classifiers and the UMAP map
+    prepared in a spare process during the transfer (as on runs of hundreds of images), give
+    the run the same numbers as one process does."""
+    from drlcore import workers
+    from drlcore.analysis import analyze
+
+    with monkeypatch.context() as patch:
+        patch.setattr(analyze, "PARALLEL_MORPHOLOGY_MIN", 10)
+        patch.setattr(analyze, "PARALLEL_ANALYSIS_MIN", 10)
+        patch.setattr(analyze, "_MORPHOLOGY_TASK", 5)  # several tasks per worker
+        patch.setattr(workers, "available_cores", lambda: 2)
+        run = run_pipeline(dataset, tmp_path / "run", _config(tmp_path, source_model))
+    assert any((tmp_path / "cache" / "classification").iterdir()), "nothing classified ahead"
+    shared = pd.read_parquet(run / "objects.parquet")
+    shared_classes = json.loads((run / "analysis.json").read_text())["classification"]
+
+    # The same run analysed again in this process alone, from an empty cache.
+    analyze.analyze_run(run, analyze.AnalyzeConfig(cache_dir=str(tmp_path / "other-cache")))
+    alone = pd.read_parquet(run / "objects.parquet")
+    alone_classes = json.loads((run / "analysis.json").read_text())["classification"]
+    morph = [c for c in alone if c.startswith("morph_")]
+    pd.testing.assert_frame_equal(alone[morph], shared[morph])
+    np.testing.assert_allclose(alone[["umap_x", "umap_y"]], shared[["umap_x", "umap_y"]])
+    for part in ("latent", "features"):
+        for model, scores in alone_classes[part]["models"].items():
+            for key in ("balanced_accuracy", "confusion_matrix"):
+                assert scores[key] == shared_classes[part]["models"][model][key]
