@@ -40,8 +40,9 @@ from drlcore.workers import SideTasks, WorkerPool, available_cores
 __all__ = ["AnalyzeConfig", "analyze_run", "project_onto", "ANALYSIS_VERSION",
            "MIN_OBJECTS_FOR_MAPS", "measure_morphology", "measure_anchor_values"]
 
-ANALYSIS_VERSION = 4  # 2: data-derived axis names (drlcore.analysis.naming); 3: names need |rho| >= 0.5
-# 4: the axis card (drlcore.analysis.axis_card) and anchored axes named by their anchor
+ANALYSIS_VERSION = 5  # 2: data-derived axis names (drlcore.analysis.naming); 3: names need |rho| >= 0.5
+# 4: the axis card (drlcore.analysis.axis_card) and anchored axes named by their anchor;
+# 5: MI intervals from a multinomial bootstrap of the joint table (same distribution, faster)
 # 3: one ContentStore entry per measured batch; 4: multi-channel images segmented on one stated
 # channel and measured per channel and compartment in file units (issue 19); grey integrated;
 # 5: grey/RGB images whose segmentation fails are measured on a fallback mask (issue 19)
