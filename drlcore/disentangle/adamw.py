@@ -73,6 +73,7 @@ class AdamW:
         self._root = torch.empty(min(largest, self.CHUNK), dtype=dtype)
         self._kernels = (_kernels() if use_numba and all(
             p.dtype == torch.float32 and p.device.type == "cpu" for p in self.params) else ())
+        self._views: dict[int, tuple] = {}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -94,11 +95,11 @@ class AdamW:
             step_size = lr / (1 - beta1 ** step)
             bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
             flat, grad = p.detach().view(-1), p.grad.detach().reshape(-1)
-            m, v = self.exp_avg[i], self.exp_avg_sq[i]
             if self._kernels:
-                self._step_numba(flat, grad, m, v, step_size, bias_correction2_sqrt)
+                self._step_numba(i, flat, grad, step_size, bias_correction2_sqrt)
             else:
-                self._step_torch(flat, grad, m, v, step_size, bias_correction2_sqrt)
+                self._step_torch(flat, grad, self.exp_avg[i], self.exp_avg_sq[i], step_size,
+                                 bias_correction2_sqrt)
 
     def _step_torch(self, flat, grad, m, v, step_size, bias_correction2_sqrt) -> None:
         beta1, beta2 = self.betas
@@ -115,7 +116,25 @@ class AdamW:
             denom.div_(bias_correction2_sqrt).add_(eps)
             pc.addcdiv_(mc, denom, value=-step_size)
 
-    def _step_numba(self, flat, grad, m, v, step_size, bias_correction2_sqrt) -> None:
+    def _chunks(self, i: int, flat: torch.Tensor) -> list[tuple]:
+        """Parameter ``i``'s chunks as array views (parameter, moments, root buffer), made once:
+        slicing them anew for each of ~50 chunks every step cost more than the kernels' own
+        Python calls. Remade should the parameter's storage change."""
+        key = (flat.data_ptr(), flat.numel())
+        cached = self._views.get(i)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        m, v = self.exp_avg[i], self.exp_avg_sq[i]
+        pn, mn, vn, rn = flat.numpy(), m.numpy(), v.numpy(), self._root.numpy()
+        chunks = []
+        for start in range(0, flat.numel(), self.CHUNK):
+            end = min(flat.numel(), start + self.CHUNK)
+            chunks.append((start, end, pn[start:end], mn[start:end], vn[start:end], v[start:end],
+                           self._root[:end - start], rn[:end - start]))
+        self._views[i] = (key, chunks)
+        return chunks
+
+    def _step_numba(self, i, flat, grad, step_size, bias_correction2_sqrt) -> None:
         moments, update = self._kernels
         beta1, beta2 = self.betas
         lr, wd = self.lr, self.weight_decay
@@ -123,11 +142,9 @@ class AdamW:
         # The scalars as torch's float32 kernels see them (a Python number becomes float32).
         w1, b2, w2 = f32(1 - beta1), f32(beta2), f32(1 - beta2)
         c2, eps, neg = f32(bias_correction2_sqrt), f32(self.eps), f32(-step_size)
-        decay = f32(1 - lr * wd)
-        pn, gn, mn, vn = flat.numpy(), grad.numpy(), m.numpy(), v.numpy()
-        n = flat.numel()
-        for start in range(0, n, self.CHUNK):
-            end = min(n, start + self.CHUNK)
-            moments(gn[start:end], mn[start:end], vn[start:end], w1, b2, w2)
-            root = torch.sqrt(v[start:end], out=self._root[:end - start])
-            update(pn[start:end], mn[start:end], root.numpy(), c2, eps, neg, decay, wd != 0)
+        decay, decayed = f32(1 - lr * wd), wd != 0
+        gn = grad.numpy()
+        for start, end, pc, mc, vc, v_t, root_t, root in self._chunks(i, flat):
+            moments(gn[start:end], mc, vc, w1, b2, w2)
+            torch.sqrt(v_t, out=root_t)
+            update(pc, mc, root, c2, eps, neg, decay, decayed)
