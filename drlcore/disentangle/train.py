@@ -148,10 +148,11 @@ def train_weakly(x1: np.ndarray, x2: np.ndarray, *, latent_dim: int = 10,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _new_model(x1.shape[1], latent_dim, hidden_dims, torch.cat([x1, x2]))
-        # Standardised once here, not twice per batch (bit for bit the same numbers).
-        z1, z2 = model.standardise(x1), model.standardise(x2)
+        # Standardised once here, not twice per batch (bit for bit the same numbers); the raw
+        # copies are dropped.
+        x1, x2 = model.standardise(x1), model.standardise(x2)
         curve = _optimise(model, x1.shape[0],
-                          lambda idx: ada_gvae_loss(model, z1[idx], z2[idx], beta,
+                          lambda idx: ada_gvae_loss(model, x1[idx], x2[idx], beta,
                                                     standardised=True),
                           steps, batch_size, lr, weight_decay, reporter or NullReporter(),
                           "training Ada-GVAE")
@@ -169,9 +170,9 @@ def train_unsupervised(x: np.ndarray, *, latent_dim: int = 10,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _new_model(x.shape[1], latent_dim, hidden_dims, x)
-        z = model.standardise(x)
+        x = model.standardise(x)
         curve = _optimise(model, x.shape[0],
-                          lambda idx: beta_vae_loss(model, z[idx], beta, standardised=True),
+                          lambda idx: beta_vae_loss(model, x[idx], beta, standardised=True),
                           steps, batch_size, lr, weight_decay, reporter or NullReporter(),
                           "training beta-VAE")
     return TrainResult(model, curve, time.perf_counter() - start)

@@ -313,14 +313,15 @@ def fine_tune(model: FeatureVAE, features, config: TransferConfig = TransferConf
         n_anchor = len(config.anchors)
         # Standardised once: every step and every evaluation used to redo it (twice each), and
         # fine-tuning never changes the standardisation buffers. Elementwise, so bit for bit
-        # the same numbers.
+        # the same numbers. Only the standardised rows are kept (no second copy in memory).
         with torch.no_grad():
             z_train, z_val = model.standardise(x_train), model.standardise(x_val)
+        del x_train, x_val
 
         def evaluate(data: torch.Tensor, anchor_targets=None, anchor_mask=None) -> dict | None:
-            """Loss parts on standardised ``data``; with anchor targets the anchor term is part of "loss", so
-            early stopping judges the objective that was trained, not the VAE half of it (which
-            on the demo chose epoch 0 and silently threw the anchoring away)."""
+            """Loss parts on standardised ``data``; with anchor targets the anchor term is part
+            of "loss", so early stopping judges the objective that was trained, not the VAE half
+            of it (which on the demo chose epoch 0 and silently threw the anchoring away)."""
             if data.shape[0] == 0:
                 return None
             gen = torch.Generator().manual_seed(config.seed + 1)  # fixed noise across epochs
@@ -342,8 +343,8 @@ def fine_tune(model: FeatureVAE, features, config: TransferConfig = TransferConf
         def evaluate_val():
             return evaluate(z_val, val_targets, val_mask) if n_anchor else evaluate(z_val)
 
-        batch = min(config.batch_size, x_train.shape[0])
-        steps_per_epoch = max(1, x_train.shape[0] // batch)
+        batch = min(config.batch_size, z_train.shape[0])
+        steps_per_epoch = max(1, z_train.shape[0] // batch)
         capacity_steps = config.capacity_epochs * steps_per_epoch
         state = {"step": 0}
 
@@ -366,7 +367,7 @@ def fine_tune(model: FeatureVAE, features, config: TransferConfig = TransferConf
         curve = [{"epoch": 0, "train": evaluate_train(), "val": evaluate_val()}]
         best = {"epoch": 0, "loss": curve[0]["val"]["loss"] if curve[0]["val"] else None,
                 "state": _snapshot(model)}
-        use_val = config.patience > 0 and x_val.shape[0] > 0
+        use_val = config.patience > 0 and z_val.shape[0] > 0
 
         def end_of_epoch(epoch: int) -> bool:
             point = {"epoch": epoch, "train": evaluate_train(), "val": evaluate_val()}
@@ -379,7 +380,7 @@ def fine_tune(model: FeatureVAE, features, config: TransferConfig = TransferConf
 
         steps = config.epochs * steps_per_epoch
         if steps:
-            _optimise(model, x_train.shape[0], step_loss, steps, batch, config.lr,
+            _optimise(model, z_train.shape[0], step_loss, steps, batch, config.lr,
                       config.weight_decay, reporter, "transfer (fine-tuning)",
                       parameters=_trainable(model, config.freeze), end_of_epoch=end_of_epoch)
         epochs_run = len(curve) - 1
