@@ -93,3 +93,30 @@ def test_training_gives_the_model_torchs_adamw_gave(monkeypatch):
         assert a.curve == b.curve
         sa, sb = a.model.state_dict(), b.model.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_fine_tuning_gives_the_model_torchs_adamw_gave(monkeypatch):
+    """The transfer (anchored, early stopping) runs through the same loop: same curve, same
+    chosen epoch, same weights as with torch's optimiser."""
+    from drlcore.disentangle.transfer import TransferConfig, fine_tune
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, 24)).astype(np.float32) * rng.uniform(0.5, 3, size=24)
+    values = {"morph_area": x[:, 0] * 2 + rng.normal(size=120)}
+    # Stops early (epoch 14 of 17 kept, of 40 allowed): the copy of the best epoch is compared
+    # too, not just the last weights.
+    cfg = TransferConfig(epochs=40, patience=3, batch_size=16, latent_dim=6, lr=1e-2,
+                         anchors=("morph_area",))
+
+    def tune():
+        torch.manual_seed(5)
+        source = FeatureVAE(VAEConfig(input_dim=24, latent_dim=4, hidden_dims=(32,)))
+        return fine_tune(source, x, cfg, values)
+
+    ours, info = tune()
+    monkeypatch.setattr(train, "AdamW", _torch_adamw)
+    ref, ref_info = tune()
+    assert 0 < info["best_epoch"] < info["epochs_run"] < cfg.epochs
+    assert info["curve"] == ref_info["curve"] and info["best_epoch"] == ref_info["best_epoch"]
+    sa, sb = ours.state_dict(), ref.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
