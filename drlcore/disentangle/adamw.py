@@ -43,6 +43,12 @@ def _kernels() -> tuple:
         try:
             from drlcore.disentangle._adamw_kernels import moments, update
 
+            # Compiled (or loaded from numba's cache) here, on the types step() passes, so that
+            # a machine where numba cannot compile falls back now, not in the middle of training.
+            one = np.ones(1, dtype=np.float32)
+            f = np.float32(0.5)
+            moments(one, one.copy(), one.copy(), f, f, f)
+            update(one.copy(), one, one, f, f, f, f, False)
             _KERNELS = (moments, update)
         except Exception:  # noqa: BLE001 - no numba, or it cannot compile here: torch ops
             _KERNELS = ()
