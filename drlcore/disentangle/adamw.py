@@ -69,14 +69,20 @@ class AdamW:
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  use_numba: bool = True):
         self.params = list(params)
+        if any(not p.is_contiguous() for p in self.params):
+            raise ValueError("adamw.AdamW updates parameters in place through flat views; "
+                             "a non-contiguous parameter needs torch.optim.AdamW")
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
         # Per parameter, as torch: a parameter without a gradient takes no step.
         self.steps = [0] * len(self.params)
-        self.exp_avg = [torch.zeros(p.numel(), dtype=p.dtype) for p in self.params]
-        self.exp_avg_sq = [torch.zeros(p.numel(), dtype=p.dtype) for p in self.params]
+        self.exp_avg = [torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
+                        for p in self.params]
+        self.exp_avg_sq = [torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
+                           for p in self.params]
         largest = max((p.numel() for p in self.params), default=0)
-        dtype = self.params[0].dtype if self.params else torch.float32
-        self._root = torch.empty(min(largest, self.CHUNK), dtype=dtype)
+        first = self.params[0] if self.params else torch.empty(0)
+        self._root = torch.empty(min(largest, self.CHUNK), dtype=first.dtype,
+                                 device=first.device)
         self._kernels = (_kernels() if use_numba and all(
             p.dtype == torch.float32 and p.device.type == "cpu" for p in self.params) else ())
         self._views: dict[int, tuple] = {}
