@@ -22,6 +22,7 @@ import torch
 
 from drlcore.errors import DrlError
 from drlcore.progress import NullReporter, Reporter
+from drlcore.disentangle.adamw import AdamW
 from drlcore.disentangle.vae import FeatureVAE, VAEConfig, ada_gvae_loss, beta_vae_loss
 
 __all__ = [
@@ -73,7 +74,8 @@ def _optimise(model: FeatureVAE, n_items: int, step_loss: Callable[[torch.Tensor
               steps: int, batch_size: int, lr: float, weight_decay: float,
               reporter: Reporter, stage: str, parameters=None,
               end_of_epoch: Callable[[int], bool] | None = None) -> list[dict]:
-    """AdamW over shuffled mini-batches (epoch permutations); returns the averaged loss curve.
+    """AdamW (``adamw.AdamW``: torch's numbers, faster) over shuffled mini-batches (epoch
+    permutations); returns the averaged loss curve.
 
     An epoch is ``n_items // batch_size`` steps over one permutation (the incomplete last batch
     is dropped, so every step sees a full batch). ``parameters``: what to optimise (default all of
@@ -82,7 +84,7 @@ def _optimise(model: FeatureVAE, n_items: int, step_loss: Callable[[torch.Tensor
     """
     params = [p for p in (model.parameters() if parameters is None else parameters)
               if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimiser = AdamW(params, lr=lr, weight_decay=weight_decay)
     batch_size = min(batch_size, n_items)
     log_every = max(1, steps // 100)
     curve: list[dict] = []
@@ -146,8 +148,12 @@ def train_weakly(x1: np.ndarray, x2: np.ndarray, *, latent_dim: int = 10,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _new_model(x1.shape[1], latent_dim, hidden_dims, torch.cat([x1, x2]))
+        # Standardised once here, not twice per batch (bit for bit the same numbers); the raw
+        # copies are dropped.
+        x1, x2 = model.standardise(x1), model.standardise(x2)
         curve = _optimise(model, x1.shape[0],
-                          lambda idx: ada_gvae_loss(model, x1[idx], x2[idx], beta),
+                          lambda idx: ada_gvae_loss(model, x1[idx], x2[idx], beta,
+                                                    standardised=True),
                           steps, batch_size, lr, weight_decay, reporter or NullReporter(),
                           "training Ada-GVAE")
     return TrainResult(model, curve, time.perf_counter() - start)
@@ -164,7 +170,9 @@ def train_unsupervised(x: np.ndarray, *, latent_dim: int = 10,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _new_model(x.shape[1], latent_dim, hidden_dims, x)
-        curve = _optimise(model, x.shape[0], lambda idx: beta_vae_loss(model, x[idx], beta),
+        x = model.standardise(x)
+        curve = _optimise(model, x.shape[0],
+                          lambda idx: beta_vae_loss(model, x[idx], beta, standardised=True),
                           steps, batch_size, lr, weight_decay, reporter or NullReporter(),
                           "training beta-VAE")
     return TrainResult(model, curve, time.perf_counter() - start)

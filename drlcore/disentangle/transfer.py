@@ -43,7 +43,6 @@ below ``INACTIVE_STD``).
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -225,6 +224,12 @@ def _trainable(model: FeatureVAE, freeze: str) -> list[torch.nn.Parameter]:
     return list(model.parameters())
 
 
+def _snapshot(model: FeatureVAE) -> dict[str, torch.Tensor]:
+    """A copy of the weights and buffers to restore later (``load_state_dict``): plain clones,
+    without deepcopy's walk over the dict's Python objects."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 @contextlib.contextmanager
 def _one_thread():
     """Train the small VAE on one torch thread. Its matmuls (64 x 1280 by a few hundred) are too
@@ -306,32 +311,40 @@ def fine_tune(model: FeatureVAE, features, config: TransferConfig = TransferConf
         if config.refit_standardisation:
             model.fit_standardisation(x_train, config.min_relative_std)
         n_anchor = len(config.anchors)
+        # Standardised once: every step and every evaluation used to redo it (twice each), and
+        # fine-tuning never changes the standardisation buffers. Elementwise, so bit for bit
+        # the same numbers. Only the standardised rows are kept (no second copy in memory).
+        with torch.no_grad():
+            z_train, z_val = model.standardise(x_train), model.standardise(x_val)
+        del x_train, x_val
 
         def evaluate(data: torch.Tensor, anchor_targets=None, anchor_mask=None) -> dict | None:
-            """Loss parts on ``data``; with anchor targets the anchor term is part of "loss", so
-            early stopping judges the objective that was trained, not the VAE half of it (which
-            on the demo chose epoch 0 and silently threw the anchoring away)."""
+            """Loss parts on standardised ``data``; with anchor targets the anchor term is part
+            of "loss", so early stopping judges the objective that was trained, not the VAE half
+            of it (which on the demo chose epoch 0 and silently threw the anchoring away)."""
             if data.shape[0] == 0:
                 return None
             gen = torch.Generator().manual_seed(config.seed + 1)  # fixed noise across epochs
             with torch.no_grad():
                 if anchor_targets is None:
-                    _, parts = beta_vae_loss(model, data, config.beta, generator=gen)
+                    _, parts = beta_vae_loss(model, data, config.beta, generator=gen,
+                                             standardised=True)
                     return parts
-                _, parts, mu = beta_vae_loss(model, data, config.beta, generator=gen, return_mu=True)
+                _, parts, mu = beta_vae_loss(model, data, config.beta, generator=gen,
+                                             return_mu=True, standardised=True)
                 err = (((mu[:, :n_anchor] - anchor_targets).pow(2) * anchor_mask).sum(0)
                        / anchor_mask.sum(0).clamp(min=1))
                 anchor = float(err.sum())
             return {**parts, "loss": parts["loss"] + config.anchor_weight * anchor, "anchor": anchor}
 
         def evaluate_train():
-            return evaluate(x_train, targets, mask) if n_anchor else evaluate(x_train)
+            return evaluate(z_train, targets, mask) if n_anchor else evaluate(z_train)
 
         def evaluate_val():
-            return evaluate(x_val, val_targets, val_mask) if n_anchor else evaluate(x_val)
+            return evaluate(z_val, val_targets, val_mask) if n_anchor else evaluate(z_val)
 
-        batch = min(config.batch_size, x_train.shape[0])
-        steps_per_epoch = max(1, x_train.shape[0] // batch)
+        batch = min(config.batch_size, z_train.shape[0])
+        steps_per_epoch = max(1, z_train.shape[0] // batch)
         capacity_steps = config.capacity_epochs * steps_per_epoch
         state = {"step": 0}
 
@@ -341,9 +354,10 @@ def fine_tune(model: FeatureVAE, features, config: TransferConfig = TransferConf
             if config.capacity is not None:
                 cap = config.capacity * min(1.0, state["step"] / capacity_steps)
             if not n_anchor:
-                return beta_vae_loss(model, x_train[idx], config.beta, capacity=cap)
-            loss, parts, mu = beta_vae_loss(model, x_train[idx], config.beta, capacity=cap,
-                                            return_mu=True)
+                return beta_vae_loss(model, z_train[idx], config.beta, capacity=cap,
+                                     standardised=True)
+            loss, parts, mu = beta_vae_loss(model, z_train[idx], config.beta, capacity=cap,
+                                            return_mu=True, standardised=True)
             m = mask[idx]
             err = ((mu[:, :n_anchor] - targets[idx]).pow(2) * m).sum(0) / m.sum(0).clamp(min=1)
             anchor = err.sum()
@@ -352,8 +366,8 @@ def fine_tune(model: FeatureVAE, features, config: TransferConfig = TransferConf
 
         curve = [{"epoch": 0, "train": evaluate_train(), "val": evaluate_val()}]
         best = {"epoch": 0, "loss": curve[0]["val"]["loss"] if curve[0]["val"] else None,
-                "state": copy.deepcopy(model.state_dict())}
-        use_val = config.patience > 0 and x_val.shape[0] > 0
+                "state": _snapshot(model)}
+        use_val = config.patience > 0 and z_val.shape[0] > 0
 
         def end_of_epoch(epoch: int) -> bool:
             point = {"epoch": epoch, "train": evaluate_train(), "val": evaluate_val()}
@@ -361,13 +375,12 @@ def fine_tune(model: FeatureVAE, features, config: TransferConfig = TransferConf
             if not use_val:
                 return False
             if point["val"]["loss"] < best["loss"]:
-                best.update(epoch=epoch, loss=point["val"]["loss"],
-                            state=copy.deepcopy(model.state_dict()))
+                best.update(epoch=epoch, loss=point["val"]["loss"], state=_snapshot(model))
             return epoch - best["epoch"] >= config.patience
 
         steps = config.epochs * steps_per_epoch
         if steps:
-            _optimise(model, x_train.shape[0], step_loss, steps, batch, config.lr,
+            _optimise(model, z_train.shape[0], step_loss, steps, batch, config.lr,
                       config.weight_decay, reporter, "transfer (fine-tuning)",
                       parameters=_trainable(model, config.freeze), end_of_epoch=end_of_epoch)
         epochs_run = len(curve) - 1

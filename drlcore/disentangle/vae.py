@@ -159,7 +159,12 @@ class FeatureVAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw features (n, D) -> posterior mean and log-variance, each (n, J)."""
-        h = self.encoder(self.standardise(x))
+        return self.encode_standardised(self.standardise(x))
+
+    def encode_standardised(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``encode`` of features already standardised with this model's buffers (training
+        standardises its feature matrix once instead of every batch twice)."""
+        h = self.encoder(z)
         mu, logvar = h.chunk(2, dim=1)
         return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
@@ -245,17 +250,20 @@ def _check_finite(loss: torch.Tensor, what: str) -> None:
 
 def beta_vae_loss(model: FeatureVAE, x: torch.Tensor, beta: float,
                   generator: torch.Generator | None = None, capacity: float | None = None,
-                  return_mu: bool = False):
+                  return_mu: bool = False, standardised: bool = False):
     """Negative ELBO with a beta-weighted KL, averaged over the batch of raw features ``x``.
 
     ``capacity`` C (nats): the KL term becomes ``beta * |KL - C|`` (Burgess et al. 2018,
     "Understanding disentangling in beta-VAE"): the code is pushed towards carrying C nats, not
     towards zero, so raising C during training lets information in gradually. ``return_mu``
     also returns the posterior means (for terms added on top, such as anchored axes).
+    ``standardised``: ``x`` is ``model.standardise(raw)`` already (the same numbers, bit for bit:
+    standardising is elementwise, so doing it once per feature matrix changes nothing).
     """
-    mu, logvar = model.encode(x)
+    target = x if standardised else model.standardise(x)
+    mu, logvar = model.encode_standardised(target)
     z = _reparameterise(mu, logvar, generator)
-    recon = gaussian_nll(model.decode(z), model.standardise(x)).mean()
+    recon = gaussian_nll(model.decode(z), target).mean()
     kl = kl_per_dim(mu, logvar).sum(dim=1).mean()
     loss = recon + beta * (kl if capacity is None else (kl - capacity).abs())
     _check_finite(loss, "the beta-VAE loss")
@@ -264,17 +272,20 @@ def beta_vae_loss(model: FeatureVAE, x: torch.Tensor, beta: float,
 
 
 def ada_gvae_loss(model: FeatureVAE, x1: torch.Tensor, x2: torch.Tensor, beta: float,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-    """Negative ELBO of both images of each weak pair under the aggregated posteriors."""
+                  generator: torch.Generator | None = None,
+                  standardised: bool = False) -> tuple[torch.Tensor, dict]:
+    """Negative ELBO of both images of each weak pair under the aggregated posteriors
+    (``standardised`` as in ``beta_vae_loss``)."""
     if x1.shape != x2.shape:
         raise ValueError(f"pair halves differ in shape: {tuple(x1.shape)} vs {tuple(x2.shape)}")
-    mu1, logvar1 = model.encode(x1)
-    mu2, logvar2 = model.encode(x2)
+    if not standardised:
+        x1, x2 = model.standardise(x1), model.standardise(x2)
+    mu1, logvar1 = model.encode_standardised(x1)
+    mu2, logvar2 = model.encode_standardised(x2)
     mu1, logvar1, mu2, logvar2, shared = ada_gvae_aggregate(mu1, logvar1, mu2, logvar2)
     z1 = _reparameterise(mu1, logvar1, generator)
     z2 = _reparameterise(mu2, logvar2, generator)
-    recon = (gaussian_nll(model.decode(z1), model.standardise(x1))
-             + gaussian_nll(model.decode(z2), model.standardise(x2))).mean()
+    recon = (gaussian_nll(model.decode(z1), x1) + gaussian_nll(model.decode(z2), x2)).mean()
     kl = (kl_per_dim(mu1, logvar1).sum(dim=1) + kl_per_dim(mu2, logvar2).sum(dim=1)).mean()
     loss = recon + beta * kl
     _check_finite(loss, "the Ada-GVAE loss")
