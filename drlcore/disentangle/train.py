@@ -22,7 +22,6 @@ import torch
 
 from drlcore.errors import DrlError
 from drlcore.progress import NullReporter, Reporter
-from drlcore.disentangle.adamw import AdamW
 from drlcore.disentangle.vae import FeatureVAE, VAEConfig, ada_gvae_loss, beta_vae_loss
 
 __all__ = [
@@ -74,8 +73,7 @@ def _optimise(model: FeatureVAE, n_items: int, step_loss: Callable[[torch.Tensor
               steps: int, batch_size: int, lr: float, weight_decay: float,
               reporter: Reporter, stage: str, parameters=None,
               end_of_epoch: Callable[[int], bool] | None = None) -> list[dict]:
-    """AdamW (``adamw.AdamW``: torch's numbers, faster) over shuffled mini-batches (epoch
-    permutations); returns the averaged loss curve.
+    """AdamW over shuffled mini-batches (epoch permutations); returns the averaged loss curve.
 
     An epoch is ``n_items // batch_size`` steps over one permutation (the incomplete last batch
     is dropped, so every step sees a full batch). ``parameters``: what to optimise (default all of
@@ -84,7 +82,7 @@ def _optimise(model: FeatureVAE, n_items: int, step_loss: Callable[[torch.Tensor
     """
     params = [p for p in (model.parameters() if parameters is None else parameters)
               if p.requires_grad]
-    optimiser = AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     batch_size = min(batch_size, n_items)
     log_every = max(1, steps // 100)
     curve: list[dict] = []
