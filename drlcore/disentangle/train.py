@@ -72,8 +72,10 @@ def _as_features(x: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
 def _optimise(model: FeatureVAE, n_items: int, step_loss: Callable[[torch.Tensor], tuple],
               steps: int, batch_size: int, lr: float, weight_decay: float,
               reporter: Reporter, stage: str, parameters=None,
-              end_of_epoch: Callable[[int], bool] | None = None) -> list[dict]:
+              end_of_epoch: Callable[[int], bool] | None = None,
+              fused: bool = False) -> list[dict]:
     """AdamW over shuffled mini-batches (epoch permutations); returns the averaged loss curve.
+    ``fused``: torch's one-pass AdamW kernel (see ``TransferConfig.fused_optimiser``).
 
     An epoch is ``n_items // batch_size`` steps over one permutation (the incomplete last batch
     is dropped, so every step sees a full batch). ``parameters``: what to optimise (default all of
@@ -82,7 +84,8 @@ def _optimise(model: FeatureVAE, n_items: int, step_loss: Callable[[torch.Tensor
     """
     params = [p for p in (model.parameters() if parameters is None else parameters)
               if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay,
+                                  **({"fused": True} if fused else {}))
     batch_size = min(batch_size, n_items)
     log_every = max(1, steps // 100)
     curve: list[dict] = []
