@@ -194,17 +194,19 @@ def _analysis(df, corr, labels, known, source_names, dim_factor, inactive, seed,
                 "fit_seconds": 0.1, "labels": list(CLASSES),
                 "folds": [{"accuracy": balanced, "balanced_accuracy": balanced}] * 5}
 
-    def classification(n_features: int, balanced: float) -> dict:
+    def classification(n_features: int, balanced: float, models=("gbt", "mlp")) -> dict:
         return {"chance": {"accuracy": 1 / len(CLASSES), "balanced_accuracy": 1 / len(CLASSES)},
                 "class_counts": counts,
                 "dropped": {"non_finite": 0, "outside_split": 0, "rare_class": 0, "unlabelled": 0},
-                "labels": list(CLASSES), "models": {"gbt": scores(balanced - 0.05),
-                                                     "mlp": scores(balanced)},
+                "labels": list(CLASSES),
+                "models": {m: scores(balanced - (0.05 if m == "gbt" else 0)) for m in models},
                 "n_features": n_features, "n_samples": n, "n_splits": 5, "notes": [],
                 "protocol": "stratified-kfold", "reduction": None}
 
     n_dims = len(source_names)
-    classes = {"latent": classification(n_dims, 0.9), "features": classification(8, 0.85)}
+    # As analyze: both models on the latents, the MLP on the raw features (raw_feature_models).
+    classes = {"latent": classification(n_dims, 0.9),
+               "features": classification(8, 0.85, models=("mlp",))}
     is_unknown = ~known
     per_class = {c: {"aupr": 0.7, "auroc": 0.8, "n_known": n - counts[c], "n_unknown": counts[c],
                      "note": None} for c in CLASSES}
