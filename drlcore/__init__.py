@@ -16,7 +16,8 @@ The tree follows the pipeline, one subpackage per stage::
 
 Shared by every stage: ``errors`` (the project's clear errors), ``config`` (strict dataclass
 loading), ``io`` (atomic writes, hashing), ``progress`` (terminal bar or app callback),
-``validation``. ``cli`` only parses arguments and calls the stages.
+``validation``, ``workers`` (processes for the other cores, that end with this one). ``cli``
+only parses arguments and calls the stages.
 
 The Python API (``drlcore.runs.api``), re-exported here and imported only when first used, so
 ``import drlcore`` stays light::
