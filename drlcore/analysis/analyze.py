@@ -48,7 +48,9 @@ ANALYSIS_VERSION = 5  # 2: data-derived axis names (drlcore.analysis.naming); 3:
 # 5: grey/RGB images whose segmentation fails are measured on a fallback mask (issue 19)
 MORPHOLOGY_CACHE_VERSION = 5
 MORPHOLOGY_CHUNK = 50_000  # images measured (and cached) per batch
-PARALLEL_MORPHOLOGY_MIN = 200
+# Below this many images starting the worker processes (~2-3 s) costs about what they save
+# (1,000 images: 2-15 s of measuring on one core, from 40 px flow-cytometry cells to 360 px smears).
+PARALLEL_MORPHOLOGY_MIN = 1000
 # From this many objects the UMAP map and the raw features' classifiers (about 10 s and 20 s on
 # one core for 1,300 objects) run in a spare process beside the rest of the analysis.
 PARALLEL_ANALYSIS_MIN = 500
@@ -487,10 +489,23 @@ def project_onto(reference_dir: str | Path, other_dir: str | Path, name: str = "
     return coords
 
 
+def _side_process_pays(config: AnalyzeConfig, n_objects: int) -> bool:
+    """Whether an analysis of its own should start a spare process: for a run of some size on a
+    machine with a second core, when the UMAP map would otherwise be compiled here (its
+    compilation, ~8 s, is what the spare process mainly takes off the main one)."""
+    from drlcore.analysis.projection import umap_compiled_here
+
+    return (n_objects >= PARALLEL_ANALYSIS_MIN and available_cores() >= 2 and config.umap
+            and not umap_compiled_here())
+
+
 def _start_side_parts(side, Z, X, labels, split, finite, rows, config) -> None:
     """Hand the spare process the parts it can do alone: the UMAP map first (the main process
-    reaches it last), then the raw features' classifiers, unless the pipeline started them."""
-    if config.umap and _fit_sample(finite, rows["umap_fit"]) is None \
+    reaches it last; not where this process has its code compiled already), then the raw
+    features' classifiers, unless the pipeline started them."""
+    from drlcore.analysis.projection import umap_compiled_here
+
+    if config.umap and not umap_compiled_here() and _fit_sample(finite, rows["umap_fit"]) is None \
             and finite.sum() >= max(MIN_OBJECTS_FOR_UMAP, MIN_OBJECTS_FOR_MAPS):
         side.start(_UMAP, _umap_ahead, Z[finite], config.seed, config.cache_dir)
     use = rows["classification"]
@@ -668,7 +683,7 @@ def analyze_run(run_dir: str | Path, config: AnalyzeConfig | None = None,
         return old.get("summary", {})
 
     with contextlib.ExitStack() as stack:
-        if side is None and len(base) >= PARALLEL_ANALYSIS_MIN and available_cores() >= 2:
+        if side is None and _side_process_pays(config, len(base)):
             side = SideTasks(stack.enter_context(WorkerPool(1, finish_on_exit=False)))
         return _analyze(run_dir, config, reporter, side, base, Z, X, key, stage, extra_notes)
 

@@ -126,6 +126,16 @@ class PCAProjector(_Standardising):
 # Standardised units: identical images encode a few ulps apart (batched float maths).
 SAME_POINT_TOLERANCE = 1e-5
 
+# Set once this process has fitted a UMAP map: umap-learn's numba code is compiled here from then
+# on (about 8 s the first time in every process), so a later map costs seconds in this process
+# and is not worth handing to a fresh worker process, which would compile it again.
+_umap_compiled_here = False
+
+
+def umap_compiled_here() -> bool:
+    """Whether this process has already fitted a UMAP map (its numba code is compiled)."""
+    return _umap_compiled_here
+
 
 class UMAPProjector(_Standardising):
     """UMAP map of the standardised inputs; ``transform`` places new data on the same map.
@@ -159,8 +169,10 @@ class UMAPProjector(_Standardising):
         if X.shape[0] < max(4, self.n_components + 2):
             raise DrlError(f"a UMAP map needs at least {max(4, self.n_components + 2)} objects, "
                            f"got {X.shape[0]}")
+        global _umap_compiled_here
         scaled = self._learn_scaling(X)
         self.reducer_ = self._make_reducer(X.shape[0]).fit(scaled)
+        _umap_compiled_here = True
         self.embedding_ = np.asarray(self.reducer_.embedding_, dtype=np.float64)
         self.note_ = None
         self._reference = None

@@ -258,6 +258,7 @@ def _run_stages(data, out_dir, config: PipelineConfig | None, reporter: Reporter
                 cluster) -> Path:
     from drlcore.analysis.analyze import (PARALLEL_ANALYSIS_MIN, RAW_CLASSIFICATION,
                                           AnalyzeConfig, classify_features_ahead, warm_up_umap)
+    from drlcore.analysis.projection import umap_compiled_here
     from drlcore.embedding.features import extract_features
     from drlcore.workers import SideTasks, WorkerPool, available_cores
 
@@ -303,7 +304,7 @@ def _run_stages(data, out_dir, config: PipelineConfig | None, reporter: Reporter
             if side or finite.sum() < PARALLEL_ANALYSIS_MIN or available_cores() < 2:
                 return
             side.append(SideTasks(stack.enter_context(WorkerPool(1, finish_on_exit=False))))
-            if config.umap:
+            if config.umap and not umap_compiled_here():  # else this process maps faster
                 side[0].start("compile the UMAP code", warm_up_umap, analysis_config.seed)
             side[0].start(RAW_CLASSIFICATION, classify_features_ahead, out_dir, analysis_config)
 
