@@ -170,36 +170,25 @@ def _measure(objects, rows, run_dir, masks, config, reporter, notes) -> pd.DataF
               masks[s:s + _MORPHOLOGY_TASK] if masks is not None else None,
               decoding, masks is not None, config.mask_channel)
              for s in range(0, len(records), _MORPHOLOGY_TASK)]
-    frames = []
+    rows: list[dict] = []
     with (reporter.stage("morphology", total=len(records), unit="img") as bar,
           WorkerPool(n_jobs) as pool):
-        for frame, task_notes in pool.map(_measure_task, tasks):
-            frames.append(frame)
+        for task_rows, task_notes in pool.map(_measure_task, tasks):
+            rows.extend(task_rows)
             notes.extend(task_notes)
-            bar.update(len(frame))
-    return _stack_measurements(frames)
+            bar.update(len(task_rows))
+    return morphology.rows_to_frame(rows)
 
 
-def _measure_task(task) -> tuple[pd.DataFrame, list[str]]:
+def _measure_task(task) -> tuple[list[dict], list[str]]:
     """One worker's share: decode and measure a few images (see :func:`_measure`)."""
     from drlcore.analysis import morphology
 
     records, masks, decoding, masks_expected, mask_channel = task
     notes: list[str] = []
-    frame = morphology.measure_dataset(_images_for(records, masks, decoding, notes),
-                                       masks_expected=masks_expected, mask_channel=mask_channel)
-    return frame, notes
-
-
-def _stack_measurements(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Tasks' tables as one, with the columns in the order one pass over all images gives."""
-    from drlcore.analysis.morphology import FEATURE_NAMES
-
-    table = pd.concat(frames, ignore_index=True)
-    last = ["morph_ok", "morph_note"]
-    extra = [c for c in dict.fromkeys(c for f in frames for c in f.columns)
-             if c not in FEATURE_NAMES and c not in last]
-    return table[[*FEATURE_NAMES, *extra, *last]]
+    rows = morphology.measure_rows(_images_for(records, masks, decoding, notes),
+                                   masks_expected, mask_channel)
+    return rows, notes
 
 
 def _decoding(run_dir: Path) -> dict:
@@ -489,14 +478,19 @@ def project_onto(reference_dir: str | Path, other_dir: str | Path, name: str = "
     return coords
 
 
+def spare_process_pays(n_objects: int) -> bool:
+    """Whether a spare process for parts of the analysis is worth starting at all: a run of
+    some size, on a machine with a second core."""
+    return n_objects >= PARALLEL_ANALYSIS_MIN and available_cores() >= 2
+
+
 def _side_process_pays(config: AnalyzeConfig, n_objects: int) -> bool:
-    """Whether an analysis of its own should start a spare process: for a run of some size on a
-    machine with a second core, when the UMAP map would otherwise be compiled here (its
-    compilation, ~8 s, is what the spare process mainly takes off the main one)."""
+    """Whether an analysis of its own should start a spare process: where one pays at all, and
+    the UMAP map would otherwise be compiled here (its compilation, ~8 s, is what the spare
+    process mainly takes off the main one)."""
     from drlcore.analysis.projection import umap_compiled_here
 
-    return (n_objects >= PARALLEL_ANALYSIS_MIN and available_cores() >= 2 and config.umap
-            and not umap_compiled_here())
+    return spare_process_pays(n_objects) and config.umap and not umap_compiled_here()
 
 
 def _start_side_parts(side, Z, X, labels, split, finite, rows, config) -> None:

@@ -1090,6 +1090,7 @@ def _measure_channels(rgb: np.ndarray, small_rgb: np.ndarray, factor: int,
 
 
 @functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=64)
 def _mask_channel(names: tuple[str, ...], choice: str | int | None) -> int | None:
     """:func:`drlcore.data.channels.mask_channel_index`, once per channel-name list (it parses
     every name's role each call)."""
@@ -1194,38 +1195,23 @@ def _measure_item(rgb: np.ndarray, mask, masks_expected: bool, mask_channel=None
     return row
 
 
-def measure_dataset(images: Iterable[tuple[np.ndarray, np.ndarray | str | os.PathLike | None]],
-                    reporter: Reporter | None = None, n_jobs: int = 1,
-                    masks_expected: bool = False,
-                    mask_channel: str | int | None = None) -> pd.DataFrame:
-    """One row of ``measure`` per ``(rgb, mask)`` pair, in input order.
-
-    An item may be ``(rgb, mask, channels, channel_names)`` (multi-channel images): its
-    per-channel columns are added (NaN for images without them, or whose segmentation failed).
-
-    ``mask`` may be an array, a path to a mask file (read lazily, e.g. from ``load_mask_folder``)
-    or ``None``. With ``masks_expected=True`` a ``None`` mask is noted in ``morph_note`` (the user
-    gave a mask folder but this image has no mask). ``n_jobs > 1`` measures in worker processes.
-    ``mask_channel`` (multi-channel images): the channel the object is segmented on, by name or
-    index (see :func:`measure`).
-    """
-    reporter = reporter or NullReporter()
-    total = len(images) if hasattr(images, "__len__") else None
+def measure_rows(images: Iterable[tuple[np.ndarray, np.ndarray | str | os.PathLike | None]],
+                 masks_expected: bool = False, mask_channel: str | int | None = None,
+                 on_row=None) -> list[dict]:
+    """One ``measure`` row per item of ``images`` (see :func:`measure_dataset`), in input order;
+    ``on_row()`` after each (a progress bar). :func:`rows_to_frame` makes them a table, which
+    is how rows measured in several processes are joined."""
     rows: list[dict] = []
-    with reporter.stage("morphology", total=total, unit="img") as bar:
-        if n_jobs == 1:
-            for rgb, mask, *extra in images:
-                rows.append(_measure_item(rgb, mask, masks_expected, mask_channel, *extra))
-                bar.update(1)
-        else:
-            from joblib import Parallel, delayed
+    for rgb, mask, *extra in images:
+        rows.append(_measure_item(rgb, mask, masks_expected, mask_channel, *extra))
+        if on_row is not None:
+            on_row()
+    return rows
 
-            parallel = Parallel(n_jobs=n_jobs, return_as="generator", batch_size=16)
-            for row in parallel(delayed(_measure_item)(rgb, mask, masks_expected, mask_channel,
-                                                       *extra)
-                                for rgb, mask, *extra in images):
-                rows.append(row)
-                bar.update(1)
+
+def rows_to_frame(rows: list[dict]) -> pd.DataFrame:
+    """The morphology table of ``measure`` rows: the common columns, then the per-channel ones
+    in the order they first appear, then ``morph_ok`` and ``morph_note``."""
     extra_columns = list(dict.fromkeys(key for row in rows for key in row
                                        if key not in FEATURE_NAMES
                                        and key not in ("morph_ok", "morph_note")))
@@ -1235,3 +1221,24 @@ def measure_dataset(images: Iterable[tuple[np.ndarray, np.ndarray | str | os.Pat
     # None, not NaN, for "no note": the column stays a clean nullable string in Parquet.
     frame["morph_note"] = pd.Series([row["morph_note"] for row in rows], dtype=object)
     return frame
+
+
+def measure_dataset(images: Iterable[tuple[np.ndarray, np.ndarray | str | os.PathLike | None]],
+                    reporter: Reporter | None = None, masks_expected: bool = False,
+                    mask_channel: str | int | None = None) -> pd.DataFrame:
+    """One row of ``measure`` per ``(rgb, mask)`` pair, in input order.
+
+    An item may be ``(rgb, mask, channels, channel_names)`` (multi-channel images): its
+    per-channel columns are added (NaN for images without them, or whose segmentation failed).
+
+    ``mask`` may be an array, a path to a mask file (read lazily, e.g. from ``load_mask_folder``)
+    or ``None``. With ``masks_expected=True`` a ``None`` mask is noted in ``morph_note`` (the user
+    gave a mask folder but this image has no mask). ``mask_channel`` (multi-channel images): the
+    channel the object is segmented on, by name or index (see :func:`measure`). In several
+    processes: ``drlcore.analysis.analyze`` hands each worker a share for :func:`measure_rows`.
+    """
+    reporter = reporter or NullReporter()
+    total = len(images) if hasattr(images, "__len__") else None
+    with reporter.stage("morphology", total=total, unit="img") as bar:
+        rows = measure_rows(images, masks_expected, mask_channel, on_row=lambda: bar.update(1))
+    return rows_to_frame(rows)

@@ -256,11 +256,12 @@ def run_pipeline(data: str | Path, out_dir: str | Path, config: PipelineConfig |
 
 def _run_stages(data, out_dir, config: PipelineConfig | None, reporter: Reporter,
                 cluster) -> Path:
-    from drlcore.analysis.analyze import (PARALLEL_ANALYSIS_MIN, RAW_CLASSIFICATION,
-                                          AnalyzeConfig, classify_features_ahead, warm_up_umap)
+    from drlcore.analysis.analyze import (RAW_CLASSIFICATION, AnalyzeConfig,
+                                          classify_features_ahead, spare_process_pays,
+                                          warm_up_umap)
     from drlcore.analysis.projection import umap_compiled_here
     from drlcore.embedding.features import extract_features
-    from drlcore.workers import SideTasks, WorkerPool, available_cores
+    from drlcore.workers import SideTasks, WorkerPool
 
     config = config or PipelineConfig()
     reporter = reporter or NullReporter()
@@ -301,7 +302,7 @@ def _run_stages(data, out_dir, config: PipelineConfig | None, reporter: Reporter
             """Called when the transfer starts training, on one core: the other prepares the
             parts of the analysis that need no model (not before: a rerun whose model is
             cached has nothing to prepare, its analysis is up to date)."""
-            if side or finite.sum() < PARALLEL_ANALYSIS_MIN or available_cores() < 2:
+            if side or not spare_process_pays(int(finite.sum())):
                 return
             side.append(SideTasks(stack.enter_context(WorkerPool(1, finish_on_exit=False))))
             if config.umap and not umap_compiled_here():  # else this process maps faster
