@@ -124,3 +124,16 @@ def chromium(playwright_api):
             yield browser
         finally:
             browser.close()
+
+
+def wait_for_images(page, at_least: int, timeout_ms: int = 60_000) -> int:
+    """Wait until the page shows ``at_least`` Streamlit images, all decoded; return how many.
+
+    A page draws its images one element at a time after the first arrives, so counting right
+    after the first appears races the server (a traversal strip once counted 5 of 9 in CI).
+    """
+    page.wait_for_function(
+        """n => { const imgs = document.querySelectorAll("[data-testid='stImage'] img");
+                  return imgs.length >= n && Array.from(imgs).every(i => i.complete && i.naturalWidth > 0); }""",
+        arg=at_least, timeout=timeout_ms)
+    return page.locator("[data-testid='stImage'] img").count()

@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from app_fixtures import make_run, make_source_model, make_zip  # noqa: E402
-from browser_support import CHROMIUM, chromium, free_port, serve  # noqa: E402
+from browser_support import CHROMIUM, chromium, free_port, serve, wait_for_images  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -141,11 +141,7 @@ def test_page_charts_draw(server, page, path, name, min_charts):
         points = _points_per_chart(page)
         assert len(points) >= min_charts and all(p > 0 for p in points), points
     else:
-        images = page.locator("[data-testid='stImage'] img")
-        images.first.wait_for(timeout=30_000)
-        assert images.count() >= 9
-        assert page.evaluate("() => Array.from(document.querySelectorAll(\"[data-testid='stImage'] img\"))"
-                             ".every(i => i.complete && i.naturalWidth > 0)")
+        assert wait_for_images(page, 9, timeout_ms=30_000) >= 9
     if path == "class_map":
         assert page.locator(".js-plotly-plot canvas").count() > 0, "scattergl draws on a WebGL canvas"
     _shot(page, name)
@@ -178,7 +174,7 @@ def test_map_box_selection_shows_gallery(server, page):
     page.mouse.up()
     page.get_by_text("Selection:").first.wait_for(timeout=30_000)
     _settle(page)
-    assert page.locator("[data-testid='stImage'] img").count() > 0
+    assert wait_for_images(page, 1, timeout_ms=30_000) > 0
     _shot(page, "08-class-map-selection")
 
 

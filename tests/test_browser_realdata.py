@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from browser_support import CHROMIUM, chromium, free_port, serve  # noqa: E402
+from browser_support import CHROMIUM, chromium, free_port, serve, wait_for_images  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -104,9 +104,7 @@ def test_every_page_works_on_the_blood_cell_run(server, browser, path, shot, min
                     s + (t.x ? t.x.length : (t.z ? t.z.length : 0)), 0))""")
             assert len(points) >= min_charts and all(p > 0 for p in points), points
         elif path == "traversals":
-            images = page.locator("[data-testid='stImage'] img")
-            images.first.wait_for(timeout=60_000)
-            assert images.count() >= 9
+            assert wait_for_images(page, 9) >= 9
         else:
             assert page.get_by_text("effnet-lite0").first.is_visible()
         SHOTS.mkdir(parents=True, exist_ok=True)

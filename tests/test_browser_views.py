@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from app_fixtures import make_run  # noqa: E402
-from browser_support import CHROMIUM, chromium, free_port, serve  # noqa: E402
+from browser_support import CHROMIUM, chromium, free_port, serve, wait_for_images  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -92,13 +92,8 @@ def test_a_link_opens_the_latent_axis_it_names(server, page):
     heading = page.locator("h4").filter(has_text="z2")
     heading.first.wait_for(timeout=30_000)
     assert "z2: intensity" in heading.first.inner_text()
-    images = page.locator("[data-testid='stImage'] img")
-    images.first.wait_for(timeout=30_000)
-    # The page now draws the axis card above the strip: the strip's images arrive one by one
-    # after the first, so wait for all of them (a strip that stops short still fails here).
-    page.wait_for_function("n => document.querySelectorAll(\"[data-testid='stImage'] img\")"
-                           ".length >= n", arg=7, timeout=30_000)
-    assert images.count() == 7
+    # The strip's images arrive one by one; a strip that stops short still fails here.
+    assert wait_for_images(page, 7, timeout_ms=30_000) == 7
     # The run picker shows the linked run, not the newest one.
     picker = page.locator("[data-testid='stSidebar'] [data-testid='stSelectbox']").first
     shown = picker.evaluate("el => el.textContent + ' ' + Array.from(el.querySelectorAll('input'))"
@@ -119,6 +114,6 @@ def test_a_link_opens_two_groups_on_the_class_map(server, page):
     page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
     _settle(page)
     # Group images side by side: 12 of each group's 30.
-    assert page.locator("[data-testid='stImage'] img").count() == 24
+    assert wait_for_images(page, 24) == 24
     _shot(page, "21-link-two-groups")
     assert not page.js_errors, page.js_errors
