@@ -165,3 +165,12 @@ def test_datasets_page_names_engine_and_precision():
     name, reason = backbone_summary(run)
     assert name == "effnet-lite0"
     assert "engine openvino" in reason and "precision bf16 (auto: bf16" in reason
+
+
+def test_the_onnx_runners_normalisation_equals_torchs_to_the_bit(rng):
+    backbone = load_backbone("test-tiny", pretrained=False, dtype="fp32", engine="torch")
+    size = backbone.spec.input_size
+    images = rng.integers(0, 256, (3, size, size, 3), dtype=np.uint8)
+    ours = engines._normaliser(backbone.spec.mean, backbone.spec.std)(images)
+    assert ours.dtype == np.float32 and ours.flags.c_contiguous and ours.shape == (3, 3, size, size)
+    np.testing.assert_array_equal(ours, backbone.preprocess(images).contiguous().numpy())

@@ -27,6 +27,7 @@ from drlcore.data.ingest import (
     decode,
     discover,
     intensity_range,
+    prepare,
     read_bytes,
     thumbnail,
     to_square,
@@ -679,3 +680,42 @@ def test_blood_cell_discovery_and_decoding(shared_data):
         image = decode(read_bytes(record))
         assert image.rgb.shape[2] == 3 and min(image.width, image.height) > 300
         assert to_square(image.rgb, 224, True).shape == (224, 224, 3)
+
+
+def test_border_colour_from_the_strips_equals_the_whole_frame():
+    from drlcore.data import geometry
+
+    rng = np.random.default_rng(3)
+    for shape in [(1, 1), (1, 7), (7, 1), (2, 2), (2, 9), (3, 3), (37, 50), (64, 21)]:
+        rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+        frame = np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]]) \
+            if shape[0] > 1 else rgb[0]
+        expected = tuple(int(v) for v in np.median(frame, axis=0).round())
+        assert geometry._median_border_colour(geometry.as_image(rgb)) == expected, shape
+
+
+def test_a_pil_image_prepares_exactly_as_its_array():
+    rng = np.random.default_rng(4)
+    for shape in [(90, 60), (60, 90), (64, 64), (40, 40)]:
+        rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+        pil = Image.fromarray(rgb)
+        for mode, side in [("pad", None), ("stretch", None), ("canvas", 120), ("canvas", 50)]:
+            np.testing.assert_array_equal(prepare(pil, 40, mode, side), prepare(rgb, 40, mode, side))
+        assert thumbnail(pil, max_side=30) == thumbnail(rgb, max_side=30)
+        assert pil.size == (shape[1], shape[0])  # the thumbnail leaves the given image alone
+    with pytest.raises(ValueError, match="RGB"):
+        prepare(Image.new("L", (8, 8)), 4, "pad")
+
+
+def test_thumbnail_of_a_large_image_looks_like_a_fair_resampling():
+    """The box pre-reduction moves the thumbnail less than its own JPEG encoding does."""
+    def jpeg(image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85)
+        return np.asarray(Image.open(buffer).convert("RGB"), float)
+
+    rgb = np.asarray(Image.open(io.BytesIO(thumbnail(_cat(), max_side=1000))).convert("RGB"))
+    fast = np.asarray(Image.open(io.BytesIO(thumbnail(rgb, max_side=60))).convert("RGB"), float)
+    fair = Image.fromarray(rgb).resize(fast.shape[1::-1], Image.Resampling.BICUBIC)
+    encoding_error = np.abs(jpeg(fair) - np.asarray(fair, float)).mean()
+    assert np.abs(fast - jpeg(fair)).mean() < encoding_error

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = ["to_square", "to_canvas", "prepare", "shrinks", "choose_preprocess", "thumbnail",
+           "as_image",
            "PREPROCESS_MODES", "AUTO_SPREAD", "DEFAULT_CANVAS_PERCENTILE"]
 
 PREPROCESS_MODES = ("auto", "pad", "canvas", "stretch")
@@ -36,6 +37,8 @@ PREPROCESS_MODES = ("auto", "pad", "canvas", "stretch")
 AUTO_SPREAD = 2.0
 AUTO_PERCENTILES = (10.0, 90.0)
 DEFAULT_CANVAS_PERCENTILE = 95.0
+# Thumbnails: box-reduce by an integer factor while the image stays this many times the target.
+THUMB_REDUCING_GAP = 1.1
 
 _RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
@@ -55,31 +58,53 @@ def _check_rgb(rgb: np.ndarray) -> None:
         raise ValueError(f"expected a uint8 (H, W, 3) array, got {dtype} {shape}")
 
 
-def _median_border_colour(rgb: np.ndarray) -> tuple[int, int, int]:
-    border = np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]])
+def as_image(rgb: np.ndarray | Image.Image) -> Image.Image:
+    """A PIL RGB image of a uint8 (H, W, 3) array (one copy), or the RGB image itself.
+
+    The features stage converts each decoded image once and hands the same PIL image to
+    :func:`prepare` and :func:`thumbnail`: each conversion copies the pixels (~0.3 ms for a
+    360 px image), as much as a fifth of decoding it.
+    """
+    if isinstance(rgb, Image.Image):
+        if rgb.mode != "RGB" or rgb.width == 0 or rgb.height == 0:
+            raise ValueError(f"expected a non-empty RGB image, got mode {rgb.mode} {rgb.size}")
+        return rgb
+    _check_rgb(rgb)
+    return Image.fromarray(np.ascontiguousarray(rgb))
+
+
+def _median_border_colour(image: Image.Image) -> tuple[int, int, int]:
+    """Median colour of the one-pixel frame (each border pixel once), read from four strips
+    rather than the whole image."""
+    width, height = image.size
+    strips = [image.crop((0, 0, width, 1))]
+    if height > 1:
+        strips.append(image.crop((0, height - 1, width, height)))
+    if height > 2:
+        strips += [image.crop((0, 1, 1, height - 1)), image.crop((width - 1, 1, width, height - 1))]
+    border = np.concatenate([np.asarray(strip).reshape(-1, 3) for strip in strips])
     return tuple(int(v) for v in np.median(border, axis=0).round())
 
 
-def to_square(rgb: np.ndarray, size: int, pad_to_square: bool,
+def to_square(rgb: np.ndarray | Image.Image, size: int, pad_to_square: bool,
               interpolation: str = "bicubic") -> np.ndarray:
-    """uint8 (size, size, 3). With ``pad_to_square`` the image keeps its aspect ratio and the
-    short side is padded with the median border colour (the image's own background), so a round
-    cell stays round; otherwise it is stretched."""
-    _check_rgb(rgb)
+    """uint8 (size, size, 3) of a uint8 (H, W, 3) array or an RGB image. With ``pad_to_square``
+    the image keeps its aspect ratio and the short side is padded with the median border colour
+    (the image's own background), so a round cell stays round; otherwise it is stretched."""
+    image = as_image(rgb)
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
     resample = _resample(interpolation)
-    height, width = rgb.shape[:2]
+    width, height = image.size
     if height == width == size:
-        return rgb.copy()
-    image = Image.fromarray(np.ascontiguousarray(rgb))
+        return np.array(image)
     if not pad_to_square or height == width:
         return np.asarray(image.resize((size, size), resample))
     # Resize first, then paste onto the canvas: fewer pixels to interpolate than pad-then-resize.
     scale = size / max(height, width)
     new_w = min(size, max(1, round(width * scale)))
     new_h = min(size, max(1, round(height * scale)))
-    canvas = Image.new("RGB", (size, size), _median_border_colour(rgb))
+    canvas = Image.new("RGB", (size, size), _median_border_colour(image))
     canvas.paste(image.resize((new_w, new_h), resample), ((size - new_w) // 2, (size - new_h) // 2))
     return np.asarray(canvas)
 
@@ -92,7 +117,7 @@ def _resample(interpolation: str):
                          f"known: {', '.join(_RESAMPLING)}") from None
 
 
-def to_canvas(rgb: np.ndarray, size: int, canvas_side: int,
+def to_canvas(rgb: np.ndarray | Image.Image, size: int, canvas_side: int,
               interpolation: str = "bicubic") -> np.ndarray:
     """uint8 (size, size, 3): ``rgb`` pasted, centred, on a ``canvas_side`` square, which is then
     resized to ``size``. One canvas side for a whole dataset gives every crop the same scale
@@ -110,22 +135,22 @@ def to_canvas(rgb: np.ndarray, size: int, canvas_side: int,
     continues its background, so only the object stands out, and pad and canvas features differ
     by scale alone.
     """
-    _check_rgb(rgb)
+    original = as_image(rgb)
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
     if not (isinstance(canvas_side, (int, np.integer)) and canvas_side > 0):
         raise ValueError(f"canvas side must be a positive integer, got {canvas_side!r}")
     resample = _resample(interpolation)
-    height, width = rgb.shape[:2]
+    width, height = original.size
     factor = size / max(int(canvas_side), height, width)
     new_w = min(size, max(1, round(width * factor)))
     new_h = min(size, max(1, round(height * factor)))
-    image = Image.fromarray(np.ascontiguousarray(rgb))
+    image = original
     if (new_w, new_h) != (width, height):
         image = image.resize((new_w, new_h), resample)
     if new_w == new_h == size:
-        return np.asarray(image).copy()
-    canvas = Image.new("RGB", (size, size), _median_border_colour(rgb))
+        return np.array(image)
+    canvas = Image.new("RGB", (size, size), _median_border_colour(original))
     canvas.paste(image, ((size - new_w) // 2, (size - new_h) // 2))
     return np.asarray(canvas)
 
@@ -135,7 +160,7 @@ def shrinks(width: int, height: int, canvas_side: int) -> bool:
     return max(int(width), int(height)) > int(canvas_side)
 
 
-def prepare(rgb: np.ndarray, size: int, mode: str, canvas_side: int | None = None,
+def prepare(rgb: np.ndarray | Image.Image, size: int, mode: str, canvas_side: int | None = None,
             interpolation: str = "bicubic") -> np.ndarray:
     """The backbone's input for one decoded crop in a resolved mode (pad, canvas, stretch)."""
     if mode == "pad":
@@ -201,11 +226,20 @@ def choose_preprocess(longest_sides: Iterable[int | None], requested: str = "aut
     return record
 
 
-def thumbnail(rgb: np.ndarray, max_side: int = 160) -> bytes:
-    """JPEG bytes (quality 85) of the image shrunk so its longer side is at most ``max_side``."""
-    _check_rgb(rgb)
-    image = Image.fromarray(np.ascontiguousarray(rgb))
-    image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC, reducing_gap=3.0)
+def thumbnail(rgb: np.ndarray | Image.Image, max_side: int = 160) -> bytes:
+    """JPEG bytes (quality 85) of the image shrunk so its longer side is at most ``max_side``
+    (a given PIL image is left as it is).
+
+    Shrinking first halves (or quarters...) the image by box averaging while it stays at least
+    ``THUMB_REDUCING_GAP`` times the target, then resamples bicubically: a 360 px cell to
+    160 px costs 0.6 instead of 1.1 ms, and at thumbnail size the two are hard to tell apart.
+    """
+    image = as_image(rgb)
+    width, height = image.size
+    scale = min(1.0, max_side / max(width, height))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if size != (width, height):
+        image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=THUMB_REDUCING_GAP)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()

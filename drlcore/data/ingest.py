@@ -36,7 +36,8 @@ from drlcore.data.discover import (
     IngestConfig,
     discover,
 )
-from drlcore.data.geometry import choose_preprocess, prepare, thumbnail, to_canvas, to_square
+from drlcore.data.geometry import (as_image, choose_preprocess, prepare, thumbnail, to_canvas,
+                                   to_square)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -56,6 +57,7 @@ __all__ = [
     "prepare",
     "choose_preprocess",
     "thumbnail",
+    "as_image",
     "R_EMPTY",
     "R_NOT_IMAGE",
     "R_CORRUPT",

@@ -457,7 +457,7 @@ class Backbone:
         # Why ``dtype`` was chosen, in words (drlcore.embedding.backbones.precision_decision).
         self.precision_reason = precision_reason or f"requested {dtype}"
         # Which engine runs the forward pass (drlcore.embedding.engines): "torch", "onnx" or
-        # "openvino"; ``runner`` (None for torch) maps a normalised NCHW float32 batch to features.
+        # "openvino"; ``runner`` (None for torch) maps a uint8 (B, S, S, 3) batch to features.
         self.engine = engine
         self.engine_decision = engine_decision or {"requested": engine, "used": engine,
                                                    "reason": f"requested {engine}"}
@@ -471,15 +471,19 @@ class Backbone:
     def id(self) -> str:
         return self.spec.name
 
-    def preprocess(self, images: np.ndarray):
-        """uint8 (B, S, S, 3) -> normalised float tensor (B, 3, S, S)."""
-        import torch
-
+    def _checked(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
         size = self.spec.input_size
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
             raise ValueError(f"{self.spec.name} expects uint8 images (B, {size}, {size}, 3), "
                              f"got {images.dtype} {images.shape}")
+        return images
+
+    def preprocess(self, images: np.ndarray):
+        """uint8 (B, S, S, 3) -> normalised float tensor (B, 3, S, S)."""
+        import torch
+
+        images = self._checked(images)
         # np.require copies read-only arrays (e.g. views of PIL images) that torch warns about.
         x = torch.from_numpy(np.require(images, requirements=["C", "W"]))
         # The NHWC buffer viewed as NCHW is already channels-last (so this costs no copy), which
@@ -490,13 +494,10 @@ class Backbone:
         return x.div_(255.0).sub_(self._mean.to(x.device)).div_(self._std.to(x.device))
 
     def features_from_tensor(self, x):
-        """Pooled features of an already-normalised batch, in this backbone's dtype."""
+        """The torch model's pooled features of an already-normalised batch, in this backbone's
+        dtype (torch runs it whatever ``engine`` says; :meth:`embed` uses the engine)."""
         import torch
 
-        if self._runner is not None:
-            out = self._runner(x.contiguous().cpu().numpy())
-            self.forward_calls += 1
-            return torch.from_numpy(np.asarray(out, np.float32))
         device_type = torch.device(self.device).type
         autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if self.dtype == "bf16"
                     else contextlib.nullcontext())
@@ -506,6 +507,19 @@ class Backbone:
         self.forward_calls += 1
         return out.float().cpu()
 
+    def forward_batch(self, images: np.ndarray):
+        """Pooled features (float32 tensor) of one batch of uint8 (B, S, S, 3) images, on this
+        backbone's engine. An exported engine normalises inside its own graph: handing it the
+        uint8 pixels spares a float copy of the batch per pass (~1 ms of CPU per image)."""
+        import torch
+
+        images = self._checked(images)
+        if self._runner is None:
+            return self.features_from_tensor(self.preprocess(images))
+        out = self._runner(np.ascontiguousarray(images))
+        self.forward_calls += 1
+        return torch.from_numpy(np.asarray(out, np.float32))
+
     def embed(self, images: np.ndarray) -> np.ndarray:
         """uint8 (B, S, S, 3) at ``spec.input_size`` -> float32 (B, feature_dim), in batches."""
         import torch
@@ -513,7 +527,8 @@ class Backbone:
         images = np.asarray(images)
         if len(images) == 0:
             return np.zeros((0, self.spec.feature_dim), np.float32)
-        chunks = [self.features_from_tensor(self.preprocess(images[i:i + self.batch_size]))
+        images = self._checked(images)
+        chunks = [self.forward_batch(images[i:i + self.batch_size])
                   for i in range(0, len(images), self.batch_size)]
         return torch.cat(chunks).numpy().astype(np.float32, copy=False)
 
