@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -179,3 +182,28 @@ def test_pca_from_a_sample_equals_pca_fitted_on_the_sample(rng, tmp_path):
     rows = np.arange(0, 300, 4)
     coords = map_from_sample(PCAProjector(), X, rows, tmp_path, chunk_size=7)
     np.testing.assert_allclose(coords, PCAProjector().fit(X[rows]).transform(X), atol=1e-10)
+
+
+_UMAP_IN_A_FRESH_PROCESS = """
+import json, numpy as np
+from drlcore.analysis.projection import UMAPProjector
+coords = UMAPProjector().fit_transform(np.random.default_rng(0).normal(size=(30, 5)))
+import umap.umap_ as u
+stats = u.smooth_knn_dist.stats
+print(json.dumps({"hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values()),
+                  "coords": coords.tolist()}))
+"""
+
+
+@pytest.mark.slow
+def test_a_fresh_process_loads_umaps_compiled_code_from_the_cache():
+    """umap-learn's numba functions are cached on disk (where numba keeps them for this
+    install): once this process has mapped, a fresh one compiles nothing (its first map used to
+    take ~10 s of compilation in every process) and draws the same map."""
+    X = np.random.default_rng(0).normal(size=(30, 5))
+    here = UMAPProjector().fit_transform(X)  # compiles and writes the cache, unless done before
+    out = subprocess.run([sys.executable, "-c", _UMAP_IN_A_FRESH_PROCESS], capture_output=True,
+                         text=True, check=True, timeout=300, env=os.environ.copy())
+    fresh = json.loads(out.stdout.strip().splitlines()[-1])
+    assert fresh["misses"] == 0 and fresh["hits"] >= 1, fresh
+    np.testing.assert_array_equal(np.asarray(fresh["coords"]), here)
