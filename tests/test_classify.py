@@ -162,11 +162,16 @@ def test_invalid_arguments_raise_user_errors(rng):
 
 @pytest.mark.slow
 def test_raw_backbone_features_at_analysis_size():
-    # The time this takes is measured in benchmarks/bench_cores.py, not asserted here.
+    # The time this takes is measured in benchmarks/bench_cores.py, not asserted here. The
+    # models are the ones the analysis fits on raw features (the latents' GBT runs elsewhere).
+    from drlcore.analysis.analyze import AnalyzeConfig
+
     generator = np.random.default_rng(0)
     n, n_classes = 2250, 8
     labels = np.arange(n) % n_classes
     X = np.abs(0.3 * generator.standard_normal((n_classes, 1280))[labels] + generator.standard_normal((n, 1280)))
-    result = evaluate_classifiers(X.astype(np.float32), labels)
+    models = AnalyzeConfig().raw_feature_models
+    result = evaluate_classifiers(X.astype(np.float32), labels, models=models)
     assert result["reduction"]["n_components"] == 128
+    assert set(result["models"]) == set(models)
     assert result["models"]["mlp"]["accuracy"] > 2 * result["chance"]["accuracy"]
