@@ -25,7 +25,7 @@ def images(rng):
     return rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
 
 
-def test_onnx_fp32_equals_torch_on_a_tiny_random_model(images, tmp_path):
+def test_onnx_fp32_equals_torch_on_a_tiny_random_model(images, tmp_path, monkeypatch):
     torch32 = load_backbone("test-tiny", pretrained=False, dtype="fp32", engine="torch")
     onnx = load_backbone("test-tiny", pretrained=False, dtype="fp32", engine="onnx",
                          cache_dir=tmp_path)
@@ -33,11 +33,16 @@ def test_onnx_fp32_equals_torch_on_a_tiny_random_model(images, tmp_path):
     assert onnx.engine_decision["probe_cosine_min"] >= engines.PROBE_MIN_COSINE
     assert lowest_cosine(torch32.embed(images), onnx.embed(images)) >= 0.9999
     # The graph is cached: a second load exports nothing and reuses the probe's verdict.
-    # (each entry's checksum record, <key>.sums.json, sits beside its folder)
+    # (each entry's checksum record, <key>.sums.json, sits beside its folder; the verdicts in
+    # their own folder, so the entry stays exactly as checksummed)
     folders = [p for p in (tmp_path / "engines").iterdir() if p.is_dir()]
-    assert len(folders) == 1 and (folders[0] / "probe-onnx.json").is_file()
+    assert len(folders) == 1 and sorted(p.name for p in folders[0].iterdir()) == ["model.onnx"]
+    assert (tmp_path / "engine-probes" / f"{folders[0].name}-onnx.json").is_file()
+    monkeypatch.setattr(engines, "export_onnx", lambda *a: pytest.fail("exported again"))
+    monkeypatch.setattr(engines, "_torch_reference", lambda *a: pytest.fail("probed again"))
     again = load_backbone("test-tiny", pretrained=False, dtype="fp32", engine="onnx",
                           cache_dir=tmp_path)
+    assert again.engine == "onnx"
     np.testing.assert_allclose(again.embed(images), onnx.embed(images), rtol=1e-6, atol=1e-6)
 
 
@@ -174,3 +179,40 @@ def test_the_onnx_runners_normalisation_equals_torchs_to_the_bit(rng):
     ours = engines._normaliser(backbone.spec.mean, backbone.spec.std)(images)
     assert ours.dtype == np.float32 and ours.flags.c_contiguous and ours.shape == (3, 3, size, size)
     np.testing.assert_array_equal(ours, backbone.preprocess(images).contiguous().numpy())
+
+
+def test_a_later_process_runs_a_recorded_exported_engine_without_importing_torch(tmp_path,
+                                                                                   images):
+    """The second load of the same weights on the same machine builds the runner from the
+    cached graph and its passed probe: neither torch nor timm is imported (~3.7 s of a
+    400-image command), the features are the first load's, and the torch module is still
+    there, built on first use."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "tiny.safetensors"
+    model = load_backbone("test-tiny", pretrained=False, dtype="fp32", engine="torch").model
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    first = load_backbone("test-tiny", weights=weights, dtype="fp32", engine="onnx",
+                          cache_dir=tmp_path / "cache")
+    assert first.engine == "onnx"
+    np.save(tmp_path / "images.npy", images)
+    script = f"""
+import sys, numpy as np
+from drlcore.embedding.backbones import load_backbone
+b = load_backbone("test-tiny", weights={str(weights)!r}, dtype="fp32", engine="onnx",
+                  cache_dir={str(tmp_path / "cache")!r})
+assert b.engine == "onnx", b.engine_decision
+np.save({str(tmp_path / "again.npy")!r}, b.embed(np.load({str(tmp_path / "images.npy")!r})))
+print("torch" in sys.modules, "timm" in sys.modules)
+b.model  # built on demand, weights re-checked
+print("torch" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False", "True"]
+    np.testing.assert_allclose(np.load(tmp_path / "again.npy"), first.embed(images),
+                               rtol=1e-6, atol=1e-6)

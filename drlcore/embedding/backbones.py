@@ -312,6 +312,17 @@ def effnet_lite_state_dict(variant: int = 0) -> dict:
     return _map_effnet_lite(_read_weight_file(path), variant)
 
 
+def _lite_weight_file(variant: int) -> Path | None:
+    """The packaged Lite weights file, or None where its package is missing."""
+    import importlib
+
+    try:
+        module = importlib.import_module(_LITE_PACKAGES[variant].replace("-", "_"))
+    except ImportError:
+        return None
+    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+
+
 def effnet_lite0_state_dict() -> dict:
     """The packaged ImageNet EfficientNet-Lite0 weights, with timm key names."""
     return effnet_lite_state_dict(0)
@@ -442,11 +453,13 @@ class Backbone:
     def __init__(self, spec: BackboneSpec, model, weights_hash: str, dtype: str,
                  weights_source: str, batch_size: int = 32, device: str = "cpu",
                  precision: str | None = None, precision_reason: str | None = None,
-                 engine: str = "torch", engine_decision: dict | None = None, runner=None):
-        import torch
-
+                 engine: str = "torch", engine_decision: dict | None = None, runner=None,
+                 model_loader=None):
         self.spec = spec
-        self.model = model
+        # ``model`` may be None with a ``model_loader`` (a backbone loaded from a cached
+        # exported graph): torch and timm are then imported only if the torch module is asked for.
+        self._model = model
+        self._model_loader = model_loader
         self.weights_hash = weights_hash
         self.dtype = dtype
         self.weights_source = weights_source
@@ -464,8 +477,18 @@ class Backbone:
         self._runner = runner
         # Forward passes run so far; lets callers (and tests) prove the cache spared the model.
         self.forward_calls = 0
-        self._mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    @property
+    def model(self):
+        """The timm module (built on first use when this backbone came from a cached graph)."""
+        if self._model is None:
+            model, weights_hash = self._model_loader()
+            if weights_hash != self.weights_hash:
+                raise DrlError(f"the weights of {self.spec.name} changed since its exported "
+                               f"graph was recorded ({weights_hash} != {self.weights_hash}); "
+                               f"clear the engines cache folder and run again")
+            self._model = model
+        return self._model
 
     @property
     def id(self) -> str:
@@ -491,7 +514,9 @@ class Backbone:
         # img/s on 2 cores).
         x = x.to(self.device).permute(0, 3, 1, 2).float()
         x = x.contiguous(memory_format=torch.channels_last)
-        return x.div_(255.0).sub_(self._mean.to(x.device)).div_(self._std.to(x.device))
+        mean = torch.tensor(self.spec.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.spec.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        return x.div_(255.0).sub_(mean).div_(std)
 
     def features_from_tensor(self, x):
         """The torch model's pooled features of an already-normalised batch, in this backbone's
@@ -507,30 +532,27 @@ class Backbone:
         self.forward_calls += 1
         return out.float().cpu()
 
-    def forward_batch(self, images: np.ndarray):
-        """Pooled features (float32 tensor) of one batch of uint8 (B, S, S, 3) images, on this
+    def forward_batch(self, images: np.ndarray) -> np.ndarray:
+        """Pooled float32 features of one batch of uint8 (B, S, S, 3) images, on this
         backbone's engine. An exported engine normalises inside its own graph: handing it the
-        uint8 pixels spares a float copy of the batch per pass (~1 ms of CPU per image)."""
-        import torch
-
+        uint8 pixels spares a float copy of the batch per pass (~1 ms of CPU per image), and
+        its path never imports torch."""
         images = self._checked(images)
         if self._runner is None:
-            return self.features_from_tensor(self.preprocess(images))
+            return self.features_from_tensor(self.preprocess(images)).numpy()
         out = self._runner(np.ascontiguousarray(images))
         self.forward_calls += 1
-        return torch.from_numpy(np.asarray(out, np.float32))
+        return np.asarray(out, np.float32)
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """uint8 (B, S, S, 3) at ``spec.input_size`` -> float32 (B, feature_dim), in batches."""
-        import torch
-
         images = np.asarray(images)
         if len(images) == 0:
             return np.zeros((0, self.spec.feature_dim), np.float32)
         images = self._checked(images)
         chunks = [self.forward_batch(images[i:i + self.batch_size])
                   for i in range(0, len(images), self.batch_size)]
-        return torch.cat(chunks).numpy().astype(np.float32, copy=False)
+        return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
 def _usable_threads() -> int:
@@ -650,10 +672,118 @@ def load_backbone(name: str, weights: str | Path | None = None, pretrained: bool
     ``cache_dir``'s ``engines/``). ``allow_download``: whether DINO weights missing from the
     local cache may be fetched (only tried when the network answers within seconds).
     """
+    spec = get_spec(name)
+    threads = num_threads or _usable_threads()
+    recorded = _recorded_load(spec, weights, pretrained, dtype, device, engine, cache_dir)
+    if recorded is not None:
+        backbone = _backbone_from_record(recorded, spec, weights, pretrained, dtype, batch_size,
+                                         threads, cache_dir, allow_download)
+        if backbone is not None:
+            return backbone
+    backbone = _load_with_torch(spec, weights, pretrained, dtype, allow_download, batch_size,
+                                device, num_threads, engine, cache_dir)
+    if recorded is not None and backbone.engine not in ("torch",):
+        _record_load(recorded, backbone)
+    return backbone
+
+
+# A backbone whose forward pass runs on an exported graph needs neither torch nor timm once
+# that graph is cached: importing them (~3.7 s), building the model and hashing its weights
+# cost more than embedding 400 images with OpenVINO (~2 s). The first full load records what
+# it decided (weights hash, precision, engine) in the cache's engine-loads/ folder, keyed by the weights
+# file's bytes, the request, the library versions and the CPU; a later load with the same key
+# builds the runner straight from the cached graph and its passed probe, and leaves the torch
+# module to be built only if something asks for it (Backbone.model, which re-checks the hash).
+FAST_LOAD_VERSION = 1
+
+
+def _gpu_may_be_present() -> bool:
+    """Whether torch might see a GPU, asked without importing torch where it is not yet."""
+    import sys
+
+    if "torch" in sys.modules:
+        return default_device() != "cpu"
+    return bool(Path("/proc/driver/nvidia").exists() or list(Path("/dev").glob("nvidia[0-9]*"))
+                or Path("/dev/kfd").exists())
+
+
+def _recorded_load(spec: BackboneSpec, weights, pretrained: bool, dtype: str, device,
+                   engine: str, cache_dir) -> dict | None:
+    """The key and file of a recorded load for this request, or None where no record can
+    apply (torch engine, a GPU, weights not named by a file: DINO from the hub, random init)."""
+    if engine == "torch" or (device not in (None, "cpu")) or _gpu_may_be_present():
+        return None
+    if weights is not None:
+        path = Path(weights).expanduser()
+    elif pretrained and _lite_variant(spec) is not None:
+        path = _lite_weight_file(_lite_variant(spec))
+    else:
+        return None
+    if path is None or not path.is_file():
+        return None
+    from drlcore.data.cache import cache_root
+    from drlcore.embedding import engines
+    from drlcore.io import fingerprint, sha256_file
+
+    key = fingerprint(["load", FAST_LOAD_VERSION, engines.ENGINE_VERSION, spec.name,
+                       spec.timm_name, spec.input_size, sha256_file(path), weights is None,
+                       dtype, engine, engines._versions(), engines._cpu_model()])
+    return {"key": key, "file": cache_root(cache_dir) / "engine-loads" / f"{key}.json",
+            "weights_file": str(path)}
+
+
+def _record_load(recorded: dict, backbone: Backbone) -> None:
+    from drlcore.io import atomic_write_json
+
+    try:
+        recorded["file"].parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(recorded["file"], {
+            "weights_hash": backbone.weights_hash, "weights_source": backbone.weights_source,
+            "dtype": backbone.dtype, "precision_reason": backbone.precision_reason,
+            "engine_decision": dict(backbone.engine_decision)})
+    except OSError:
+        pass  # a read-only cache: the next load is a full one, as before
+
+
+def _backbone_from_record(recorded: dict, spec: BackboneSpec, weights, pretrained: bool,
+                          dtype: str, batch_size: int, threads: int, cache_dir,
+                          allow_download: bool) -> Backbone | None:
+    """The backbone a recorded load describes, on its cached graph; None when the record,
+    the graph or its passed probe verdict is missing (then the full load runs)."""
+    import json
+
+    from drlcore.embedding import engines
+
+    try:
+        record = json.loads(recorded["file"].read_text(encoding="utf-8"))
+        decision = record["engine_decision"]
+        used = decision["used"]
+        found = engines.cached_graph(used, record["weights_hash"], spec, cache_dir)
+        if found is None:
+            return None
+        runner = engines._make_runner(used, found, record["dtype"], threads, spec)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    except Exception:  # noqa: BLE001 - the engine will not load it now: the full path decides
+        return None
+
+    def load_model():
+        full = _load_with_torch(spec, weights, pretrained, dtype, allow_download, batch_size,
+                                "cpu", threads, "torch", cache_dir)
+        return full._model, full.weights_hash
+
+    return Backbone(spec, None, record["weights_hash"], record["dtype"],
+                    record["weights_source"], batch_size=batch_size, device="cpu",
+                    precision=dtype, precision_reason=record["precision_reason"], engine=used,
+                    engine_decision=decision, runner=runner, model_loader=load_model)
+
+
+def _load_with_torch(spec: BackboneSpec, weights, pretrained: bool, dtype: str,
+                     allow_download: bool, batch_size: int, device, num_threads,
+                     engine: str, cache_dir) -> Backbone:
     import timm
     import torch
 
-    spec = get_spec(name)
     device = device or default_device()
     # Resolve before building: a bad precision fails fast. User-named weights are not the
     # registry's measured weights, so "auto" keeps them fp32 (resolve_precision's pretrained).

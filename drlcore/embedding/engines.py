@@ -15,8 +15,9 @@ weights hash, timm name, input size, the versions of torch / timm / onnx runtime
 the CPU model, :func:`engine_key`) and is used only after a probe batch (the bundled check photos
 plus seeded noise) gives features whose lowest cosine to torch fp32 is at least
 :data:`PROBE_MIN_COSINE` with the engine at fp32. A failed probe, export or import falls back to
-torch with a note that says why. Each engine's probe verdict is stored beside the graph
-(``probe-<engine>.json``), so the probe runs once per machine, backbone, engine and version set.
+torch with a note that says why. Each engine's probe verdict is stored beside the store
+(``<cache>/engine-probes/<key>-<engine>.json``), so the probe runs once per machine, backbone,
+engine and version set.
 
 ``auto`` on a CPU takes OpenVINO, then ONNX Runtime, then torch: the first that is installed and
 passes the probe. The order is the measured one (benchmarks/bench_features.py, EfficientNet-Lite0
@@ -38,8 +39,9 @@ import numpy as np
 
 from drlcore.errors import DrlError
 
-__all__ = ["ENGINES", "PROBE_MIN_COSINE", "ENGINE_VERSION", "engine_key", "probe_batch",
-           "lowest_cosine", "auto_order", "build_runner", "engine_available", "export_onnx"]
+__all__ = ["ENGINES", "PROBE_MIN_COSINE", "ENGINE_VERSION", "engine_key", "cached_graph",
+           "probe_batch", "lowest_cosine", "auto_order", "build_runner", "engine_available",
+           "export_onnx"]
 
 ENGINES = ("auto", "torch", "onnx", "openvino")
 # fp32 engines compute the same function in another order of operations; 1e-5 cosine is far
@@ -74,15 +76,29 @@ def _versions() -> dict:
     return out
 
 
-def engine_key(backbone) -> str:
+def engine_key(backbone, weights_hash: str | None = None) -> str:
     """Content key of the exported graph and the engines' probe verdicts for this backbone on
-    this machine (the CPU model is in it: a verdict is about the kernels this CPU runs)."""
+    this machine (the CPU model is in it: a verdict is about the kernels this CPU runs).
+    ``backbone`` may be a bare ``BackboneSpec`` with ``weights_hash`` given."""
     from drlcore.io import fingerprint
 
-    spec = backbone.spec
+    spec = getattr(backbone, "spec", backbone)
+    weights_hash = weights_hash or backbone.weights_hash
     return fingerprint(["engine", ENGINE_VERSION, ONNX_OPSET, spec.timm_name,
-                        spec.input_size, backbone.weights_hash, _versions(),
+                        spec.input_size, weights_hash, _versions(),
                         platform.machine(), _cpu_model()])
+
+
+def cached_graph(engine: str, weights_hash: str, spec, cache_dir=None) -> Path | None:
+    """The cached exported graph of these weights whose stored probe passed for ``engine``,
+    or None (nothing is exported or probed here)."""
+    from drlcore.data.cache import ContentStore, cache_root
+
+    key = engine_key(spec, weights_hash)
+    folder = ContentStore(cache_root(cache_dir) / "engines").get(key)
+    if folder is None or not (folder / "model.onnx").is_file():
+        return None
+    return folder / "model.onnx" if _read_verdict(cache_dir, key, engine).get("passed") else None
 
 
 def _cpu_model() -> str:
@@ -242,9 +258,26 @@ def _make_runner(engine: str, path: Path, precision: str, threads: int, spec) ->
     return _openvino_runner(path, precision, threads, spec.mean, spec.std)
 
 
-def _graph(backbone, engine: str, cache_dir) -> tuple[Path, dict]:
-    """The exported graph for ``engine`` (exported now if the cache lacks it) and its stored
-    probe verdict ({} when none yet)."""
+def _verdict_file(cache_dir, key: str, engine: str) -> Path:
+    """Where an engine's probe verdict on the graph ``key`` is kept: beside the content store,
+    not inside its entry, whose files must stay exactly those checksummed when it was stored
+    (a verdict written into the entry made every later read find it altered and discard it,
+    so each load exported and probed the graph again)."""
+    from drlcore.data.cache import cache_root
+
+    return cache_root(cache_dir) / "engine-probes" / f"{key}-{engine}.json"
+
+
+def _read_verdict(cache_dir, key: str, engine: str) -> dict:
+    try:
+        return json.loads(_verdict_file(cache_dir, key, engine).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _graph(backbone, engine: str, cache_dir) -> tuple[Path, dict, str]:
+    """The exported graph for ``engine`` (exported now if the cache lacks it), its stored
+    probe verdict ({} when none yet) and its key."""
     from drlcore.data.cache import ContentStore, cache_root
 
     store = ContentStore(cache_root(cache_dir) / "engines")
@@ -254,21 +287,16 @@ def _graph(backbone, engine: str, cache_dir) -> tuple[Path, dict]:
         if folder is not None:
             store.discard(key)
         folder = store.put(key, lambda tmp: export_onnx(backbone, tmp))
-    verdict_file = folder / f"probe-{engine}.json"
-    verdict = {}
-    if verdict_file.is_file():
-        try:
-            verdict = json.loads(verdict_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            verdict = {}
-    return folder / "model.onnx", verdict
+    return folder / "model.onnx", _read_verdict(cache_dir, key, engine), key
 
 
-def _store_verdict(path: Path, engine: str, verdict: dict) -> None:
+def _store_verdict(cache_dir, key: str, engine: str, verdict: dict) -> None:
     from drlcore.io import atomic_write_json
 
+    path = _verdict_file(cache_dir, key, engine)
     try:
-        atomic_write_json(path.parent / f"probe-{engine}.json", verdict)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, verdict)
     except OSError:
         pass  # a read-only shared cache: the probe simply runs again next time
 
@@ -289,14 +317,14 @@ def _try_engine(backbone, engine: str, precision: str, threads: int,
     the reason) otherwise."""
     facts: dict = {"engine": engine}
     try:
-        path, verdict = _graph(backbone, engine, cache_dir)
+        path, verdict, key = _graph(backbone, engine, cache_dir)
         if not verdict:
             probe = probe_batch(backbone.spec.input_size)
             fp32 = _make_runner(engine, path, "fp32", threads, backbone.spec)
             cosine = lowest_cosine(fp32(probe), _torch_reference(backbone, probe))
             verdict = {"probe_cosine_min": cosine, "passed": cosine >= PROBE_MIN_COSINE,
                        "probe_images": int(len(probe))}
-            _store_verdict(path, engine, verdict)
+            _store_verdict(cache_dir, key, engine, verdict)
         facts["probe_cosine_min"] = verdict.get("probe_cosine_min")
         if not verdict.get("passed"):
             facts["reason"] = (f"{engine} failed the probe check (lowest cosine vs torch fp32 "

@@ -472,9 +472,15 @@ def _hash_records(records, read_bytes, workers: int, reporter: Reporter,
 
 
 def _torch_threads() -> int:
-    import torch
+    """torch's thread count where torch is loaded; else the usable cores (a backbone on a cached
+    exported graph never imports torch, and torch would default to the same count)."""
+    import sys
 
-    return torch.get_num_threads()
+    if "torch" in sys.modules:
+        return sys.modules["torch"].get_num_threads()
+    from drlcore.embedding.backbones import _usable_threads
+
+    return _usable_threads()
 
 
 def _table(rows: list[dict]) -> pd.DataFrame:
@@ -486,8 +492,7 @@ def _table(rows: list[dict]) -> pd.DataFrame:
 
 def _manifest(dataset, backbone: Backbone, preprocessing: dict, table: pd.DataFrame,
               skipped: pd.DataFrame, cache: FeatureCache) -> dict:
-    import timm
-    import torch
+    from importlib.metadata import version
 
     import drlcore
 
@@ -515,8 +520,8 @@ def _manifest(dataset, backbone: Backbone, preprocessing: dict, table: pd.DataFr
         "counts": {"accepted": int(len(table)), "skipped": int(len(skipped)),
                    "labels": int(table["label"].nunique(dropna=True))},
         "cache": {"root": str(cache.root), "key": cache.key, "version": CACHE_VERSION},
-        "versions": {"drlcore": drlcore.__version__, "torch": torch.__version__,
-                     "timm": timm.__version__, "python": platform.python_version()},
+        "versions": {"drlcore": drlcore.__version__, "torch": version("torch"),
+                     "timm": version("timm"), "python": platform.python_version()},
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
