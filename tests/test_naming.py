@@ -119,3 +119,20 @@ def test_axis_help_explains_names_and_reasons():
     assert "area (size family), ρ = 0.55, 95% CI [0.50, 0.60]" in axis_help(a[0])
     assert "learned as scale on the synthetic source" in axis_help(a[0])
     assert axis_help(a[1]).startswith("Unnamed: no family") and "area ρ=0.20" in axis_help(a[1])
+
+
+def test_the_run_headline_lists_named_axes_and_counts_the_rest():
+    """A 36-axis run's console summary names its anchored axes and counts the others, rather
+    than listing 32 '(unnamed)' entries."""
+    from drlcore.analysis.analyze import _summary
+
+    axes = ([{"dim": 0, "name": "z0: equivalent diameter", "status": "named"},
+             {"dim": 1, "name": "z1: mean r", "status": "named"}]
+            + [{"dim": j, "name": f"z{j} (unnamed)", "status": "unnamed"} for j in range(2, 35)]
+            + [{"dim": 35, "name": "z35: inactive", "status": "inactive"}])
+    corr = pd.DataFrame(columns=["dim", "feature", "r", "ci_low", "ci_high"])
+    lines = _summary({}, {}, {}, corr, axes, [])["headline"]
+    assert ("axes named from this data: 2 of 36 (z0: equivalent diameter, z1: mean r; "
+            "33 unnamed; 1 inactive)") in lines
+    lines = _summary({}, {}, {}, corr, axes[2:5], [])["headline"]
+    assert "axes named from this data: 0 of 3 (3 unnamed)" in lines

@@ -826,11 +826,16 @@ def _summary(classification, anomaly_summary, proj_summary, corr, axes, notes) -
                      f"worst {hold['worst_auroc']:.3f} ({hold.get('worst_class')})")
     from drlcore.analysis.naming import best_family_axes
 
-    names = [a["name"] for a in axes]
-    named = sum(a["status"] == "named" for a in axes)
+    named = [a["name"] for a in axes if a["status"] == "named"]
     if axes:
-        lines.append(f"axes named from this data: {named} of {len(axes)} "
-                     f"({', '.join(names)})")
+        # A 36-axis run lists its named axes, not 32 "(unnamed)" ones after them.
+        others: dict[str, int] = {}
+        for axis in axes:
+            if axis["status"] != "named":
+                others[axis["status"]] = others.get(axis["status"], 0) + 1
+        listed = "; ".join(filter(None, [", ".join(named)] + [f"{n} {status}" for status, n
+                                                               in others.items()]))
+        lines.append(f"axes named from this data: {len(named)} of {len(axes)} ({listed})")
     best = best_family_axes(corr, axes, families=("size", "colour", "intensity"))
     for family, top in best.items():
         ci = (f" [{top['ci_low']:.2f}, {top['ci_high']:.2f}]"
