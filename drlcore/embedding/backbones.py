@@ -26,12 +26,12 @@ Where the weights come from:
   ``effnet_lite_key`` with their own stage depths (1, 3, 3, 4, 4, 5, 1). Chelsea: top-1 class
   285 (Egyptian cat) at 0.78 (Lite1) and 0.75 (Lite2).
 
-Precision: ``dtype="auto"`` (see ``resolve_precision``) runs bfloat16 autocast only where the
-hardware has native bf16 *and* the registry's ``bf16_agrees`` records that the downstream
-agreement check (:mod:`drlcore.embedding.precision`: latent r, kNN overlap, classification) passed for
-those weights; otherwise fp32. effnet-lite0 failed it (kNN@10 neighbours and latent r moved
-too much; figures at its registry entry), the others are unchecked, so auto is fp32 everywhere
-for now; ``"bf16"`` forces it. The resolved dtype is part of the feature-cache key.
+Precision: ``dtype="auto"`` (see ``resolve_precision``) runs bf16 only where the hardware has
+native bf16 *and* the registry's ``bf16_agrees`` records that the noise-floor agreement check
+(:mod:`drlcore.embedding.precision`: kNN@10 overlap with fp32 at least a JPEG-q95 re-save's,
+class accuracy within its CV noise) passed for those weights; otherwise fp32. effnet-lite0
+passed it on the three developer sets (figures at its registry entry); the others are
+unchecked, so fp32; ``"bf16"`` forces it. The resolved dtype is part of the feature-cache key.
 Models run on the GPU where torch sees one (chosen at call time).
 """
 
