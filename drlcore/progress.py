@@ -36,13 +36,21 @@ __all__ = ["Reporter", "TqdmReporter", "CallbackReporter", "NullReporter", "Stag
 
 
 class StageHandle:
-    def __init__(self, on_update: Callable[[int, dict], None]):
+    def __init__(self, on_update: Callable[[int, dict], None],
+                 on_finish: Callable[[dict], None] | None = None):
         self._on_update = on_update
+        self._on_finish = on_finish
         self.done = 0
 
     def update(self, n: int = 1, **postfix: Any) -> None:
         self.done += n
         self._on_update(n, postfix)
+
+    def finish(self, **postfix: Any) -> None:
+        """The stage is complete before its planned total (early stopping): shown as done,
+        with ``postfix`` saying why, rather than as a bar cut off at 30%."""
+        if self._on_finish is not None:
+            self._on_finish(postfix)
 
 
 class Reporter:
@@ -84,7 +92,14 @@ class TqdmReporter(Reporter):
                                      for k, v in postfix.items()}, refresh=False)
                 bar.update(n)
 
-            yield StageHandle(on_update)
+            def on_finish(postfix: dict) -> None:
+                bar.total = bar.n
+                if postfix:
+                    bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v)
+                                     for k, v in postfix.items()}, refresh=False)
+                bar.refresh()
+
+            yield StageHandle(on_update, on_finish)
 
     def message(self, text: str) -> None:
         print(text, file=self.file, flush=True)
@@ -102,18 +117,24 @@ class CallbackReporter(Reporter):
     @contextlib.contextmanager
     def stage(self, name: str, total: int | None, unit: str = "it") -> Iterator[StageHandle]:
         last = [float("-inf")]  # the first update is always shown
+        planned = [total]  # finish() shortens it
         handle: StageHandle
 
         def on_update(n: int, postfix: dict) -> None:
             now = time.monotonic()
-            if now - last[0] >= self.min_interval or (total is not None and handle.done >= total):
+            if (now - last[0] >= self.min_interval
+                    or (planned[0] is not None and handle.done >= planned[0])):
                 last[0] = now
-                self.callback(name, handle.done, total, postfix)
+                self.callback(name, handle.done, planned[0], postfix)
 
-        handle = StageHandle(on_update)
+        def on_finish(postfix: dict) -> None:
+            planned[0] = handle.done
+            self.callback(name, handle.done, planned[0], postfix)
+
+        handle = StageHandle(on_update, on_finish)
         self.callback(name, 0, total, {})
         yield handle
-        self.callback(name, handle.done, total, {})
+        self.callback(name, handle.done, planned[0], {})
 
     def message(self, text: str) -> None:
         if self.on_message is not None:

@@ -35,3 +35,25 @@ def test_null_reporter_counts_silently():
     with NullReporter().stage("x", total=2) as bar:
         bar.update(2)
     assert bar.done == 2
+
+
+def test_a_stage_that_stops_early_is_shown_complete_with_the_reason():
+    """Early stopping ends training at 840 of 2,800 planned steps: the bar and the app's
+    callback show the stage done (840/840) and why, not a bar frozen at 30%."""
+    seen = []
+    with CallbackReporter(lambda *a: seen.append(a), min_interval=3600).stage(
+            "transfer", total=2800, unit="step") as bar:
+        bar.update(840)
+        bar.finish(stopped="early, epoch 61")
+    assert seen[-2:] == [("transfer", 840, 840, {"stopped": "early, epoch 61"}),
+                         ("transfer", 840, 840, {})]
+    out = io.StringIO()
+    with TqdmReporter(file=out).stage("transfer", total=2800, unit="step") as bar:
+        bar.update(840)
+        bar.finish(stopped="early, epoch 61")
+    last = out.getvalue().replace("\r", "\n").strip().splitlines()[-1]
+    assert "840/840" in last and "100%" in last and "early, epoch 61" in last
+    with NullReporter().stage("x", total=5) as bar:
+        bar.update(2)
+        bar.finish()
+    assert bar.done == 2

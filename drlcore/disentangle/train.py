@@ -121,6 +121,8 @@ def _optimise(model: FeatureVAE, n_items: int, step_loss: Callable[[torch.Tensor
                     if pending:
                         curve.append({"step": step,
                                       **{k: v / pending for k, v in running.items()}})
+                        bar.update(pending)
+                    bar.finish(stopped=f"early, epoch {epoch}")
                     break
     model.eval()
     return curve
