@@ -7,9 +7,7 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch/torchvision are pinned in pyproject.toml (CPU-usable 2.14.1 / 0.29.1).
-# --no-compile: pip would byte-compile every file of every package (~40 s of a fresh set-up);
-# Python compiles the modules the tests import when they are first imported (~15 s).
-.venv/bin/python -m pip install --quiet --no-compile -e ".[test]"
+.venv/bin/python -m pip install --quiet -e ".[test]"
 # The example notebook's test starts kernel "python3": this venv's own python, not a system one.
 .venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 
