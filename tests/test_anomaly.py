@@ -230,3 +230,45 @@ def test_knn_method_auto_switches_at_the_threshold(monkeypatch, rng):
     X[1] = X[0]
     scores = KNNScorer(k=1).fit(X).score_training()
     assert scores[0] == 0.0 and scores[1] == 0.0 and np.all(scores[2:] > 0)
+
+
+_KNN_IN_A_FRESH_PROCESS = """
+import json, numpy as np
+from numba.core.dispatcher import Dispatcher
+from drlcore.analysis.anomaly import KNNScorer
+from drlcore.analysis.numba_cache import PYNNDESCENT_MODULES
+import importlib
+X = np.random.default_rng(0).normal(size=(300, 4))
+scores = KNNScorer(k=5, method="approximate", seed=0).fit(X).score_training()
+hits = misses = 0
+for name in PYNNDESCENT_MODULES:
+    for f in vars(importlib.import_module(name)).values():
+        if isinstance(f, Dispatcher) and type(f._cache).__name__ != "NullCache":
+            hits += sum(f.stats.cache_hits.values())
+            # A signature that takes a compiled function (the distance) as an argument is keyed
+            # by that function object, so numba cannot find it in another process: compiled anew.
+            misses += sum(n for sig, n in f.stats.cache_misses.items()
+                          if "CPUDispatcher" not in repr(sig))
+print(json.dumps({"hits": hits, "misses": misses, "scores": scores.tolist()}))
+"""
+
+
+@pytest.mark.slow
+def test_a_fresh_process_loads_pynndescents_compiled_code_from_the_cache():
+    """pynndescent's numba functions (most compiled without cache=True) are cached on disk:
+    after this process has built a graph, a fresh one loads them instead of compiling (its first
+    approximate kNN fit took ~28 s, now ~11 s: the functions that take the distance function
+    as an argument still compile), and scores the same."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    X = np.random.default_rng(0).normal(size=(300, 4))
+    here = KNNScorer(k=5, method="approximate", seed=0).fit(X).score_training()
+    out = subprocess.run([sys.executable, "-c", _KNN_IN_A_FRESH_PROCESS], capture_output=True,
+                         text=True, check=True, timeout=300, env=os.environ.copy())
+    fresh = json.loads(out.stdout.strip().splitlines()[-1])
+    assert fresh["misses"] == 0 and fresh["hits"] >= 10, fresh
+    np.testing.assert_array_equal(np.asarray(fresh["scores"]), here)
+    assert "Cannot cache" not in out.stderr

@@ -97,12 +97,19 @@ def test_every_page_works_on_the_blood_cell_run(server, browser, path, shot, min
     try:
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / f"{shot}.png"), full_page=True)
-        # The open run is named in the sidebar's run picker on every page.
-        picker = page.evaluate("""() => Array.from(document.querySelectorAll(
+        # The open run is named in the sidebar's run picker on every page. Streamlit draws
+        # the sidebar's elements one at a time, so wait for the picker (CI once read it
+        # before it was drawn, as an empty string).
+        picker_text = """() => Array.from(document.querySelectorAll(
             "[data-testid='stSidebar'] [data-testid='stSelectbox'] input")).map(i => i.value)
             .concat(Array.from(document.querySelectorAll(
             "[data-testid='stSidebar'] [data-testid='stSelectbox']")).map(e => e.textContent))
-            .join(" ")""")
+            .join(" ")"""
+        try:
+            page.wait_for_function(f"({picker_text})().includes('blood-cells')", timeout=60_000)
+        except playwright_api.TimeoutError:
+            pass  # the assertion below says what the picker held
+        picker = page.evaluate(picker_text)
         assert "blood-cells" in picker, picker
         assert not page.locator("[data-testid='stException']").count()
         if min_charts:

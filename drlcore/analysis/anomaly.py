@@ -114,9 +114,9 @@ class KNNScorer:
         return self
 
     def _nndescent(self, X: np.ndarray):
-        from pynndescent import NNDescent
+        from drlcore.analysis.numba_cache import import_pynndescent
 
-        return NNDescent(X, n_neighbors=min(X.shape[0] - 1, max(APPROX_GRAPH_NEIGHBORS,
+        return import_pynndescent().NNDescent(X, n_neighbors=min(X.shape[0] - 1, max(APPROX_GRAPH_NEIGHBORS,
                                                                 self.k_ + 1)),
                          random_state=self.seed, n_jobs=1)
 

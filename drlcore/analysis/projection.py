@@ -138,38 +138,17 @@ def umap_compiled_here() -> bool:
     return _umap_compiled_here
 
 
-_UMAP_NUMBA_MODULES = ("umap.umap_", "umap.layouts", "umap.utils", "umap.distances",
-                       "umap.sparse", "umap.spectral")
-
-
 @functools.lru_cache(maxsize=1)
 def import_umap():
-    """umap-learn, with numba's on-disk cache switched on for its compiled functions.
-
-    umap-learn compiles ~100 numba functions without ``cache=True``, so every fresh process
-    paid ~10 s of compilation before its first map (a 16-image ``drl run`` spent 12 of its
-    21 s there). Cached, a later process loads the machine code in ~0.1 s. The cache lives
-    where numba puts it (``NUMBA_CACHE_DIR``, else ``__pycache__`` beside umap-learn when that
-    is writable, else the user's cache folder); numba keys it by signature and CPU and drops it
-    when umap-learn's source changes. Where no cache folder is writable the functions simply
-    compile as before.
-    """
-    import importlib
-
+    """umap-learn, with numba's on-disk cache switched on for its compiled functions and those
+    of pynndescent, which it uses for neighbours above 4,096 objects
+    (:mod:`drlcore.analysis.numba_cache`: a fresh process's first map ~10 s -> 0.1 s)."""
     import umap  # heavy import (numba); only when a UMAP map is wanted
-    from numba.core.dispatcher import Dispatcher
 
-    for name in _UMAP_NUMBA_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        for function in list(vars(module).values()):
-            if isinstance(function, Dispatcher) and type(function._cache).__name__ == "NullCache":
-                try:
-                    function.enable_caching()
-                except Exception:  # noqa: BLE001 - no writable cache folder: compile as before
-                    return umap
+    from drlcore.analysis.numba_cache import (PYNNDESCENT_MODULES, UMAP_MODULES,
+                                              cache_compiled_functions)
+
+    cache_compiled_functions(UMAP_MODULES + PYNNDESCENT_MODULES)
     return umap
 
 
