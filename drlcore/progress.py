@@ -86,17 +86,18 @@ class TqdmReporter(Reporter):
         with tqdm(total=total, desc=name, unit=unit, file=self.file, dynamic_ncols=True,
                   disable=bool(self.disable), smoothing=0.1,
                   mininterval=0.1 if interactive else 30.0) as bar:
-            def on_update(n: int, postfix: dict) -> None:
+            def show(postfix: dict) -> None:
                 if postfix:
                     bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v)
                                      for k, v in postfix.items()}, refresh=False)
+
+            def on_update(n: int, postfix: dict) -> None:
+                show(postfix)
                 bar.update(n)
 
             def on_finish(postfix: dict) -> None:
                 bar.total = bar.n
-                if postfix:
-                    bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v)
-                                     for k, v in postfix.items()}, refresh=False)
+                show(postfix)
                 bar.refresh()
 
             yield StageHandle(on_update, on_finish)

@@ -116,9 +116,9 @@ class KNNScorer:
     def _nndescent(self, X: np.ndarray):
         from drlcore.analysis.numba_cache import import_pynndescent
 
-        return import_pynndescent().NNDescent(X, n_neighbors=min(X.shape[0] - 1, max(APPROX_GRAPH_NEIGHBORS,
-                                                                self.k_ + 1)),
-                         random_state=self.seed, n_jobs=1)
+        n_neighbors = min(X.shape[0] - 1, max(APPROX_GRAPH_NEIGHBORS, self.k_ + 1))
+        return import_pynndescent().NNDescent(X, n_neighbors=n_neighbors,
+                                              random_state=self.seed, n_jobs=1)
 
     def _component_searchers(self, X: np.ndarray) -> list[tuple[np.ndarray | None, Any, bool]]:
         """What new objects are searched with: ``(rows of X or None for all, index, exact)``.

@@ -145,10 +145,11 @@ def import_umap():
     (:mod:`drlcore.analysis.numba_cache`: a fresh process's first map ~10 s -> 0.1 s)."""
     import umap  # heavy import (numba); only when a UMAP map is wanted
 
-    from drlcore.analysis.numba_cache import (PYNNDESCENT_MODULES, UMAP_MODULES,
-                                              cache_compiled_functions)
+    from drlcore.analysis.numba_cache import (UMAP_MODULES, cache_compiled_functions,
+                                              import_pynndescent)
 
-    cache_compiled_functions(UMAP_MODULES + PYNNDESCENT_MODULES)
+    import_pynndescent()
+    cache_compiled_functions(UMAP_MODULES)
     return umap
 
 

